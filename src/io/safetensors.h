@@ -1,0 +1,71 @@
+/* Reading safetensors checkpoints: one file, or shards named by
+ * model.safetensors.index.json.
+ *
+ * Every shard is mmap'd read-only and validated completely at open time
+ * (header length, JSON, dtypes, shapes, offsets, overlaps, duplicate names,
+ * index consistency), so the rest of nemoq can trust a tensor view without
+ * re-checking it.  Peak memory is the headers, never the weights: data is
+ * only touched through the mapping, page by page, when a caller reads it. */
+#ifndef NQ_IO_SAFETENSORS_H
+#define NQ_IO_SAFETENSORS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+#define NQ_MAX_DIMS 8
+
+typedef struct nq_tensor {
+    const char *name;           /* owned by the checkpoint */
+    nq_dtype dtype;
+    int ndim;
+    int64_t shape[NQ_MAX_DIMS];
+    uint64_t numel;             /* product of shape (1 for a scalar) */
+    uint64_t nbytes;            /* numel * dtype size */
+    const unsigned char *data;  /* inside the mapping; valid until close */
+    int shard;                  /* index of the file that holds it */
+    uint64_t file_offset;       /* absolute offset of data in that file */
+} nq_tensor;
+
+typedef struct nq_checkpoint nq_checkpoint;
+
+/* path: a directory holding model.safetensors.index.json or exactly one
+ * *.safetensors file (model.safetensors preferred), or a .safetensors file.
+ * Returns NULL and a one-line error naming the file on any problem. */
+nq_checkpoint *nq_checkpoint_open(const char *path, nq_error *err);
+void nq_checkpoint_close(nq_checkpoint *ck);
+
+/* Tensors in file order: shards in index order, then by data offset. */
+size_t nq_checkpoint_count(const nq_checkpoint *ck);
+const nq_tensor *nq_checkpoint_tensor(const nq_checkpoint *ck, size_t i);
+/* NULL if absent. O(log n). */
+const nq_tensor *nq_checkpoint_find(const nq_checkpoint *ck, const char *name);
+
+/* The directory the checkpoint was opened from (for config.json etc.). */
+const char *nq_checkpoint_dir(const nq_checkpoint *ck);
+int nq_checkpoint_shard_count(const nq_checkpoint *ck);
+const char *nq_checkpoint_shard_path(const nq_checkpoint *ck, int shard);
+uint64_t nq_checkpoint_shard_size(const nq_checkpoint *ck, int shard);
+/* A __metadata__ string value of the first shard, or NULL. */
+const char *nq_checkpoint_metadata(const nq_checkpoint *ck, const char *key);
+
+/* Converts elements [first, first+count) of a float tensor (any float dtype)
+ * to f32 into out[count].  -1 for a non-float dtype or a range outside the
+ * tensor. */
+int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count,
+                       float *out, nq_error *err);
+/* The whole tensor as a malloc'd f32 array (caller frees). Also fails, naming
+ * the tensor, if any element is NaN or Inf when reject_nonfinite is set. */
+float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *err);
+
+/* Validates a safetensors image held in memory (used by open and by the
+ * fuzzer). `file_name` only labels errors. On success *out_tensors is a
+ * malloc'd array of *out_count views into `bytes` with names malloc'd too;
+ * free with nq_tensor_array_free. */
+int nq_safetensors_parse(const unsigned char *bytes, uint64_t size, const char *file_name,
+                         nq_tensor **out_tensors, size_t *out_count, nq_error *err);
+void nq_tensor_array_free(nq_tensor *tensors, size_t count);
+
+#endif
