@@ -4,6 +4,8 @@
 #define NQ_CLI_H
 
 int nq_cmd_inspect(int argc, char **argv);
+int nq_cmd_quantize(int argc, char **argv);
+int nq_cmd_verify(int argc, char **argv);
 
 /* Prints "nemoq: MESSAGE" to stderr. */
 void nq_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -22,6 +22,8 @@ static const struct {
     const char *summary;
 } commands[] = {
     {"inspect", nq_cmd_inspect, "describe a checkpoint (roles, dtypes, layers, quantization)"},
+    {"quantize", nq_cmd_quantize, "quantize a checkpoint with a recipe (NVFP4, FP8, INT4)"},
+    {"verify", nq_cmd_verify, "check a quantized checkpoint (and its error against the source)"},
 };
 
 static void print_usage(FILE *out)

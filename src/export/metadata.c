@@ -62,7 +62,12 @@ json_t *nq_modelopt_quant_config(const nq_plan *plan, const nq_export_info *info
      * (export-spec 1.3); the writer's identity goes in an extra key. */
     json_t *producer = json_pack("{s:s, s:s, s:s}", "name", "modelopt", "version", "0.39.0",
                                  "written_by", "nemoq " NEMOQ_VERSION);
-    return json_pack("{s:o, s:o}", "producer", producer, "quantization", q);
+    json_t *doc = json_pack("{s:o, s:o}", "producer", producer, "quantization", q);
+    if (info->weights_only)
+        /* Tells `nemoq verify` (and a reader) that the missing activation
+         * scales are expected: calibration has not run. */
+        json_object_set_new(doc, "nemoq", json_pack("{s:b}", "weights_only", 1));
+    return doc;
 }
 
 /* Appends `s` to buf with regex metacharacters (only '.' occurs in module

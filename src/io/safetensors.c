@@ -622,6 +622,18 @@ const char *nq_checkpoint_metadata(const nq_checkpoint *ck, const char *key)
     return json_string_value(json_object_get(ck->shards[0].metadata, key));
 }
 
+void nq_tensor_release(const nq_tensor *t)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || t->nbytes == 0)
+        return;
+    uintptr_t begin = ((uintptr_t)t->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t end = ((uintptr_t)t->data + t->nbytes) & ~((uintptr_t)page - 1);
+    /* Only whole pages inside the tensor: neighbours may still be in use. */
+    if (end > begin)
+        madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
 /* ---- conversion --------------------------------------------------------- */
 
 int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float *out,

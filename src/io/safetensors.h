@@ -60,6 +60,12 @@ int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count,
  * the tensor, if any element is NaN or Inf when reject_nonfinite is set. */
 float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *err);
 
+/* Drops the tensor's pages from this process's mapping (they stay in the
+ * page cache). Streaming passes call it after each tensor so that resident
+ * memory stays a few tensors, not the model. Reading the tensor again after
+ * this is fine: it faults back in. */
+void nq_tensor_release(const nq_tensor *t);
+
 /* Validates a safetensors image held in memory (used by open and by the
  * fuzzer). `file_name` only labels errors. On success *out_tensors is a
  * malloc'd array of *out_count views into `bytes` with names malloc'd too;

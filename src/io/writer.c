@@ -545,3 +545,13 @@ void nq_writer_free(nq_writer *w)
 }
 
 int nq_writer_shard_count(const nq_writer *w) { return w->nshards; }
+
+size_t nq_writer_tensor_count(const nq_writer *w) { return w->ntensors; }
+
+uint64_t nq_writer_total_bytes(const nq_writer *w)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < w->ntensors; i++)
+        total += w->tensors[i].nbytes;
+    return total;
+}

@@ -50,5 +50,7 @@ void nq_writer_free(nq_writer *w);
 
 /* Shard count after nq_writer_begin (for reports). */
 int nq_writer_shard_count(const nq_writer *w);
+size_t nq_writer_tensor_count(const nq_writer *w);
+uint64_t nq_writer_total_bytes(const nq_writer *w); /* declared tensor bytes */
 
 #endif

@@ -364,6 +364,34 @@ int nq_plan_build(const nq_model_config *cfg, const nq_checkpoint *ck,
     snprintf(plan->recipe, sizeof plan->recipe, "%s", preset);
     module_list l = {0};
     int rc = ck ? modules_from_checkpoint(cfg, ck, &l, err) : modules_from_config(cfg, &l, err);
+    if (rc == 0 && ck) {
+        /* The weights must be the model config.json describes: a missing
+         * expert or a transposed projection is an error here, not a
+         * surprise in the server. */
+        module_list want = {0};
+        rc = modules_from_config(cfg, &want, err);
+        for (size_t i = 0; rc == 0 && i < want.count; i++) {
+            const nq_plan_module *w = &want.items[i];
+            const nq_plan_module *have = NULL;
+            for (size_t j = 0; j < l.count && !have; j++)
+                if (strcmp(l.items[j].name, w->name) == 0)
+                    have = &l.items[j];
+            char tensor[300];
+            snprintf(tensor, sizeof tensor, "%s.weight", w->name);
+            const nq_tensor *t = nq_checkpoint_find(ck, tensor);
+            if (!t)
+                rc = nq_fail(err, "%s: missing tensor '%s' that config.json's block pattern implies",
+                             nq_checkpoint_dir(ck), tensor);
+            else if (!have || have->out_features != w->out_features ||
+                     (w->role != NQ_ROLE_CONV1D && have->in_features != w->in_features))
+                rc = nq_fail(err, "%s: tensor '%s' has shape [%lld, %lld], config.json implies "
+                                  "[%lld, %lld]",
+                             nq_checkpoint_dir(ck), tensor, (long long)t->shape[0],
+                             (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)w->out_features,
+                             (long long)w->in_features);
+        }
+        free(want.items);
+    }
     plan->modules = l.items;
     plan->count = l.count;
     if (rc != 0) {

@@ -1,0 +1,113 @@
+#include "formats/int4.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "formats/floatconv.h"
+
+uint16_t nq_int4_group_scale_max(const float *x, int n)
+{
+    float m = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > m)
+            m = fabsf(x[i]);
+    uint16_t s = nq_f32_to_f16(m > 0 ? m / 7.0f : 1.0f);
+    /* a scale that underflows f16 would decode every weight to 0 */
+    return nq_f16_to_f32(s) > 0 ? s : 0x0001;
+}
+
+static uint8_t code_of(float x, float s)
+{
+    float q = nearbyintf(x / s) + 8.0f;
+    return (uint8_t)(q < 0 ? 0 : q > 15 ? 15 : q);
+}
+
+double nq_int4_group_sq_error(const float *x, int n, uint16_t scale)
+{
+    float s = nq_f16_to_f32(scale);
+    double e = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)x[i] - (double)s * ((int)code_of(x[i], s) - 8);
+        e += d * d;
+    }
+    return e;
+}
+
+uint16_t nq_int4_group_scale_mse(const float *x, int n, double *err)
+{
+    uint16_t best = nq_int4_group_scale_max(x, n);
+    double best_err = nq_int4_group_sq_error(x, n, best);
+    float base = nq_f16_to_f32(best);
+    for (int k = 31; k >= 16; k--) {
+        uint16_t s = nq_f32_to_f16(base * (float)k / 32.0f);
+        if (nq_f16_to_f32(s) <= 0)
+            break;
+        double e = nq_int4_group_sq_error(x, n, s);
+        if (e < best_err) {
+            best_err = e;
+            best = s;
+        }
+    }
+    *err = best_err;
+    return best;
+}
+
+void nq_int4_encode_group(const float *x, int n, uint16_t scale, uint8_t *q)
+{
+    float s = nq_f16_to_f32(scale);
+    for (int i = 0; i < n; i++)
+        q[i] = code_of(x[i], s);
+}
+
+void nq_int4_pack_gptq(const uint8_t *q, int64_t out, int64_t in, int group, int32_t *qweight,
+                       int32_t *qzeros, int32_t *g_idx)
+{
+    for (int64_t r = 0; r < in / 8; r++) {
+        for (int64_t c = 0; c < out; c++) {
+            uint32_t word = 0;
+            for (int j = 0; j < 8; j++)
+                word |= (uint32_t)(q[c * in + 8 * r + j] & 15) << (4 * j);
+            qweight[r * out + c] = (int32_t)word;
+        }
+    }
+    for (int64_t k = 0; k < (in / group) * (out / 8); k++)
+        qzeros[k] = 0x77777777;
+    for (int64_t i = 0; i < in; i++)
+        g_idx[i] = (int32_t)(i / group);
+}
+
+int nq_int4_unpack_gptq(const void *qweight, const void *qzeros, const void *scales,
+                        const void *g_idx, int64_t out, int64_t in, int group, float *w,
+                        nq_error *err)
+{
+    const unsigned char *qw = qweight, *qz = qzeros, *sc = scales, *gi = g_idx;
+    int64_t ngroups = in / group;
+    for (int64_t i = 0; i < in; i++) {
+        int32_t g;
+        memcpy(&g, gi + 4 * i, 4);
+        if (g != (int32_t)(i / group))
+            return nq_fail(err, "g_idx[%lld] is %d, expected %lld (no act-order)", (long long)i, g,
+                           (long long)(i / group));
+    }
+    for (int64_t k = 0; k < ngroups * out; k++) {
+        uint16_t h;
+        memcpy(&h, sc + 2 * k, 2);
+        float s = nq_f16_to_f32(h);
+        if (!(isfinite(s) && s > 0))
+            return nq_fail(err, "scales element %lld is %g", (long long)k, s);
+    }
+    for (int64_t i = 0; i < in; i++) {
+        int64_t g = i / group;
+        for (int64_t c = 0; c < out; c++) {
+            uint32_t word, zword;
+            memcpy(&word, qw + 4 * ((i / 8) * out + c), 4);
+            memcpy(&zword, qz + 4 * (g * (out / 8) + c / 8), 4);
+            int q = (int)((word >> (4 * (i % 8))) & 15);
+            int zero = (int)((zword >> (4 * (c % 8))) & 15) + 1;
+            uint16_t h;
+            memcpy(&h, sc + 2 * (g * out + c), 2);
+            w[c * in + i] = nq_f16_to_f32(h) * (float)(q - zero);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,119 @@
+#include "formats/nvfp4.h"
+
+#include <math.h>
+
+#include "formats/floatconv.h"
+#include "formats/fp8.h"
+
+static const float e2m1_values[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6,
+                                      -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+
+float nq_e2m1_value(uint8_t code)
+{
+    return e2m1_values[code & 15];
+}
+
+uint8_t nq_e2m1_encode(float x)
+{
+    /* ModelOpt _cast_fp4: ord = searchsorted(bounds, |x|) (first bound >=
+     * |x|), plus one when |x| is exactly 0.75, 1.75 or 3.5: ties go to the
+     * even code. */
+    static const float bounds[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    float a = fabsf(x);
+    uint8_t ord = 0;
+    while (ord < 7 && bounds[ord] < a)
+        ord++;
+    if (a == 0.75f || a == 1.75f || a == 3.5f)
+        ord++;
+    return (uint8_t)((x < 0 ? 8 : 0) + ord);
+}
+
+float nq_nvfp4_global_scale(float amax)
+{
+    return amax > 0 ? amax / (6.0f * 448.0f) : 1.0f;
+}
+
+static float block_amax(const float *x)
+{
+    float m = 0;
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i++)
+        if (fabsf(x[i]) > m)
+            m = fabsf(x[i]);
+    return m;
+}
+
+uint8_t nq_nvfp4_block_scale_max(const float *x, float gs)
+{
+    float s = block_amax(x) / (6.0f * gs);
+    if (s == 0)
+        s = 1.0f;
+    if (s < 0.001953125f) /* clamp_(min=2**-9): the smallest e4m3 subnormal */
+        s = 0.001953125f;
+    return nq_f32_to_e4m3(s);
+}
+
+void nq_nvfp4_encode_block(const float *x, uint8_t scale, float gs, uint8_t packed[8])
+{
+    float denom = nq_e4m3_to_f32(scale) * gs;
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i += 2) {
+        uint8_t lo = nq_e2m1_encode(x[i] / denom);
+        uint8_t hi = nq_e2m1_encode(x[i + 1] / denom);
+        packed[i / 2] = (uint8_t)(lo | (hi << 4));
+    }
+}
+
+double nq_nvfp4_block_sq_error(const float *x, uint8_t scale, float gs)
+{
+    float denom = nq_e4m3_to_f32(scale) * gs;
+    double e = 0;
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i++) {
+        float d = nq_e2m1_value(nq_e2m1_encode(x[i] / denom)) * denom;
+        double diff = (double)x[i] - d;
+        e += diff * diff;
+    }
+    return e;
+}
+
+uint8_t nq_nvfp4_block_scale_mse(const float *x, float gs, double *err)
+{
+    uint8_t best = nq_nvfp4_block_scale_max(x, gs);
+    double best_err = nq_nvfp4_block_sq_error(x, best, gs);
+    float ref = nq_e4m3_to_f32(best);
+    /* positive e4m3 codes are ordered like their values: walk both ways */
+    for (int code = best - 1; code >= 1; code--) {
+        float v = nq_e4m3_to_f32((uint8_t)code);
+        if (v < 0.5f * ref)
+            break;
+        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
+        if (e < best_err) {
+            best_err = e;
+            best = (uint8_t)code;
+        }
+    }
+    uint8_t max_code = nq_nvfp4_block_scale_max(x, gs);
+    for (int code = max_code + 1; code <= 0x7e; code++) {
+        float v = nq_e4m3_to_f32((uint8_t)code);
+        if (v > 1.25f * ref)
+            break;
+        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
+        if (e < best_err) {
+            best_err = e;
+            best = (uint8_t)code;
+        }
+    }
+    *err = best_err;
+    return best;
+}
+
+void nq_nvfp4_decode_row(const uint8_t *packed, const uint8_t *scales, float gs, int64_t cols,
+                         float *out)
+{
+    for (int64_t b = 0; b < cols / NQ_NVFP4_BLOCK; b++) {
+        float s = nq_e4m3_to_f32(scales[b]) * gs;
+        for (int i = 0; i < NQ_NVFP4_BLOCK; i += 2) {
+            uint8_t byte = packed[(b * NQ_NVFP4_BLOCK + i) / 2];
+            out[b * NQ_NVFP4_BLOCK + i] = nq_e2m1_value(byte & 15) * s;
+            out[b * NQ_NVFP4_BLOCK + i + 1] = nq_e2m1_value(byte >> 4) * s;
+        }
+    }
+}
