@@ -6,6 +6,7 @@
  * --layers N keeps the first N layers of the pattern (a proportional subset
  * for quick runs). Tensor names, order and dtypes follow NVIDIA's checkpoints
  * (e_score_correction_bias in F32, everything else BF16). */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,12 +166,22 @@ int main(int argc, char **argv)
             total += n * nq_dtype_size(s->dtype);
         }
     }
-    FILE *cf = fopen(argv[1], "rb");
-    if (cf) {
-        fclose(cf);
-        if (nq_writer_copy_file(w, argv[1], "config.json", &err) != 0)
-            goto fail;
+    /* the config of the (possibly truncated) model */
+    json_t *cj = json_load_file(argv[1], 0, NULL);
+    if (!cj) {
+        fprintf(stderr, "%s: cannot read\n", argv[1]);
+        nq_writer_free(w);
+        return 1;
     }
+    json_object_del(cj, "layers_block_type");
+    json_object_set_new(cj, "hybrid_override_pattern", json_string(c.pattern));
+    json_object_set_new(cj, "num_hidden_layers", json_integer(c.num_layers));
+    char *text = json_dumps(cj, JSON_INDENT(2));
+    json_decref(cj);
+    int frc = text ? nq_writer_add_file(w, "config.json", text, strlen(text), &err) : -1;
+    free(text);
+    if (frc != 0)
+        goto fail;
     if (nq_writer_commit(w, &err) != 0)
         goto fail;
     nq_writer_free(w);
