@@ -8,6 +8,7 @@
  * module defines apply_rotary_pos_emb but forward() never calls it and the
  * model builds no rotary embedding, so rope_theta / partial_rotary_factor
  * in NVIDIA's config.json are unused (the Mamba layers carry position). */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,51 +16,62 @@
 #include "core/parallel.h"
 #include "model/layers.h"
 
+/* Query rows per block: scores are formed for QBLOCK queries at a time
+ * against every key they may see, so scratch is QBLOCK x (past+n). */
+#define QBLOCK 64
+
 typedef struct {
     const float *q;       /* [n, heads*hd] */
     const float *k, *v;   /* [past+n, kv*hd] */
     float *out;           /* [n, heads*hd] */
-    float *scratch;       /* [threads][past+n] */
+    float *scratch;       /* [threads][QBLOCK * (past+n)] */
     int n, past, heads, kv_heads, hd;
     float scale;
 } attn_job;
 
+/* One query head over all queries, as two sgemm calls per block of queries
+ * (scores = q k^T, out = softmax(scores) v).  Keys past a query's own
+ * position get probability exactly 0, so the masked products add nothing;
+ * the result equals eager attention (softmax(q k^T * scale + causal mask) v)
+ * to rounding. */
 static int attn_heads(void *ctx, size_t begin, size_t end, int worker)
 {
     const attn_job *j = ctx;
     int total = j->past + j->n;
-    float *p = j->scratch + (size_t)worker * total;
+    float *S = j->scratch + (size_t)worker * QBLOCK * total;
     int qdim = j->heads * j->hd, kvdim = j->kv_heads * j->hd;
     int group = j->heads / j->kv_heads;
     for (size_t h = begin; h < end; h++) {
         int kvh = (int)h / group;
-        for (int i = 0; i < j->n; i++) {
-            const float *q = j->q + (size_t)i * qdim + h * (size_t)j->hd;
-            int last = j->past + i; /* causal: keys 0..last */
-            float mx = -INFINITY;
-            for (int s = 0; s <= last; s++) {
-                const float *k = j->k + (size_t)s * kvdim + (size_t)kvh * j->hd;
-                float dot = 0.0f;
-                for (int d = 0; d < j->hd; d++)
-                    dot += q[d] * k[d];
-                p[s] = dot * j->scale;
-                if (p[s] > mx)
-                    mx = p[s];
+        const float *K = j->k + (size_t)kvh * j->hd, *V = j->v + (size_t)kvh * j->hd;
+        for (int i0 = 0; i0 < j->n; i0 += QBLOCK) {
+            int rows = j->n - i0 < QBLOCK ? j->n - i0 : QBLOCK;
+            int keys = j->past + i0 + rows; /* the last query of the block sees these */
+            const float *Q = j->q + (size_t)i0 * qdim + h * (size_t)j->hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, j->hd, 1.0f, Q, qdim,
+                        K, kvdim, 0.0f, S, keys);
+            for (int r = 0; r < rows; r++) {
+                float *p = S + (size_t)r * keys;
+                int last = j->past + i0 + r; /* causal: keys 0..last */
+                float mx = -INFINITY;
+                for (int s = 0; s <= last; s++) {
+                    p[s] *= j->scale;
+                    if (p[s] > mx)
+                        mx = p[s];
+                }
+                float sum = 0.0f;
+                for (int s = 0; s <= last; s++) {
+                    p[s] = expf(p[s] - mx);
+                    sum += p[s];
+                }
+                float inv = 1.0f / sum;
+                for (int s = 0; s <= last; s++)
+                    p[s] *= inv;
+                for (int s = last + 1; s < keys; s++)
+                    p[s] = 0.0f;
             }
-            float sum = 0.0f;
-            for (int s = 0; s <= last; s++) {
-                p[s] = expf(p[s] - mx);
-                sum += p[s];
-            }
-            float inv = 1.0f / sum;
-            float *o = j->out + (size_t)i * qdim + h * (size_t)j->hd;
-            memset(o, 0, (size_t)j->hd * sizeof *o);
-            for (int s = 0; s <= last; s++) {
-                const float *v = j->v + (size_t)s * kvdim + (size_t)kvh * j->hd;
-                float ps = p[s] * inv;
-                for (int d = 0; d < j->hd; d++)
-                    o[d] += ps * v[d];
-            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, j->hd, keys, 1.0f, S, keys,
+                        V, kvdim, 0.0f, j->out + (size_t)i0 * qdim + h * (size_t)j->hd, qdim);
         }
     }
     return 0;
@@ -71,11 +83,13 @@ int nq_attention_forward(const nq_exec *ex, const nq_model_config *cfg,
 {
     int H = cfg->hidden_size, nh = cfg->num_attention_heads, nkv = cfg->num_key_value_heads;
     int hd = cfg->head_dim, qdim = nh * hd, kvdim = nkv * hd;
-    int threads = ex->threads > 0 ? ex->threads : 1;
+    int threads = nq_exec_threads(ex, 2.0 * n * (past + n) * qdim);
+    if (threads < 1)
+        threads = 1;
     int rc = -1;
     float *q = malloc((size_t)n * qdim * sizeof *q);
     float *att = malloc((size_t)n * qdim * sizeof *att);
-    float *scratch = malloc((size_t)threads * (past + n) * sizeof *scratch);
+    float *scratch = malloc((size_t)threads * QBLOCK * (past + n) * sizeof *scratch);
     if (!q || !att || !scratch) {
         nq_fail(ex->err, "%sattention: out of memory for %d tokens", ex->prefix, n);
         goto done;

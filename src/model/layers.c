@@ -13,6 +13,17 @@
  * thread count) so that every sgemm call, and hence every rounding, is the
  * same whatever the number of threads. */
 #define NQ_LINEAR_ROW_CHUNK 64
+/* Fewer tokens than this go through gemv, one token at a time. */
+#define NQ_GEMV_MAX_TOKENS 4
+
+/* About 50-100 microseconds of single-core work: roughly what starting and
+ * joining a thread costs here. */
+#define NQ_PARALLEL_MIN_MACS (1 << 20)
+
+int nq_exec_threads(const nq_exec *ex, double macs)
+{
+    return macs < NQ_PARALLEL_MIN_MACS ? 1 : ex->threads;
+}
 
 int nq_act_from_name(const char *name, nq_act *out)
 {
@@ -75,8 +86,17 @@ static int linear_rows(void *ctx, size_t begin, size_t end, int worker)
     (void)worker;
     const linear_job *j = ctx;
     int rows = (int)(end - begin);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, rows, j->in, 1.0f, j->x, j->in,
-                j->W + begin * (size_t)j->in, j->in, 0.0f, j->y + begin, j->out);
+    const float *W = j->W + begin * (size_t)j->in;
+    if (j->n < NQ_GEMV_MAX_TOKENS) {
+        /* sgemm packs its operands on every call, which for a token or two
+         * costs more than the product; gemv streams W once. */
+        for (int t = 0; t < j->n; t++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, j->in, 1.0f, W, j->in,
+                        j->x + (size_t)t * j->in, 1, 0.0f, j->y + (size_t)t * j->out + begin, 1);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, rows, j->in, 1.0f, j->x, j->in,
+                    W, j->in, 0.0f, j->y + begin, j->out);
+    }
     if (j->b)
         for (int t = 0; t < j->n; t++) {
             float *yr = j->y + (size_t)t * j->out;
@@ -102,7 +122,8 @@ int nq_linear(const nq_exec *ex, const char *suffix, int expert, const int32_t *
             return nq_fail(ex->err, "%s: linear-input hook failed", name);
     }
     linear_job job = {.x = x, .W = W, .b = b, .y = y, .n = n, .in = in, .out = out};
-    return nq_parallel_for((size_t)out, NQ_LINEAR_ROW_CHUNK, ex->threads, linear_rows, &job);
+    return nq_parallel_for((size_t)out, NQ_LINEAR_ROW_CHUNK,
+                           nq_exec_threads(ex, (double)n * in * out), linear_rows, &job);
 }
 
 void nq_rmsnorm(const float *x, const float *weight, int n, int dim, float eps, float *y)

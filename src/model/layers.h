@@ -36,6 +36,12 @@ typedef enum nq_act {
     NQ_ACT_GELU_TANH, /* "gelu_pytorch_tanh" / "gelu_new" */
 } nq_act;
 
+/* Threads worth using for `macs` multiply-adds: 1 below a threshold where
+ * starting threads costs more than the work (nq_parallel_for starts them per
+ * call).  Only WHO computes changes, never the partition, so results stay
+ * the same. */
+int nq_exec_threads(const nq_exec *ex, double macs);
+
 /* -1 for a name we do not implement. */
 int nq_act_from_name(const char *name, nq_act *out);
 void nq_act_apply(nq_act act, float *x, uint64_t count);

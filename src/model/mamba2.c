@@ -134,7 +134,8 @@ int nq_mamba2_forward(const nq_exec *ex, const nq_model_config *cfg, const nq_ma
         }
 
     scan_job job = {.cfg = cfg, .w = w, .xbc = xbc, .dt = dt, .ssm = ssm_state, .y = scan, .n = n};
-    if (nq_parallel_for((size_t)nh, 1, ex->threads, scan_heads, &job) != 0)
+    double macs = 2.0 * n * inter * cfg->ssm_state_size;
+    if (nq_parallel_for((size_t)nh, 1, nq_exec_threads(ex, macs), scan_heads, &job) != 0)
         goto done;
 
     /* Gated RMSNorm, gate first (Zamba2RMSNormGated, norm_before_gate off). */
