@@ -1,0 +1,11 @@
+/* Subcommands of the nemoq command-line tool. Each returns the exit code:
+ * 0 success, 1 failure (message printed), 2 usage error. */
+#ifndef NQ_CLI_H
+#define NQ_CLI_H
+
+int nq_cmd_inspect(int argc, char **argv);
+
+/* Prints "nemoq: MESSAGE" to stderr. */
+void nq_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

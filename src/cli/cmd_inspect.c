@@ -1,0 +1,51 @@
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "model/inspect.h"
+
+static const char *usage = "usage: nemoq inspect DIR [--json]\n"
+                           "  Describe a safetensors checkpoint: model type, block pattern,\n"
+                           "  parameters and bytes by role, dtypes, per-layer table, quantization.\n";
+
+int nq_cmd_inspect(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int as_json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            as_json = 1;
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (argv[i][0] == '-') {
+            nq_cli_error("inspect: unknown flag '%s'", argv[i]);
+            fputs(usage, stderr);
+            return 2;
+        } else if (!dir) {
+            dir = argv[i];
+        } else {
+            nq_cli_error("inspect: unexpected argument '%s' (one checkpoint at a time)", argv[i]);
+            return 2;
+        }
+    }
+    if (!dir) {
+        nq_cli_error("inspect: no checkpoint directory given");
+        fputs(usage, stderr);
+        return 2;
+    }
+    nq_error err = {0};
+    json_t *doc = nq_inspect(dir, &err);
+    if (!doc) {
+        nq_cli_error("%s", err.msg);
+        return 1;
+    }
+    if (as_json) {
+        json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        fputc('\n', stdout);
+    } else {
+        nq_inspect_print(stdout, doc);
+    }
+    json_decref(doc);
+    return fflush(stdout) == 0 ? 0 : 1;
+}

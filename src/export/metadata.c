@@ -1,0 +1,195 @@
+#include "export/metadata.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int compare_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+json_t *nq_exclude_modules(const nq_plan *plan)
+{
+    const char **names = malloc((plan->count ? plan->count : 1) * sizeof *names);
+    size_t n = 0;
+    for (size_t i = 0; names && i < plan->count; i++) {
+        const nq_plan_module *m = &plan->modules[i];
+        if (m->format != NQ_FORMAT_KEEP || m->role == NQ_ROLE_EMBEDDINGS)
+            continue;
+        if (m->quantizable || m->role == NQ_ROLE_ROUTER || m->role == NQ_ROLE_CONV1D)
+            names[n++] = m->name;
+    }
+    json_t *arr = json_array();
+    if (names) {
+        qsort(names, n, sizeof *names, compare_str);
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, json_string(names[i]));
+    }
+    free(names);
+    return arr;
+}
+
+json_t *nq_modelopt_quant_config(const nq_plan *plan, const nq_export_info *info)
+{
+    bool nvfp4 = nq_plan_count(plan, NQ_FORMAT_NVFP4) > 0;
+    bool fp8 = nq_plan_count(plan, NQ_FORMAT_FP8) > 0;
+    json_t *q = json_object();
+    const char *algo = nvfp4 && fp8 ? "MIXED_PRECISION"
+                       : nvfp4      ? (info->weights_only ? "W4A16_NVFP4" : "NVFP4")
+                                    : "FP8";
+    json_object_set_new(q, "quant_algo", json_string(algo));
+    /* vLLM requires the key for NVFP4 even when null (export-spec 1.3). */
+    json_object_set_new(q, "kv_cache_quant_algo",
+                        info->kv_cache_fp8 ? json_string("FP8") : json_null());
+    if (nvfp4 && !fp8)
+        json_object_set_new(q, "group_size", json_integer(16));
+    if (nvfp4 && fp8) {
+        /* ModelOpt's MIXED_PRECISION form: per-layer formats, no exclude list. */
+        json_t *layers = json_object();
+        for (size_t i = 0; i < plan->count; i++) {
+            const nq_plan_module *m = &plan->modules[i];
+            if (m->format == NQ_FORMAT_NVFP4)
+                json_object_set_new(layers, m->name,
+                                    json_pack("{s:s, s:i}", "quant_algo", "NVFP4", "group_size", 16));
+            else if (m->format == NQ_FORMAT_FP8)
+                json_object_set_new(layers, m->name, json_pack("{s:s}", "quant_algo", "FP8"));
+        }
+        json_object_set_new(q, "quantized_layers", layers);
+    } else {
+        json_object_set_new(q, "exclude_modules", nq_exclude_modules(plan));
+    }
+    /* producer.name is the tag vLLM detects ModelOpt checkpoints by
+     * (export-spec 1.3); the writer's identity goes in an extra key. */
+    json_t *producer = json_pack("{s:s, s:s, s:s}", "name", "modelopt", "version", "0.39.0",
+                                 "written_by", "nemoq " NEMOQ_VERSION);
+    return json_pack("{s:o, s:o}", "producer", producer, "quantization", q);
+}
+
+/* Appends `s` to buf with regex metacharacters (only '.' occurs in module
+ * names) escaped. */
+static void regex_escape(char *buf, size_t cap, const char *s)
+{
+    size_t n = strlen(buf);
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '.')
+            buf[n++] = '\\';
+        buf[n++] = *s;
+    }
+    buf[n] = '\0';
+}
+
+json_t *nq_gptq_quant_config(const nq_plan *plan)
+{
+    json_t *c = json_pack("{s:i, s:i, s:b, s:b, s:b, s:b, s:b, s:f, s:s, s:s}", "bits", 4,
+                          "group_size", plan->int4_group_size, "desc_act", 0, "sym", 1, "lm_head",
+                          0, "static_groups", 0, "true_sequential", 1, "damp_percent", 0.01,
+                          "quant_method", "gptq", "checkpoint_format", "gptq");
+    /* Per-module group sizes and kept experts, as vLLM's `dynamic` overrides
+     * (export-spec 4.3/4.4): "+:regex" overrides, "-:regex" skips, matched
+     * with re.match against vLLM's module names ("model.layers..."), so each
+     * regex starts with ".*\." to skip the "backbone."/"model." prefix. */
+    json_t *dynamic = json_object();
+    for (size_t i = 0; i < plan->count; i++) {
+        const nq_plan_module *m = &plan->modules[i];
+        const char *dot = strchr(m->name, '.');
+        const char *tail = dot ? dot + 1 : m->name;
+        char key[600] = "";
+        if (m->format == NQ_FORMAT_INT4 && m->group_size != plan->int4_group_size) {
+            snprintf(key, sizeof key, "+:.*\\.");
+            regex_escape(key, sizeof key, tail);
+            strncat(key, "$", sizeof key - strlen(key) - 1);
+            json_object_set_new(dynamic, key, json_pack("{s:i}", "group_size", m->group_size));
+        } else if (m->format == NQ_FORMAT_KEEP && m->role == NQ_ROLE_ROUTED_EXPERTS &&
+                   strstr(m->name, ".experts.0.up_proj")) {
+            /* one rule per fused MoE layer (vLLM: model.layers.N.mixer.experts) */
+            char layer_part[256];
+            snprintf(layer_part, sizeof layer_part, "%s", tail);
+            char *e = strstr(layer_part, ".experts.");
+            if (e)
+                *e = '\0';
+            snprintf(key, sizeof key, "-:.*\\.");
+            regex_escape(key, sizeof key, layer_part);
+            strncat(key, "\\.experts.*", sizeof key - strlen(key) - 1);
+            json_object_set_new(dynamic, key, json_object());
+        }
+    }
+    if (json_object_size(dynamic))
+        json_object_set_new(c, "dynamic", dynamic);
+    else
+        json_decref(dynamic);
+    return c;
+}
+
+char *nq_config_with_quantization(const char *text, size_t len, const char *source_name,
+                                  const nq_model_config *cfg, const json_t *quantization_config,
+                                  size_t *out_len, nq_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        nq_fail(err, "%s: not a JSON object", source_name);
+        return NULL;
+    }
+    bool has_quant = json_object_get(root, "quantization_config") != NULL;
+    bool has_hop = json_object_get(root, "hybrid_override_pattern") != NULL;
+    bool has_nhl = json_object_get(root, "num_hidden_layers") != NULL;
+    json_decref(root);
+    if (has_quant) {
+        nq_fail(err, "%s: already has a quantization_config: nemoq quantizes unquantized checkpoints",
+                source_name);
+        return NULL;
+    }
+    size_t end = len;
+    while (end > 0 && text[end - 1] != '}')
+        end--;
+    if (end == 0) {
+        nq_fail(err, "%s: no closing brace", source_name);
+        return NULL;
+    }
+    end--; /* index of the final '}' */
+    size_t body_end = end;
+    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
+                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
+        body_end--;
+    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
+
+    json_t *extra = json_object();
+    json_object_set(extra, "quantization_config", (json_t *)quantization_config);
+    if (!has_hop && cfg->is_nemotron_h)
+        json_object_set_new(extra, "hybrid_override_pattern", json_string(cfg->pattern));
+    if (!has_nhl && cfg->is_nemotron_h)
+        json_object_set_new(extra, "num_hidden_layers", json_integer(cfg->num_layers));
+    char *added = json_dumps(extra, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(extra);
+    if (!added) {
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    /* `added` is "{\n  ...\n}": splice its inside into the original object */
+    size_t alen = strlen(added);
+    const char *inner = added + 1;
+    size_t ilen = alen - 2; /* without the outer braces */
+    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
+        ilen--;
+    size_t cap = len + ilen + 8;
+    char *out = malloc(cap);
+    if (!out) {
+        free(added);
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t n = 0;
+    memcpy(out + n, text, body_end);
+    n += body_end;
+    if (!empty_object)
+        out[n++] = ',';
+    memcpy(out + n, inner, ilen);
+    n += ilen;
+    out[n++] = '\n';
+    memcpy(out + n, text + end, len - end);
+    n += len - end;
+    free(added);
+    *out_len = n;
+    return out;
+}

@@ -1,0 +1,15 @@
+/* `nemoq inspect`: a description of a checkpoint directory as one JSON
+ * document (the --json output), and its human-readable rendering. */
+#ifndef NQ_MODEL_INSPECT_H
+#define NQ_MODEL_INSPECT_H
+
+#include <jansson.h>
+#include <stdio.h>
+
+#include "core/error.h"
+
+/* Returns a new JSON object (caller json_decref's it) or NULL. */
+json_t *nq_inspect(const char *path, nq_error *err);
+void nq_inspect_print(FILE *out, const json_t *doc);
+
+#endif
