@@ -138,6 +138,9 @@ static int random_fetch(void *ctx, const nq_weight_request *req, float *out, nq_
 
 /* ---- model timing ---- */
 
+/* argv[3]: a third thread count to measure besides 1 and 2 */
+static int bench_max_threads = 2;
+
 static double best_forward(nq_model *m, const int32_t *ids, int n, float *logits, int reps)
 {
     nq_error err = {0};
@@ -167,7 +170,11 @@ static void bench_model(const char *label, nq_model *m, int n, int reps)
         die("forward", &err);
     printf("%s: first forward incl. weight loading %.2f s\n", label, now() - t0);
     double gflop = nq_model_flops_per_token(m, n) * n / 1e9;
-    for (int threads = 1; threads <= 2; threads++) {
+    int list[3] = {1, 2, bench_max_threads};
+    for (int k = 0; k < 3; k++) {
+        int threads = list[k];
+        if (k == 2 && threads <= 2)
+            break;
         nq_model_set_threads(m, threads);
         /* The peak is measured right before, as the machine's load varies. */
         double peak = sgemm_gflops(1536, threads, 8);
@@ -209,6 +216,7 @@ int main(int argc, char **argv)
 {
     const char *src = argc > 1 ? argv[1] : ".";
     int reps = argc > 2 ? atoi(argv[2]) : 3;
+    bench_max_threads = argc > 3 ? atoi(argv[3]) : 2;
     char path[4096];
     nq_error err = {0};
 

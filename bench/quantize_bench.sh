@@ -21,25 +21,37 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2;;
   esac
 done
-./scripts/build.sh
+# NEMOQ_BIN_DIR: prebuilt nemoq and nemoq-gen-synthetic (machines without
+# the -dev packages); otherwise build here.
+bin=${NEMOQ_BIN_DIR:-}
+if [ -z "$bin" ]; then ./scripts/build.sh >/dev/null; bin=./build; fi
+calc() { awk "BEGIN { print $* }"; }
+# timed FILE CMD...: writes "seconds peak_rss_kb" of CMD to FILE
+timed() {
+  f=$1; shift
+  if [ -x /usr/bin/time ]; then /usr/bin/time -f '%e %M' -o "$f" "$@"
+  else python3 -c 'import resource,subprocess,sys,time
+t=time.time(); r=subprocess.run(sys.argv[2:]).returncode
+open(sys.argv[1],"w").write("%.2f %d\n" % (time.time()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r)' "$f" "$@"; fi
+}
 in="$dir/nano-synthetic-$layers"
 if [ ! -f "$in/config.json" ]; then
   mkdir -p "$dir"
-  ./build/nemoq-gen-synthetic tests/fixtures/nemotron-3-nano-30b-a3b.config.json "$in" --layers "$layers"
+  "$bin"/nemoq-gen-synthetic tests/fixtures/nemotron-3-nano-30b-a3b.config.json "$in" --layers "$layers"
 fi
 bytes=$(du -sb "$in" | cut -f1)
-printf 'input: %s, %.2f GB, %s layers\n' "$in" "$(echo "$bytes/1000000000" | bc -l)" "$layers"
+printf 'input: %s, %.2f GB, %s layers\n' "$in" "$(calc "$bytes/1000000000")" "$layers"
 t0=$(date +%s.%N); cat "$in"/*.safetensors > /dev/null; t1=$(date +%s.%N)
-cat_s=$(echo "$t1 - $t0" | bc -l)
+cat_s=$(calc "$t1 - $t0")
 printf '%-20s %7s %9s %8s %10s %12s\n' run threads seconds "GB/s" "peak RSS" "time/cat"
-printf '%-20s %7s %9.2f %8.2f %10s %12s\n' "cat IN/*" - "$cat_s" "$(echo "$bytes/$cat_s/1000000000" | bc -l)" - 1.00
+printf '%-20s %7s %9.2f %8.2f %10s %12s\n' "cat IN/*" - "$cat_s" "$(calc "$bytes/$cat_s/1000000000")" - 1.00
 for recipe in nvfp4-conservative int4; do
   for t in $threads; do
     out="$dir/out-$recipe-$t"; rm -rf "$out"
     extra=""; [ "$recipe" != int4 ] && extra="--weights-only"
-    /usr/bin/time -f '%e %M' -o "$dir/time.txt" ./build/nemoq quantize "$in" "$out" --recipe "$recipe" $extra --threads "$t" > /dev/null
+    timed "$dir/time.txt" "$bin"/nemoq quantize "$in" "$out" --recipe "$recipe" $extra --threads "$t" > /dev/null
     read -r secs rss_kb < "$dir/time.txt"
-    printf '%-20s %7s %9.2f %8.2f %8.0f MB %12.2f\n' "$recipe" "$t" "$secs" "$(echo "$bytes/$secs/1000000000" | bc -l)" "$(echo "$rss_kb/1024" | bc -l)" "$(echo "$secs/$cat_s" | bc -l)"
+    printf '%-20s %7s %9.2f %8.2f %8.0f MB %12.2f\n' "$recipe" "$t" "$secs" "$(calc "$bytes/$secs/1000000000")" "$(calc "$rss_kb/1024")" "$(calc "$secs/$cat_s")"
     rm -rf "$out"
   done
 done

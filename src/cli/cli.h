@@ -6,6 +6,10 @@
 int nq_cmd_inspect(int argc, char **argv);
 int nq_cmd_quantize(int argc, char **argv);
 int nq_cmd_verify(int argc, char **argv);
+int nq_cmd_eval(int argc, char **argv);
+
+/* Progress bar on stderr when it is a terminal (nq_eval_options.progress). */
+void nq_cli_progress(void *ctx, const char *stage, int done, int total);
 
 /* Prints "nemoq: MESSAGE" to stderr. */
 void nq_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

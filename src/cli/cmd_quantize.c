@@ -1,3 +1,4 @@
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,11 @@
 #include "export/quantize.h"
 #include "io/safetensors.h"
 #include "recipe/plan.h"
+#include "core/file.h"
+#include "eval/loaded.h"
+#include "eval/perplexity.h"
+#include "eval/report.h"
+#include "tok/tokenizer.h"
 
 static const char *usage =
     "usage: nemoq quantize IN OUT --recipe NAME [options]\n"
@@ -26,18 +32,60 @@ static const char *usage =
     "                         least-squared-error scale among nearby representable ones\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
+    "  --calib FILE           calibration text (.txt) or JSONL ({\"text\"} or {\"messages\"});\n"
+    "                         required for NVFP4/FP8 (activation and FP8 KV-cache scales)\n"
+    "  --calib-samples N      calibration windows (default 256)\n"
+    "  --calib-len L          tokens per window (default 2048, clipped to the text)\n"
+    "  --algo rtn|gptq        round-to-nearest (default) or GPTQ error feedback (NVFP4, INT4;\n"
+    "                         needs --calib)\n"
+    "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
+    "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
+    "                         quantized with gptq, float otherwise)\n"
+    "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
+    "  --report PATH          write PATH.json and PATH.html: per module format, why, errors\n"
+    "  --eval FILE            after writing, perplexity and KL vs the input on FILE (emulated\n"
+    "                         W4A4/W8A8/FP8 KV), into the summary and the report\n"
+    "  --eval-windows N       windows of 256 tokens for --eval (default 64)\n"
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
     "  --force                replace a non-empty OUT\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
+/* Perplexity and KL of the written checkpoint against its input. */
+static int run_eval(const char *out, const char *in, const char *text_path, int windows,
+                    int threads, nq_eval_result *r, nq_error *err)
+{
+    char tok_path[4096];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
+    nq_tokenizer *tok = nq_tokenizer_load(tok_path, err);
+    size_t len = 0, n = 0;
+    char *text = tok ? nq_read_file(text_path, &len, err) : NULL;
+    int32_t *ids = NULL;
+    nq_loaded_model q = {0}, b = {0};
+    int rc = -1;
+    if (text && nq_tokenizer_encode(tok, text, len, false, &ids, &n, err) == 0 &&
+        nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0) {
+        nq_eval_options o = {.ctx = 256, .windows = windows, .progress = nq_cli_progress};
+        rc = nq_eval_perplexity(q.model, b.model, ids, n, &o, r, err);
+    }
+    nq_loaded_close(&q);
+    nq_loaded_close(&b);
+    free(ids);
+    free(text);
+    nq_tokenizer_free(tok);
+    return rc;
+}
+
 int nq_cmd_quantize(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *preset = NULL, *recipe_file = NULL;
     nq_recipe_rule *rules = NULL, *file_rules = NULL;
     size_t nrules = 0, nfile_rules = 0;
-    nq_quantize_options opt = {.threads = 0, .log = isatty(2) ? stderr : NULL};
+    nq_quantize_options opt = {.threads = 0, .log = isatty(2) ? stderr : NULL,
+                               .kv_cache_fp8 = true};
+    const char *report_path = NULL, *eval_path = NULL;
+    int eval_windows = 64;
     bool dry_run = false, bad = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
@@ -105,6 +153,57 @@ int nq_cmd_quantize(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--max-shard-size", &v, &bad)) {
             if (!bad && nq_parse_size(v, &opt.max_shard_bytes) != 0) {
                 nq_cli_error("--max-shard-size '%s': expected a size such as 5GB or 500MB", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--calib", &v, &bad)) {
+            opt.calib_path = v;
+        } else if (nq_arg_value(argc, argv, &i, "--calib-samples", &v, &bad)) {
+            if (!bad && nq_parse_int(v, 1, 1 << 20, &opt.calib_samples) != 0) {
+                nq_cli_error("--calib-samples '%s': expected a positive integer", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--calib-len", &v, &bad)) {
+            if (!bad && nq_parse_int(v, 2, 1 << 20, &opt.calib_len) != 0) {
+                nq_cli_error("--calib-len '%s': expected an integer >= 2", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--algo", &v, &bad)) {
+            if (!bad && strcmp(v, "gptq") == 0)
+                opt.gptq = true;
+            else if (!bad && strcmp(v, "rtn") != 0) {
+                nq_cli_error("--algo '%s': expected rtn or gptq", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
+            char *end = NULL;
+            opt.gptq_damp = bad ? 0 : strtod(v, &end);
+            if (!bad && (!end || *end || !(opt.gptq_damp > 0 && opt.gptq_damp < 1))) {
+                nq_cli_error("--gptq-damp '%s': expected a number in (0, 1)", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--propagate", &v, &bad)) {
+            if (!bad && strcmp(v, "float") == 0)
+                opt.propagate = NQ_PROPAGATE_FLOAT;
+            else if (!bad && strcmp(v, "quantized") == 0)
+                opt.propagate = NQ_PROPAGATE_QUANTIZED;
+            else if (!bad) {
+                nq_cli_error("--propagate '%s': expected float or quantized", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--kv-cache", &v, &bad)) {
+            if (!bad && strcmp(v, "none") == 0)
+                opt.kv_cache_fp8 = false;
+            else if (!bad && strcmp(v, "fp8") != 0) {
+                nq_cli_error("--kv-cache '%s': expected fp8 or none", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--report", &v, &bad)) {
+            report_path = v;
+        } else if (nq_arg_value(argc, argv, &i, "--eval", &v, &bad)) {
+            eval_path = v;
+        } else if (nq_arg_value(argc, argv, &i, "--eval-windows", &v, &bad)) {
+            if (!bad && nq_parse_int(v, 1, 1 << 20, &eval_windows) != 0) {
+                nq_cli_error("--eval-windows '%s': expected a positive integer", v);
                 bad = true;
             }
         } else if (strcmp(a, "--weights-only") == 0) {
@@ -187,28 +286,95 @@ int nq_cmd_quantize(int argc, char **argv)
         goto finish;
     }
 
+    json_t *report_modules = report_path ? json_array() : NULL;
+    opt.report_modules = report_modules;
     nq_quantize_summary sum;
     if (nq_quantize(&opt, &sum, &err) != 0) {
         nq_cli_error("%s", err.msg);
         rc = 1;
-    } else {
-        printf("wrote %s: %zu tensors in %d shard(s), %.1f MB (from %.1f MB)\n", out,
-               sum.tensors_out, sum.shards, sum.bytes_out / 1e6, sum.bytes_in / 1e6);
-        printf("modules: %zu nvfp4, %zu fp8, %zu int4, %zu kept\n", sum.modules[NQ_FORMAT_NVFP4],
-               sum.modules[NQ_FORMAT_FP8], sum.modules[NQ_FORMAT_INT4], sum.modules[NQ_FORMAT_KEEP]);
-        if (sum.sq_ref > 0) {
-            printf("weight error: relative RMS %.5f over the quantized modules",
-                   sqrt(sum.sq_err / sum.sq_ref));
-            if (opt.mse_scales && sum.sq_err_max_scale > 0)
-                printf(" (mse scales: %.1f%% less squared error than max scales)",
-                       100.0 * (1.0 - sum.sq_err / sum.sq_err_max_scale));
-            printf("\n");
-        }
-        if (opt.weights_only && sum.modules[NQ_FORMAT_NVFP4] + sum.modules[NQ_FORMAT_FP8] > 0)
-            printf("note: --weights-only: no activation scales were written, so this checkpoint "
-                   "is NOT servable as W4A4/W8A8 (NVFP4 is declared W4A16_NVFP4)\n");
-        rc = 0;
+        json_decref(report_modules);
+        free(all);
+        goto finish;
     }
+    rc = 0;
+    double bits = sum.params_in ? 8.0 * (double)sum.bytes_out / (double)sum.params_in : 0.0;
+    printf("wrote %s: %zu tensors in %d shard(s), %.1f MB (from %.1f MB), %.2f bits/parameter\n",
+           out, sum.tensors_out, sum.shards, sum.bytes_out / 1e6, sum.bytes_in / 1e6, bits);
+    printf("modules: %zu nvfp4, %zu fp8, %zu int4, %zu kept\n", sum.modules[NQ_FORMAT_NVFP4],
+           sum.modules[NQ_FORMAT_FP8], sum.modules[NQ_FORMAT_INT4], sum.modules[NQ_FORMAT_KEEP]);
+    if (sum.sq_ref > 0) {
+        printf("weight error: relative RMS %.5f over the quantized modules",
+               sqrt(sum.sq_err / sum.sq_ref));
+        if (opt.mse_scales && !opt.gptq && sum.sq_err_max_scale > 0)
+            printf(" (mse scales: %.1f%% less squared error than max scales)",
+                   100.0 * (1.0 - sum.sq_err / sum.sq_err_max_scale));
+        printf("\n");
+    }
+    if (opt.calib_path) {
+        printf("calibration: %d x %d tokens in %.1f s; output error on calibration inputs: "
+               "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
+               sum.calib_samples, sum.calib_len, sum.calib_seconds,
+               sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0, sum.kv_layers);
+        if (opt.gptq)
+            printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
+                   sum.gptq_modules, sum.gptq_fallbacks,
+                   opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
+        if (sum.experts_without_tokens)
+            printf("note: %zu routed experts received no calibration token; they use their "
+                   "layer's input scale (the max over its experts)\n",
+                   sum.experts_without_tokens);
+    }
+    if (opt.weights_only && sum.modules[NQ_FORMAT_NVFP4] + sum.modules[NQ_FORMAT_FP8] > 0)
+        printf("note: --weights-only: no activation scales were written, so this checkpoint "
+               "is NOT servable as W4A4/W8A8 (NVFP4 is declared W4A16_NVFP4)\n");
+    json_t *eval_doc = NULL;
+    if (eval_path) {
+        nq_eval_result r;
+        if (run_eval(out, in, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
+            nq_cli_error("--eval: %s", err.msg);
+            rc = 1;
+        } else {
+            printf("eval on %s (%d windows of %d): perplexity %.4f (input %.4f), KL %.6f "
+                   "nats/token, top-1 agreement %.4f\n",
+                   eval_path, r.windows, r.ctx, r.ppl, r.base_ppl, r.kl, r.top1);
+            eval_doc = json_pack("{s:s, s:i, s:i, s:I, s:f, s:f, s:f, s:f}", "text", eval_path,
+                                 "windows", r.windows, "ctx", r.ctx, "predictions",
+                                 (json_int_t)r.predictions, "perplexity", r.ppl,
+                                 "input_perplexity", r.base_ppl, "kl", r.kl, "top1_agreement",
+                                 r.top1);
+        }
+    }
+    if (report_path && rc == 0) {
+        json_t *summary = json_pack(
+            "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
+            "output", out, "recipe", preset, "algorithm", opt.gptq ? "gptq" : "rtn",
+            "weight_scale", opt.mse_scales ? "mse" : "max", "bytes_in", (json_int_t)sum.bytes_in,
+            "bytes_out", (json_int_t)sum.bytes_out, "bits_per_parameter", bits,
+            "nvfp4_modules", (json_int_t)sum.modules[NQ_FORMAT_NVFP4], "fp8_modules",
+            (json_int_t)sum.modules[NQ_FORMAT_FP8], "int4_modules",
+            (json_int_t)sum.modules[NQ_FORMAT_INT4], "kept_modules",
+            (json_int_t)sum.modules[NQ_FORMAT_KEEP], "weight_rel_rms",
+            sum.sq_ref > 0 ? sqrt(sum.sq_err / sum.sq_ref) : 0.0, "output_rel_rms",
+            sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0);
+        if (summary && opt.calib_path) {
+            json_object_set_new(summary, "calibration", json_string(opt.calib_path));
+            json_object_set_new(summary, "calibration_tokens",
+                                json_integer((json_int_t)sum.calib_samples * sum.calib_len));
+            json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
+            json_object_set_new(summary, "experts_without_tokens",
+                                json_integer((json_int_t)sum.experts_without_tokens));
+        }
+        json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
+        if (doc && eval_doc)
+            json_object_set(doc, "eval", eval_doc);
+        if (!doc || nq_report_write(report_path, doc, &err) != 0) {
+            nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
+            rc = 1;
+        }
+        json_decref(doc);
+    }
+    json_decref(eval_doc);
+    json_decref(report_modules);
     free(all);
 finish:
     free(rules);

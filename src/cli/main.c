@@ -23,6 +23,7 @@ static const struct {
 } commands[] = {
     {"inspect", nq_cmd_inspect, "describe a checkpoint (roles, dtypes, layers, quantization)"},
     {"quantize", nq_cmd_quantize, "quantize a checkpoint with a recipe (NVFP4, FP8, INT4)"},
+    {"eval", nq_cmd_eval, "perplexity and KL divergence against a base model (quantization emulated)"},
     {"verify", nq_cmd_verify, "check a quantized checkpoint (and its error against the source)"},
 };
 

@@ -81,13 +81,28 @@ static int nvfp4_rows(void *ctx, size_t begin, size_t end, int worker)
             uint8_t *codes_out = j->packed + ((int64_t)r * j->cols + b * NQ_NVFP4_BLOCK) / 2;
             uint8_t max_scale = nq_nvfp4_block_scale_max(x, j->global_scale);
             uint8_t scale = max_scale;
-            double err_max = nq_nvfp4_block_sq_error(x, max_scale, j->global_scale);
-            double err = err_max;
-            if (j->mse)
+            double err_max;
+            if (j->mse) {
+                double err;
+                err_max = nq_nvfp4_block_sq_error(x, max_scale, j->global_scale);
                 scale = nq_nvfp4_block_scale_mse(x, j->global_scale, &err);
-            nq_nvfp4_encode_block(x, scale, j->global_scale, codes_out);
+                nq_nvfp4_encode_block(x, scale, j->global_scale, codes_out);
+                cs->sq_err += err;
+            } else {
+                /* one pass: the codes and their error */
+                float denom = nq_e4m3_to_f32(scale) * j->global_scale;
+                err_max = 0.0;
+                for (int k = 0; k < NQ_NVFP4_BLOCK; k += 2) {
+                    uint8_t lo = nq_e2m1_encode(x[k] / denom);
+                    uint8_t hi = nq_e2m1_encode(x[k + 1] / denom);
+                    codes_out[k / 2] = (uint8_t)(lo | (hi << 4));
+                    double d0 = (double)x[k] - nq_e2m1_value(lo) * denom;
+                    double d1 = (double)x[k + 1] - nq_e2m1_value(hi) * denom;
+                    err_max += d0 * d0 + d1 * d1;
+                }
+                cs->sq_err += err_max;
+            }
             j->scales[(int64_t)r * blocks + b] = scale;
-            cs->sq_err += err;
             cs->sq_err_max += err_max;
             for (int k = 0; k < NQ_NVFP4_BLOCK; k++)
                 cs->sq_ref += (double)x[k] * x[k];

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "io/writer.h"
 #include "model/config.h"
+#include "export/quantize_internal.h"
 
 static bool ends_with(const char *s, const char *suffix)
 {
@@ -34,7 +35,7 @@ bool nq_is_auxiliary_file(const char *name)
 }
 
 /* The plan entry for a `.weight` tensor, or NULL. */
-static const nq_plan_module *module_of_weight(const nq_plan *plan, const char *tensor)
+const nq_plan_module *nq_module_of_weight(const nq_plan *plan, const char *tensor)
 {
     size_t n = strlen(tensor);
     if (n < 8 || strcmp(tensor + n - 7, ".weight") != 0 || n - 7 >= 256)
@@ -54,7 +55,7 @@ static int declare(nq_writer *w, const char *module, const char *suffix, nq_dtyp
     return nq_writer_declare(w, name, dt, ndim, shape, err);
 }
 
-static int declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err)
+int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err)
 {
     const char *n = m->name;
     int64_t o = m->out_features, i = m->in_features;
@@ -78,7 +79,7 @@ static int declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *er
 }
 
 /* Streams a stored tensor's bytes straight from the mapping. */
-static int copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
+int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
 {
     const uint64_t chunk = 64u << 20;
     for (uint64_t off = 0; off < t->nbytes; off += chunk) {
@@ -197,8 +198,9 @@ static int write_json(nq_writer *w, const char *name, json_t *doc, nq_error *err
     return rc;
 }
 
-static int write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
-                                const nq_model_config *cfg, const nq_plan *plan, nq_error *err)
+int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
+                            const nq_model_config *cfg, const nq_plan *plan, bool kv_fp8,
+                            nq_error *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", opt->in_dir);
@@ -210,7 +212,7 @@ static int write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
         qc = nq_gptq_quant_config(plan);
         rc = write_json(w, "quantize_config.json", qc, err);
     } else if (modelopt) {
-        nq_export_info info = {.weights_only = opt->weights_only, .kv_cache_fp8 = false};
+        nq_export_info info = {.weights_only = opt->weights_only, .kv_cache_fp8 = kv_fp8};
         json_t *hf = nq_modelopt_quant_config(plan, &info);
         rc = write_json(w, "hf_quant_config.json", hf, err);
         /* The same dict in config.json with quant_method, as vLLM's
@@ -297,15 +299,28 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
         nq_plan_build(&cfg, ck, &opt->recipe, &plan, err) != 0)
         goto done;
     bool needs_act = nq_plan_count(&plan, NQ_FORMAT_NVFP4) + nq_plan_count(&plan, NQ_FORMAT_FP8) > 0;
-    if (needs_act && !opt->weights_only) {
-        nq_fail(err, "recipe %s: NVFP4/FP8 (W4A4/W8A8) need activation scales from calibration, "
-                     "which this version cannot compute yet; add --weights-only to write the "
-                     "quantized weights now (not servable as W4A4/W8A8)",
+    if (opt->calib_path && opt->weights_only) {
+        nq_fail(err, "--weights-only and --calib exclude each other: calibration exists to write "
+                     "activation scales");
+        goto done;
+    }
+    if (opt->gptq && !opt->calib_path) {
+        nq_fail(err, "--algo gptq needs --calib FILE (its Hessians come from calibration data)");
+        goto done;
+    }
+    if (needs_act && !opt->weights_only && !opt->calib_path) {
+        nq_fail(err, "recipe %s: NVFP4/FP8 (W4A4/W8A8) need activation scales: give --calib FILE "
+                     "(text or JSONL), or add --weights-only to write only the quantized weights "
+                     "(not servable as W4A4/W8A8)",
                 plan.recipe);
         goto done;
     }
     for (int f = 0; f < 4; f++)
         sum->modules[f] = nq_plan_count(&plan, (nq_format)f);
+    if (opt->calib_path) {
+        rc = nq_quantize_calibrated(opt, ck, &cfg, &plan, sum, err);
+        goto done;
+    }
 
     nq_writer_options wo = {.out_dir = opt->out_dir, .input_dir = opt->in_dir,
                             .max_shard_bytes = opt->max_shard_bytes, .force = opt->force};
@@ -315,10 +330,11 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
     sum->tensors_in = nq_checkpoint_count(ck);
     for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
         const nq_tensor *t = nq_checkpoint_tensor(ck, i);
-        const nq_plan_module *m = module_of_weight(&plan, t->name);
+        const nq_plan_module *m = nq_module_of_weight(&plan, t->name);
         sum->bytes_in += t->nbytes;
+        sum->params_in += t->numel;
         if (m && m->format != NQ_FORMAT_KEEP) {
-            if (declare_quantized(w, m, err) != 0)
+            if (nq_declare_quantized(w, m, err) != 0)
                 goto done;
         } else if (nq_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err) != 0) {
             goto done;
@@ -328,17 +344,17 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
         goto done;
     for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
         const nq_tensor *t = nq_checkpoint_tensor(ck, i);
-        const nq_plan_module *m = module_of_weight(&plan, t->name);
+        const nq_plan_module *m = nq_module_of_weight(&plan, t->name);
         if (opt->log)
             fprintf(opt->log, "\r[%zu/%zu] %-70.70s", i + 1, nq_checkpoint_count(ck), t->name);
         int r = m && m->format != NQ_FORMAT_KEEP ? write_quantized(w, t, m, opt, sum, err)
-                                                 : copy_tensor(w, t, err);
+                                                 : nq_copy_tensor(w, t, err);
         if (r != 0)
             goto done;
     }
     if (opt->log)
         fprintf(opt->log, "\r%-90s\r", "");
-    if (write_metadata_files(w, opt, &cfg, &plan, err) != 0)
+    if (nq_write_metadata_files(w, opt, &cfg, &plan, false, err) != 0)
         goto done;
     sum->shards = nq_writer_shard_count(w);
     sum->tensors_out = nq_writer_tensor_count(w);

@@ -21,15 +21,39 @@ typedef struct nq_quantize_options {
     uint64_t max_shard_bytes;
     bool force;
     FILE *log;              /* progress and notes; NULL: quiet */
+    /* Calibration (calib/calib.h): NULL path = none. */
+    const char *calib_path;
+    int calib_samples, calib_len;   /* <= 0: 256 x 2048 */
+    bool gptq;                      /* GPTQ for NVFP4 and INT4 modules (needs calib_path) */
+    double gptq_damp;               /* <= 0: 0.01 */
+    int gptq_min_rows;              /* fewer calibration rows: RTN + mse scales (<= 0: 128) */
+    /* Which activations feed the next layer during calibration:
+     * NQ_PROPAGATE_AUTO = quantized with GPTQ (the standard sequential
+     * scheme), float otherwise (ModelOpt's max calibration). */
+    enum { NQ_PROPAGATE_AUTO, NQ_PROPAGATE_FLOAT, NQ_PROPAGATE_QUANTIZED } propagate;
+    bool kv_cache_fp8;              /* write FP8 KV scales when the recipe asks (default on) */
+    /* Optional: a JSON array that receives one object per quantized module
+     * (format, why, errors, activation amax, algorithm). Borrowed. */
+    struct json_t *report_modules;
 } nq_quantize_options;
 
 typedef struct nq_quantize_summary {
     size_t tensors_in, tensors_out;
     size_t modules[4];      /* by nq_format */
     uint64_t bytes_in, bytes_out;
+    uint64_t params_in;     /* elements of every input tensor */
     int shards;
     /* weight error over all quantized modules */
     double sq_err, sq_err_max_scale, sq_ref;
+    /* calibration */
+    int calib_samples, calib_len;
+    size_t calib_stream_tokens;
+    size_t experts_without_tokens;  /* got their layer's input scale */
+    size_t gptq_modules, gptq_fallbacks;
+    size_t kv_layers;
+    double out_sq_err, out_sq_ref;  /* output error on calibration samples */
+    double calib_seconds;
+    uint64_t peak_activation_bytes; /* activations + per-layer statistics */
 } nq_quantize_summary;
 
 int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);

@@ -13,7 +13,8 @@ uint8_t nq_f32_to_e4m3(float f);
 /* weight_scale = amax / 448 (1.0 for an all-zero tensor, so it stays a valid
  * positive scale). */
 float nq_fp8_tensor_scale(float amax);
-/* The stored byte of x under `scale`: e4m3(x / scale). */
+/* The stored byte of x under `scale`: e4m3(bf16(x / scale)), as ModelOpt
+ * computes it for BF16 weights (see fp8.c). */
 uint8_t nq_fp8_quantize_value(float x, float scale);
 
 #endif

@@ -17,14 +17,11 @@ uint8_t nq_e2m1_encode(float x)
 {
     /* ModelOpt _cast_fp4: ord = searchsorted(bounds, |x|) (first bound >=
      * |x|), plus one when |x| is exactly 0.75, 1.75 or 3.5: ties go to the
-     * even code. */
-    static const float bounds[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+     * even code.  Written as a sum of comparisons (no branches), which is
+     * the same count as the search. */
     float a = fabsf(x);
-    uint8_t ord = 0;
-    while (ord < 7 && bounds[ord] < a)
-        ord++;
-    if (a == 0.75f || a == 1.75f || a == 3.5f)
-        ord++;
+    int ord = (a > 0.25f) + (a > 0.75f) + (a > 1.25f) + (a > 1.75f) + (a > 2.5f) + (a > 3.5f) +
+              (a > 5.0f) + (a == 0.75f) + (a == 1.75f) + (a == 3.5f);
     return (uint8_t)((x < 0 ? 8 : 0) + ord);
 }
 

@@ -100,6 +100,12 @@ int nq_attention_forward(const nq_exec *ex, const nq_model_config *cfg,
         nq_linear(ex, "v_proj.weight", -1, NULL, x, n, H, w->v, NULL, kvdim,
                   v_cache + (size_t)past * kvdim) != 0)
         goto done;
+    if (ex->hooks && ex->hooks->kv_output) {
+        nq_kv_output kv = {.layer = ex->layer, .k = k_cache + (size_t)past * kvdim,
+                           .v = v_cache + (size_t)past * kvdim, .n = n, .kv_dim = kvdim};
+        if (ex->hooks->kv_output(ex->hooks->ctx, &kv, ex->err) != 0)
+            goto done;
+    }
     attn_job job = {
         .q = q, .k = k_cache, .v = v_cache, .out = att, .scratch = scratch, .n = n, .past = past,
         .heads = nh, .kv_heads = nkv, .hd = hd, .scale = (float)pow((double)hd, -0.5),

@@ -80,9 +80,23 @@ typedef struct nq_routing {
 /* Each returns 0, or -1 (with err filled) to abort the forward pass.
  * Called on the calling thread, in execution order; pointers are valid only
  * during the call.  Either function may be NULL. */
+/* The keys and values one attention block just computed for n new tokens
+ * (k, v: [n, kv_dim] row-major, already in the cache). */
+typedef struct nq_kv_output {
+    int layer;
+    float *k, *v;             /* may be rewritten in place (KV-cache emulation) */
+    int n, kv_dim;
+} nq_kv_output;
+
 typedef struct nq_forward_hooks {
     int (*linear_input)(void *ctx, const nq_linear_input *in, nq_error *err);
     int (*routing)(void *ctx, const nq_routing *r, nq_error *err);
+    /* Rewrites a Linear's input (activation quantization emulation): fill
+     * x_out[rows, in_features] and return 1, or return 0 to use the input
+     * as is (x_out untouched), -1 on error.  Runs after linear_input. */
+    int (*rewrite_input)(void *ctx, const nq_linear_input *in, float *x_out, nq_error *err);
+    /* Observes (and may rewrite) new keys/values before attention uses them. */
+    int (*kv_output)(void *ctx, const nq_kv_output *kv, nq_error *err);
     void *ctx;
 } nq_forward_hooks;
 

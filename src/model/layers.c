@@ -111,19 +111,38 @@ int nq_linear(const nq_exec *ex, const char *suffix, int expert, const int32_t *
 {
     if (n <= 0)
         return 0;
-    if (ex->hooks && ex->hooks->linear_input) {
+    float *rewritten = NULL;
+    if (ex->hooks && (ex->hooks->linear_input || ex->hooks->rewrite_input)) {
         char name[256];
         snprintf(name, sizeof name, "%s%s", ex->prefix ? ex->prefix : "", suffix);
         nq_linear_input ev = {
             .weight_name = name, .layer = ex->layer, .expert = expert, .x = x,
             .rows = n, .in_features = in, .out_features = out, .token_index = token_index,
         };
-        if (ex->hooks->linear_input(ex->hooks->ctx, &ev, ex->err) != 0)
-            return nq_fail(ex->err, "%s: linear-input hook failed", name);
+        if (ex->hooks->linear_input && ex->hooks->linear_input(ex->hooks->ctx, &ev, ex->err) != 0)
+            return -1;
+        if (ex->hooks->rewrite_input) {
+            rewritten = malloc((size_t)n * in * sizeof *rewritten);
+            if (!rewritten)
+                return nq_fail(ex->err, "%s: out of memory for %d x %d inputs", name, n, in);
+            int r = ex->hooks->rewrite_input(ex->hooks->ctx, &ev, rewritten, ex->err);
+            if (r < 0) {
+                free(rewritten);
+                return -1;
+            }
+            if (r == 0) {
+                free(rewritten);
+                rewritten = NULL;
+            } else {
+                x = rewritten;
+            }
+        }
     }
     linear_job job = {.x = x, .W = W, .b = b, .y = y, .n = n, .in = in, .out = out};
-    return nq_parallel_for((size_t)out, NQ_LINEAR_ROW_CHUNK,
-                           nq_exec_threads(ex, (double)n * in * out), linear_rows, &job);
+    int rc = nq_parallel_for((size_t)out, NQ_LINEAR_ROW_CHUNK,
+                             nq_exec_threads(ex, (double)n * in * out), linear_rows, &job);
+    free(rewritten);
+    return rc;
 }
 
 void nq_rmsnorm(const float *x, const float *weight, int n, int dim, float eps, float *y)

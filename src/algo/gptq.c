@@ -1,0 +1,269 @@
+#include "algo/gptq.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/parallel.h"
+#include "formats/floatconv.h"
+#include "formats/int4.h"
+#include "formats/nvfp4.h"
+
+/* LAPACK (in libopenblas): Cholesky factorization and inverse from it. */
+void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
+
+#define GPTQ_BLOCK 128
+#define GPTQ_ROW_CHUNK 16
+
+/* U with H^-1 = U^T U, row-major [n, n] (zero below the diagonal), from the
+ * damped H; NULL when H is not positive definite. */
+static double *inverse_cholesky_upper(const double *h, int n, double damp_abs)
+{
+    double *a = malloc((size_t)n * n * sizeof *a);
+    if (!a)
+        return NULL;
+    memcpy(a, h, (size_t)n * n * sizeof *a);
+    for (int i = 0; i < n; i++)
+        a[(size_t)i * n + i] += damp_abs;
+    int info = 0;
+    /* a is symmetric, so row- and column-major read the same matrix */
+    dpotrf_("U", &n, a, &n, &info);
+    if (info == 0)
+        dpotri_("U", &n, a, &n, &info);
+    if (info != 0) {
+        free(a);
+        return NULL;
+    }
+    /* the inverse is in the upper triangle (column-major): mirror it */
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < j; i++)
+            a[(size_t)i * n + j] = a[(size_t)j * n + i] = a[(size_t)j * n + i];
+    for (int j = 0; j < n; j++)
+        for (int i = j + 1; i < n; i++)
+            a[(size_t)j * n + i] = a[(size_t)i * n + j];
+    dpotrf_("U", &n, a, &n, &info);
+    if (info != 0) {
+        free(a);
+        return NULL;
+    }
+    /* column-major upper U(i, j), i <= j, sits at a[i + j n]: transpose into
+     * row-major and clear the other triangle */
+    double *u = calloc((size_t)n * n, sizeof *u);
+    if (u)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i <= j; i++)
+                u[(size_t)i * n + j] = a[(size_t)i + (size_t)j * n];
+    free(a);
+    return u;
+}
+
+typedef enum { FMT_INT4, FMT_NVFP4 } gptq_format;
+
+typedef struct gptq_job {
+    gptq_format fmt;
+    const float *w;
+    int64_t rows, cols;
+    const double *u;
+    const bool *dead;
+    int group;            /* INT4 group, 16 for NVFP4 */
+    bool mse;
+    float gs;             /* NVFP4 global scale */
+    uint8_t *codes;       /* INT4: [rows, cols] 0..15; NVFP4: packed [rows, cols/2] */
+    uint16_t *scales16;   /* INT4 [cols/group, rows] */
+    uint8_t *scales8;     /* NVFP4 [rows, cols/16] */
+    double *chunk_loss;   /* per chunk */
+    bool oom;
+} gptq_job;
+
+static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
+{
+    (void)worker;
+    gptq_job *j = ctx;
+    int64_t n = j->cols, r = (int64_t)(end - begin);
+    double *W = malloc((size_t)(r * n) * sizeof *W);
+    double *E = malloc((size_t)(r * GPTQ_BLOCK) * sizeof *E);
+    double *S = malloc((size_t)(r * GPTQ_BLOCK) * sizeof *S);
+    float *gbuf = malloc((size_t)j->group * sizeof *gbuf);
+    float *scale_val = malloc((size_t)r * sizeof *scale_val);
+    uint16_t *s16 = malloc((size_t)r * sizeof *s16);
+    uint8_t *s8 = malloc((size_t)r * sizeof *s8);
+    if (!W || !E || !S || !gbuf || !scale_val || !s16 || !s8) {
+        j->oom = true;
+        free(W), free(E), free(S), free(gbuf), free(scale_val), free(s16), free(s8);
+        return -1;
+    }
+    for (int64_t a = 0; a < r; a++)
+        for (int64_t c = 0; c < n; c++)
+            W[a * n + c] = j->dead[c] ? 0.0 : (double)j->w[((int64_t)begin + a) * n + c];
+    double loss = 0.0;
+    for (int64_t i1 = 0; i1 < n; i1 += GPTQ_BLOCK) {
+        int64_t i2 = i1 + GPTQ_BLOCK < n ? i1 + GPTQ_BLOCK : n, bw = i2 - i1;
+        /* Scales come from the block's weights as they stand at its start,
+         * as the reference does (find_params(W[:, i:i+g]) reads W, while
+         * the within-block updates go to its copy W1). */
+        for (int64_t a = 0; a < r; a++)
+            memcpy(S + a * GPTQ_BLOCK, W + a * n + i1, (size_t)bw * sizeof *S);
+        for (int64_t i = i1; i < i2; i++) {
+            if (i % j->group == 0) {
+                /* the group's scale, from the weights as updated so far */
+                for (int64_t a = 0; a < r; a++) {
+                    for (int g = 0; g < j->group; g++)
+                        gbuf[g] = (float)S[a * GPTQ_BLOCK + (i - i1) + g];
+                    int64_t row = (int64_t)begin + a;
+                    if (j->fmt == FMT_INT4) {
+                        double e;
+                        s16[a] = j->mse ? nq_int4_group_scale_mse(gbuf, j->group, &e)
+                                        : nq_int4_group_scale_max(gbuf, j->group);
+                        scale_val[a] = nq_f16_to_f32(s16[a]);
+                        j->scales16[(i / j->group) * j->rows + row] = s16[a];
+                    } else {
+                        double e;
+                        s8[a] = j->mse ? nq_nvfp4_block_scale_mse(gbuf, j->gs, &e)
+                                       : nq_nvfp4_block_scale_max(gbuf, j->gs);
+                        scale_val[a] = nq_e4m3_to_f32(s8[a]) * j->gs;
+                        j->scales8[row * (n / 16) + i / 16] = s8[a];
+                    }
+                }
+            }
+            double d = j->u[i * n + i];
+            for (int64_t a = 0; a < r; a++) {
+                int64_t row = (int64_t)begin + a;
+                float x = (float)W[a * n + i];
+                double q;
+                if (j->fmt == FMT_INT4) {
+                    uint8_t code;
+                    nq_int4_encode_group(&x, 1, s16[a], &code);
+                    j->codes[row * n + i] = code;
+                    q = (double)scale_val[a] * ((int)code - 8);
+                } else {
+                    uint8_t code = nq_e2m1_encode(x / scale_val[a]);
+                    uint8_t *p = &j->codes[row * (n / 2) + i / 2];
+                    *p = (uint8_t)(i % 2 ? (*p & 0x0f) | (code << 4) : (*p & 0xf0) | code);
+                    q = (double)nq_e2m1_value(code) * scale_val[a];
+                }
+                double e = (W[a * n + i] - q) / d;
+                loss += (W[a * n + i] - q) * (W[a * n + i] - q) / (d * d) / 2.0;
+                E[a * GPTQ_BLOCK + (i - i1)] = e;
+                const double *ur = j->u + i * n;
+                double *wr = W + a * n;
+                for (int64_t c = i + 1; c < i2; c++)
+                    wr[c] -= e * ur[c];
+            }
+        }
+        if (i2 < n)
+            /* W[:, i2:] -= E[:, :bw] U[i1:i2, i2:] */
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)r, (int)(n - i2), (int)bw,
+                        -1.0, E, GPTQ_BLOCK, j->u + i1 * n + i2, (int)n, 1.0, W + i2, (int)n);
+    }
+    j->chunk_loss[begin / GPTQ_ROW_CHUNK] = loss;
+    free(W), free(E), free(S), free(gbuf), free(scale_val), free(s16), free(s8);
+    return 0;
+}
+
+static int run(gptq_job *j, const double *hessian, double percdamp, int threads,
+               nq_gptq_stats *st, nq_error *err)
+{
+    int64_t n = j->cols;
+    memset(st, 0, sizeof *st);
+    if (n > 65536)
+        return nq_fail(err, "gptq: %lld input features is more than this implementation "
+                            "handles",
+                       (long long)n);
+    double *h = malloc((size_t)(n * n) * sizeof *h);
+    bool *dead = calloc((size_t)n, sizeof *dead);
+    j->chunk_loss = calloc((size_t)(j->rows / GPTQ_ROW_CHUNK + 1), sizeof *j->chunk_loss);
+    double *u = NULL;
+    int rc = -1;
+    if (!h || !dead || !j->chunk_loss) {
+        nq_fail(err, "gptq: out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
+        goto done;
+    }
+    memcpy(h, hessian, (size_t)(n * n) * sizeof *h);
+    double mean_diag = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double v = h[i * n + i];
+        if (!isfinite(v) || v < 0) {
+            nq_fail(err, "gptq: Hessian diagonal %lld is %g", (long long)i, v);
+            goto done;
+        }
+        if (v == 0.0) {
+            dead[i] = true;
+            st->dead_columns++;
+            h[i * n + i] = 1.0;
+        }
+        mean_diag += h[i * n + i];
+    }
+    mean_diag /= (double)n;
+    st->damp = percdamp;
+    for (int attempt = 0; attempt < 5 && !u; attempt++) {
+        u = inverse_cholesky_upper(h, (int)n, st->damp * mean_diag);
+        if (!u)
+            st->damp *= 10.0;
+    }
+    if (!u) {
+        nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
+                st->damp / 10.0);
+        goto done;
+    }
+    j->u = u;
+    j->dead = dead;
+    if (nq_parallel_for((size_t)j->rows, GPTQ_ROW_CHUNK, threads, gptq_rows, j) != 0 || j->oom) {
+        nq_fail(err, "gptq: out of memory");
+        goto done;
+    }
+    for (int64_t c = 0; c <= j->rows / GPTQ_ROW_CHUNK; c++)
+        st->proxy_loss += j->chunk_loss[c];
+    rc = 0;
+done:
+    free(h);
+    free(dead);
+    free(u);
+    free(j->chunk_loss);
+    return rc;
+}
+
+int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessian, int group,
+                 bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
+                 uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
+{
+    if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
+        rows % 8 != 0)
+        return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
+                       (long long)rows, (long long)cols, group);
+    uint8_t *codes = malloc((size_t)(rows * cols));
+    if (!codes)
+        return nq_fail(err, "gptq int4: out of memory");
+    gptq_job j = {.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
+                  .mse = mse, .codes = codes, .scales16 = scales};
+    int rc = run(&j, hessian, percdamp, threads, st, err);
+    if (rc == 0)
+        nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
+    free(codes);
+    return rc;
+}
+
+int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
+                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
+                  float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    if (cols % 16 != 0)
+        return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
+                       (long long)cols);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float a = fabsf(w[i]);
+        if (!(a <= amax)) {
+            if (!isfinite(a))
+                return nq_fail(err, "gptq nvfp4: non-finite weight at element %lld",
+                               (long long)i);
+            amax = a;
+        }
+    }
+    *global_scale = nq_nvfp4_global_scale(amax);
+    memset(packed, 0, (size_t)(rows * cols / 2));
+    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16, .mse = mse,
+                  .gs = *global_scale, .codes = packed, .scales8 = block_scales};
+    return run(&j, hessian, percdamp, threads, st, err);
+}

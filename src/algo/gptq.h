@@ -1,0 +1,49 @@
+/* GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+ * Generative Pre-trained Transformers", 2022), as the reference
+ * implementation (IST-DASLab/gptq `fasterquant`, AutoGPTQ's
+ * `GPTQ.fasterquant`) computes it:
+ *
+ *   H = sum x x^T over the Linear's calibration inputs (any positive
+ *   multiple: only its direction matters); dead inputs (H_ii = 0) get
+ *   H_ii = 1 and a zero weight column; H += percdamp * mean(diag H) * I;
+ *   U = upper Cholesky factor of H^-1; columns are quantized left to right
+ *   in blocks of 128 and each column's error, divided by U_ii, is spread
+ *   over the not yet quantized columns of its block (and, lazily, over the
+ *   rest at the end of the block) through row i of U.
+ *
+ * The scale of a group (INT4: `group` columns; NVFP4: 16) is chosen when the
+ * group's first column comes up, from the weights as updated so far (max or
+ * mse, the same functions as round-to-nearest uses), as the reference does
+ * without static groups.  The NVFP4 global scale is fixed beforehand from
+ * the original weight's amax.  No act-order: the stored layout stays the
+ * plain one every loader reads.
+ *
+ * Rows are independent given U: they are processed in fixed chunks of rows,
+ * in parallel, so the output is byte-identical for any thread count.  When
+ * the damped H is not positive definite the dampening is multiplied by 10
+ * (up to 4 times) and st->damp says what was used. */
+#ifndef NQ_ALGO_GPTQ_H
+#define NQ_ALGO_GPTQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+typedef struct nq_gptq_stats {
+    double damp;          /* the dampening fraction finally used */
+    int dead_columns;     /* inputs never active in calibration */
+    double proxy_loss;    /* sum of the reference's Losses: sum (w - q)^2 / U_ii^2 / 2 */
+} nq_gptq_stats;
+
+/* INT4 symmetric, GPTQ v1 layout as nq_encode_int4 writes it. */
+int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessian, int group,
+                 bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
+                 uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err);
+
+/* NVFP4 as nq_encode_nvfp4 writes it. */
+int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
+                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
+                  float *global_scale, nq_gptq_stats *st, nq_error *err);
+
+#endif

@@ -1,0 +1,310 @@
+#include "calib/calib.h"
+
+#include <cblas.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/file.h"
+
+/* ---- data ------------------------------------------------------------- */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} strbuf;
+
+static int sb_add(strbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = (b->len + n + 1) * 2;
+        char *p = realloc(b->buf, cap);
+        if (!p)
+            return -1;
+        b->buf = p;
+        b->cap = cap;
+    }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
+    return 0;
+}
+
+static int sb_adds(strbuf *b, const char *s)
+{
+    return sb_add(b, s, strlen(s));
+}
+
+/* Appends the tokens of text to *ids. */
+static int append_tokens(const nq_tokenizer *tok, const char *text, size_t len, int32_t **ids,
+                         size_t *n, size_t *cap, int32_t separator, nq_error *err)
+{
+    int32_t *t = NULL;
+    size_t nt = 0;
+    if (nq_tokenizer_encode(tok, text, len, false, &t, &nt, err) != 0)
+        return -1;
+    if (*n + nt + 1 > *cap) {
+        size_t c = (*n + nt + 1) * 2;
+        int32_t *p = realloc(*ids, c * sizeof *p);
+        if (!p) {
+            free(t);
+            return nq_fail(err, "calibration: out of memory for %zu tokens", c);
+        }
+        *ids = p;
+        *cap = c;
+    }
+    if (*n > 0 && separator >= 0)
+        (*ids)[(*n)++] = separator;
+    memcpy(*ids + *n, t, nt * sizeof *t);
+    *n += nt;
+    free(t);
+    return 0;
+}
+
+/* One JSONL record as text; NULL with err set when it is neither form. */
+static char *render_record(const char *path, size_t line_no, json_t *rec, bool chatml,
+                           size_t *out_len, nq_error *err)
+{
+    strbuf b = {0};
+    json_t *text = json_object_get(rec, "text");
+    json_t *msgs = json_object_get(rec, "messages");
+    if (json_is_string(text)) {
+        if (sb_add(&b, json_string_value(text), json_string_length(text)) != 0)
+            goto oom;
+    } else if (json_is_array(msgs)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(msgs, i, m)
+        {
+            json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+            if (!json_is_string(role) || !json_is_string(content)) {
+                nq_fail(err, "%s:%zu: message %zu needs string \"role\" and \"content\"", path,
+                        line_no, i);
+                free(b.buf);
+                return NULL;
+            }
+            if ((chatml ? sb_adds(&b, "<|im_start|>") : 0) != 0 ||
+                sb_add(&b, json_string_value(role), json_string_length(role)) != 0 ||
+                sb_adds(&b, chatml ? "\n" : ": ") != 0 ||
+                sb_add(&b, json_string_value(content), json_string_length(content)) != 0 ||
+                sb_adds(&b, chatml ? "<|im_end|>\n" : "\n") != 0)
+                goto oom;
+        }
+    } else {
+        nq_fail(err, "%s:%zu: a JSONL record needs a \"text\" string or a \"messages\" array",
+                path, line_no);
+        return NULL;
+    }
+    *out_len = b.len;
+    if (!b.buf)
+        b.buf = calloc(1, 1);
+    return b.buf;
+oom:
+    free(b.buf);
+    nq_fail(err, "%s:%zu: out of memory", path, line_no);
+    return NULL;
+}
+
+static bool is_jsonl(const char *path, const char *text, size_t len)
+{
+    size_t n = strlen(path);
+    if (n >= 6 && strcmp(path + n - 6, ".jsonl") == 0)
+        return true;
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r'))
+        i++;
+    return i < len && text[i] == '{';
+}
+
+int nq_calib_tokens(const char *path, const nq_tokenizer *tok, int samples, int len,
+                    int32_t **ids_out, int *out_samples, int *out_len, size_t *stream_tokens,
+                    nq_error *err)
+{
+    *ids_out = NULL;
+    size_t text_len;
+    char *text = nq_read_file(path, &text_len, err);
+    if (!text)
+        return -1;
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    int rc = -1;
+    int32_t eos = nq_tokenizer_eos_id(tok);
+    if (is_jsonl(path, text, text_len)) {
+        bool chatml = nq_tokenizer_token_id(tok, "<|im_start|>") >= 0 &&
+                      nq_tokenizer_token_id(tok, "<|im_end|>") >= 0;
+        size_t line_no = 0;
+        char *p = text, *end = text + text_len;
+        while (p < end) {
+            char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
+            line_no++;
+            size_t k = 0;
+            while (k < ll && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r'))
+                k++;
+            if (k < ll) {
+                json_error_t je;
+                json_t *rec = json_loadb(p, ll, JSON_REJECT_DUPLICATES, &je);
+                if (!rec || !json_is_object(rec)) {
+                    nq_fail(err, "%s:%zu: not a JSON object%s%s", path, line_no, rec ? "" : ": ",
+                            rec ? "" : je.text);
+                    json_decref(rec);
+                    goto done;
+                }
+                size_t rl;
+                char *r = render_record(path, line_no, rec, chatml, &rl, err);
+                json_decref(rec);
+                if (!r)
+                    goto done;
+                int a = append_tokens(tok, r, rl, &ids, &n, &cap, eos, err);
+                free(r);
+                if (a != 0)
+                    goto done;
+            }
+            p += ll + 1;
+        }
+    } else if (append_tokens(tok, text, text_len, &ids, &n, &cap, -1, err) != 0) {
+        goto done;
+    }
+    if (n < 2) {
+        nq_fail(err, "%s: calibration text holds %zu tokens; need at least 2", path, n);
+        goto done;
+    }
+    int L = (size_t)len < n ? len : (int)n;
+    int S = (int)(n / (size_t)L) < samples ? (int)(n / (size_t)L) : samples;
+    int32_t *out = malloc((size_t)S * L * sizeof *out);
+    if (!out) {
+        nq_fail(err, "%s: out of memory for %d x %d tokens", path, S, L);
+        goto done;
+    }
+    /* evenly spread, non-overlapping: window i starts at i * (n / S) */
+    size_t stride = n / (size_t)S;
+    for (int s = 0; s < S; s++)
+        memcpy(out + (size_t)s * L, ids + (size_t)s * stride, (size_t)L * sizeof *out);
+    *ids_out = out;
+    *out_samples = S;
+    *out_len = L;
+    *stream_tokens = n;
+    rc = 0;
+done:
+    free(ids);
+    free(text);
+    return rc;
+}
+
+/* ---- statistics ------------------------------------------------------- */
+
+nq_linear_stats *nq_calib_find(nq_calib_stats *s, const char *module)
+{
+    for (size_t i = 0; i < s->count; i++)
+        if (strcmp(s->items[i].module->name, module) == 0)
+            return &s->items[i];
+    return NULL;
+}
+
+static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
+{
+    nq_calib_stats *s = ctx;
+    size_t len = strlen(in->weight_name);
+    if (len < 8 || len - 7 >= 256)
+        return 0;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(len - 7), in->weight_name);
+    nq_linear_stats *st = nq_calib_find(s, name);
+    if (!st) {
+        const nq_plan_module *m = nq_plan_find(s->plan, name);
+        if (!m || m->format == NQ_FORMAT_KEEP)
+            return 0;
+        if (m->in_features != in->in_features)
+            return nq_fail(err, "%s: input of %d features, the plan says %lld", name,
+                           in->in_features, (long long)m->in_features);
+        if (s->count == s->cap) {
+            size_t cap = s->cap ? s->cap * 2 : 64;
+            nq_linear_stats *p = realloc(s->items, cap * sizeof *p);
+            if (!p)
+                return nq_fail(err, "%s: out of memory for statistics", name);
+            s->items = p;
+            s->cap = cap;
+        }
+        st = &s->items[s->count++];
+        memset(st, 0, sizeof *st);
+        st->module = m;
+        st->sample = malloc((size_t)NQ_CALIB_SAMPLE_ROWS * in->in_features * sizeof *st->sample);
+        if (s->hessians)
+            st->hessian = calloc((size_t)in->in_features * in->in_features, sizeof(double));
+        if (!st->sample || (s->hessians && !st->hessian))
+            return nq_fail(err, "%s: out of memory for statistics of %d inputs", name,
+                           in->in_features);
+    }
+    int d = in->in_features;
+    size_t count = (size_t)in->rows * d;
+    float amax = st->amax;
+    for (size_t i = 0; i < count; i++) {
+        float a = fabsf(in->x[i]);
+        if (!(a <= amax)) {
+            if (a != a)
+                return nq_fail(err, "%s: NaN in the input of this Linear during calibration",
+                               name);
+            amax = a;
+        }
+    }
+    st->amax = amax;
+    int take = NQ_CALIB_SAMPLE_ROWS - st->sample_rows;
+    if (take > in->rows)
+        take = in->rows;
+    if (take > 0) {
+        memcpy(st->sample + (size_t)st->sample_rows * d, in->x, (size_t)take * d * sizeof(float));
+        st->sample_rows += take;
+    }
+    if (st->hessian) {
+        /* H += X^T X in double, a block of rows at a time; the fixed order
+         * of rows keeps the sums the same whatever the thread count */
+        enum { CHUNK = 64 };
+        double *xd = malloc((size_t)CHUNK * d * sizeof *xd);
+        if (!xd)
+            return nq_fail(err, "%s: out of memory", name);
+        for (int r0 = 0; r0 < in->rows; r0 += CHUNK) {
+            int rows = in->rows - r0 < CHUNK ? in->rows - r0 : CHUNK;
+            for (size_t i = 0; i < (size_t)rows * d; i++)
+                xd[i] = in->x[(size_t)r0 * d + i];
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, rows, 1.0, xd, d, 1.0,
+                        st->hessian, d);
+        }
+        free(xd);
+    }
+    st->rows += (uint64_t)in->rows;
+    return 0;
+}
+
+static int on_kv(void *ctx, const nq_kv_output *kv, nq_error *err)
+{
+    (void)err;
+    nq_calib_stats *s = ctx;
+    size_t count = (size_t)kv->n * kv->kv_dim;
+    for (size_t i = 0; i < count; i++) {
+        float a = fabsf(kv->k[i]), b = fabsf(kv->v[i]);
+        s->k_amax = a > s->k_amax ? a : s->k_amax;
+        s->v_amax = b > s->v_amax ? b : s->v_amax;
+    }
+    s->has_kv = true;
+    return 0;
+}
+
+nq_forward_hooks nq_calib_hooks(nq_calib_stats *s)
+{
+    return (nq_forward_hooks){.linear_input = on_linear, .kv_output = on_kv, .ctx = s};
+}
+
+void nq_calib_stats_reset(nq_calib_stats *s)
+{
+    for (size_t i = 0; i < s->count; i++) {
+        free(s->items[i].hessian);
+        free(s->items[i].sample);
+    }
+    free(s->items);
+    s->items = NULL;
+    s->count = s->cap = 0;
+    s->k_amax = s->v_amax = 0.0f;
+    s->has_kv = false;
+}

@@ -1,0 +1,553 @@
+/* The calibrated quantize path: the model runs layer by layer on the
+ * calibration tokens; each layer's Linear inputs give its activation scales
+ * (and Hessians for GPTQ), then the layer is quantized and written, and the
+ * next layer's input is computed (from the float or the quantized layer).
+ *
+ * Output order is layer order (embeddings first, the head last): the writer
+ * streams tensors in declaration order and a layer can only be written once
+ * it has been calibrated.  Loaders find tensors through the index, so the
+ * order inside the shards does not matter to them.
+ *
+ * Peak memory: one layer's weights in f32 (the model's block) plus, during
+ * quantization, one module's f32 weight and its encoding; the activations
+ * of all calibration tokens twice (samples x len x hidden x 4 bytes, the
+ * layer's input and its output); per quantized Linear of the current layer
+ * NQ_CALIB_SAMPLE_ROWS input rows, and with GPTQ its Hessian (in^2 x 8
+ * bytes). */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "algo/gptq.h"
+#include "calib/calib.h"
+#include "export/encode.h"
+#include "export/quantize_internal.h"
+#include "formats/floatconv.h"
+#include "formats/int4.h"
+#include "formats/nvfp4.h"
+#include "model/forward.h"
+#include "tok/tokenizer.h"
+
+/* ---- one module, encoded ---------------------------------------------- */
+
+typedef struct encoded {
+    const nq_plan_module *m;
+    uint8_t *packed, *scales8;   /* NVFP4 */
+    uint8_t *fp8;                /* FP8 */
+    float gs;                    /* NVFP4 weight_scale_2 / FP8 weight_scale */
+    int32_t *qw, *qz, *gi;       /* INT4 */
+    uint16_t *sc;
+    nq_encode_stats st;
+    const char *algo;
+} encoded;
+
+static void encoded_free(encoded *e)
+{
+    free(e->packed);
+    free(e->scales8);
+    free(e->fp8);
+    free(e->qw);
+    free(e->qz);
+    free(e->gi);
+    free(e->sc);
+    memset(e, 0, sizeof *e);
+}
+
+static int encode_module(const float *x, const nq_plan_module *m, const nq_quantize_options *opt,
+                         const double *hessian, encoded *e, nq_error *err)
+{
+    int64_t o = m->out_features, i = m->in_features;
+    e->m = m;
+    int rc = -1;
+    double damp = opt->gptq_damp > 0 ? opt->gptq_damp : 0.01;
+    if (m->format == NQ_FORMAT_NVFP4) {
+        e->packed = malloc((size_t)(o * i / 2));
+        e->scales8 = malloc((size_t)(o * i / 16));
+        if (!e->packed || !e->scales8)
+            return nq_fail(err, "%s: out of memory", m->name);
+        if (hessian) {
+            nq_gptq_stats gst;
+            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
+                               e->scales8, &e->gs, &gst, err);
+            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+        } else {
+            rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
+                                 &e->gs, &e->st, err);
+            e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
+        }
+    } else if (m->format == NQ_FORMAT_FP8) {
+        e->fp8 = malloc((size_t)(o * i));
+        if (!e->fp8)
+            return nq_fail(err, "%s: out of memory", m->name);
+        rc = nq_encode_fp8(x, o, i, opt->threads, e->fp8, &e->gs, &e->st, err);
+        e->algo = "rtn";
+    } else if (m->format == NQ_FORMAT_INT4) {
+        int g = m->group_size;
+        e->qw = malloc((size_t)(i / 8 * o) * sizeof *e->qw);
+        e->qz = malloc((size_t)(i / g * o / 8) * sizeof *e->qz);
+        e->sc = malloc((size_t)(i / g * o) * sizeof *e->sc);
+        e->gi = malloc((size_t)i * sizeof *e->gi);
+        if (!e->qw || !e->qz || !e->sc || !e->gi)
+            return nq_fail(err, "%s: out of memory", m->name);
+        if (hessian) {
+            nq_gptq_stats gst;
+            rc = nq_gptq_int4(x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw,
+                              e->qz, e->sc, e->gi, &gst, err);
+            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+        } else {
+            rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
+                                e->gi, &e->st, err);
+            e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
+        }
+    } else {
+        return nq_fail(err, "internal: %s is not quantized", m->name);
+    }
+    return rc;
+}
+
+static int write_encoded(nq_writer *w, const encoded *e, nq_error *err)
+{
+    int64_t o = e->m->out_features, i = e->m->in_features;
+    switch (e->m->format) {
+    case NQ_FORMAT_NVFP4:
+        return nq_writer_write(w, e->packed, (size_t)(o * i / 2), err) ||
+               nq_writer_write(w, e->scales8, (size_t)(o * i / 16), err) ||
+               nq_writer_write(w, &e->gs, sizeof e->gs, err);
+    case NQ_FORMAT_FP8:
+        return nq_writer_write(w, e->fp8, (size_t)(o * i), err) ||
+               nq_writer_write(w, &e->gs, sizeof e->gs, err);
+    case NQ_FORMAT_INT4: {
+        int g = e->m->group_size;
+        return nq_writer_write(w, e->qw, (size_t)(i / 8 * o) * sizeof *e->qw, err) ||
+               nq_writer_write(w, e->qz, (size_t)(i / g * o / 8) * sizeof *e->qz, err) ||
+               nq_writer_write(w, e->sc, (size_t)(i / g * o) * sizeof *e->sc, err) ||
+               nq_writer_write(w, e->gi, (size_t)i * sizeof *e->gi, err);
+    }
+    case NQ_FORMAT_KEEP:
+        break;
+    }
+    return nq_fail(err, "internal: %s is not quantized", e->m->name);
+}
+
+/* The weight a loader reconstructs from the encoding: out[o * i]. */
+static int dequantize(const encoded *e, float *out, nq_error *err)
+{
+    int64_t o = e->m->out_features, i = e->m->in_features;
+    switch (e->m->format) {
+    case NQ_FORMAT_NVFP4:
+        for (int64_t r = 0; r < o; r++)
+            nq_nvfp4_decode_row(e->packed + r * i / 2, e->scales8 + r * i / 16, e->gs, i,
+                                out + r * i);
+        return 0;
+    case NQ_FORMAT_FP8:
+        for (int64_t k = 0; k < o * i; k++)
+            out[k] = nq_e4m3_to_f32(e->fp8[k]) * e->gs;
+        return 0;
+    case NQ_FORMAT_INT4:
+        return nq_int4_unpack_gptq(e->qw, e->qz, e->sc, e->gi, o, i, e->m->group_size, out, err);
+    case NQ_FORMAT_KEEP:
+        break;
+    }
+    return nq_fail(err, "internal: %s is not quantized", e->m->name);
+}
+
+/* ---- layer order ------------------------------------------------------ */
+
+static int layer_of_tensor(const char *name)
+{
+    const char *p = strstr(name, "layers.");
+    if (!p)
+        return -1;
+    char *end;
+    long v = strtol(p + 7, &end, 10);
+    return end != p + 7 && *end == '.' ? (int)v : -1;
+}
+
+typedef struct order_item {
+    size_t index;
+    int key;    /* -1 embeddings, L the head, else the layer */
+} order_item;
+
+static int cmp_order(const void *a, const void *b)
+{
+    const order_item *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* "experts.12.up_proj" -> "experts.*.up_proj": the modules that share an
+ * input scale (one fused MoE kernel). */
+static void expert_family(const char *module, char *out, size_t size)
+{
+    const char *p = strstr(module, "experts.");
+    if (!p || p[8] < '0' || p[8] > '9') {
+        snprintf(out, size, "%s", module);
+        return;
+    }
+    const char *q = p + 8;
+    while (*q >= '0' && *q <= '9')
+        q++;
+    snprintf(out, size, "%.*sexperts.*%s", (int)(p - module), module, q);
+}
+
+/* ---- the per-layer weight override for propagating quantized outputs --- */
+
+typedef struct override_entry {
+    char name[300];      /* "...weight" */
+    float *w;
+} override_entry;
+
+typedef struct override_ctx {
+    const nq_checkpoint *ck;
+    override_entry *e;
+    size_t n;
+} override_ctx;
+
+static int override_fetch(void *ctx, const nq_weight_request *req, float *out, nq_error *err)
+{
+    override_ctx *o = ctx;
+    for (size_t i = 0; i < o->n; i++)
+        if (strcmp(o->e[i].name, req->name) == 0) {
+            memcpy(out, o->e[i].w, req->numel * sizeof *out);
+            return 0;
+        }
+    return nq_checkpoint_weight_fetch((void *)o->ck, req, out, err);
+}
+
+/* ---- the pass ---------------------------------------------------------- */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ||X (W - Q)^T||^2 and ||X W^T||^2 over the sampled input rows. */
+static void output_error(const float *x, int rows, const float *w, const float *q, int64_t o,
+                         int64_t in, double *err_sq, double *ref_sq)
+{
+    double e = 0.0, r = 0.0;
+    for (int t = 0; t < rows; t++) {
+        const float *xr = x + (size_t)t * in;
+        for (int64_t j = 0; j < o; j++) {
+            const float *wr = w + j * in, *qr = q + j * in;
+            double a = 0.0, b = 0.0;
+            for (int64_t k = 0; k < in; k++) {
+                a += (double)xr[k] * wr[k];
+                b += (double)xr[k] * qr[k];
+            }
+            e += (a - b) * (a - b);
+            r += a * a;
+        }
+    }
+    *err_sq = e;
+    *ref_sq = r;
+}
+
+static int write_scalar(nq_writer *w, float v, nq_error *err)
+{
+    return nq_writer_write(w, &v, sizeof v, err);
+}
+
+int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
+                           const nq_model_config *cfg, const nq_plan *plan,
+                           nq_quantize_summary *sum, nq_error *err)
+{
+    double t_start = now_seconds();
+    int L = cfg->num_layers, H = cfg->hidden_size;
+    bool quantized_propagation = opt->propagate == NQ_PROPAGATE_QUANTIZED ||
+                                 (opt->propagate == NQ_PROPAGATE_AUTO && opt->gptq);
+    bool kv_fp8 = plan->kv_cache_fp8 && opt->kv_cache_fp8;
+    int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", opt->in_dir);
+    nq_tokenizer *tok = NULL;
+    nq_model *model = NULL;
+    nq_writer *w = NULL;
+    int32_t *ids = NULL;
+    float *x = NULL, *x_in = NULL;
+    order_item *order = NULL;
+    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq};
+    override_ctx ov = {.ck = ck};
+    int rc = -1;
+    size_t n = nq_checkpoint_count(ck);
+
+    if (!(tok = nq_tokenizer_load(path, err)))
+        goto done;
+    int S, T;
+    if (nq_calib_tokens(opt->calib_path, tok, opt->calib_samples > 0 ? opt->calib_samples : 256,
+                        opt->calib_len > 0 ? opt->calib_len : 2048, &ids, &S, &T,
+                        &sum->calib_stream_tokens, err) != 0)
+        goto done;
+    sum->calib_samples = S;
+    sum->calib_len = T;
+    if (opt->log)
+        fprintf(opt->log, "calibration: %d samples x %d tokens from %s (%zu tokens)\n", S, T,
+                opt->calib_path, sum->calib_stream_tokens);
+    if (!(model = nq_model_open(ck, cfg, err)))
+        goto done;
+    nq_model_set_threads(model, opt->threads);
+    size_t plane = (size_t)T * H;
+    x = malloc((size_t)S * plane * sizeof *x);
+    x_in = malloc((size_t)S * plane * sizeof *x_in);
+    order = malloc((n ? n : 1) * sizeof *order);
+    if (!x || !x_in || !order) {
+        nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T, H);
+        goto done;
+    }
+    sum->peak_activation_bytes = 2 * (uint64_t)S * plane * sizeof *x;
+
+    /* declare everything, in layer order */
+    for (size_t i = 0; i < n; i++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, i);
+        int layer = layer_of_tensor(t->name);
+        order[i].index = i;
+        order[i].key = layer >= 0 ? layer : strstr(t->name, "embed") ? -1 : L;
+    }
+    qsort(order, n, sizeof *order, cmp_order);
+    nq_writer_options wo = {.out_dir = opt->out_dir, .input_dir = opt->in_dir,
+                            .max_shard_bytes = opt->max_shard_bytes, .force = opt->force};
+    if (!(w = nq_writer_create(&wo, err)))
+        goto done;
+    sum->tensors_in = n;
+    for (size_t k = 0; k < n; k++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, order[k].index);
+        const nq_plan_module *m = nq_module_of_weight(plan, t->name);
+        sum->bytes_in += t->nbytes;
+        sum->params_in += t->numel;
+        if (m && m->format != NQ_FORMAT_KEEP) {
+            char name[300];
+            snprintf(name, sizeof name, "%s.input_scale", m->name);
+            if (nq_declare_quantized(w, m, err) != 0 ||
+                (m->format != NQ_FORMAT_INT4 &&
+                 nq_writer_declare(w, name, NQ_F32, 0, NULL, err) != 0))
+                goto done;
+        } else if (nq_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err) != 0) {
+            goto done;
+        }
+        bool last_of_layer = k + 1 == n || order[k + 1].key != order[k].key;
+        int layer = order[k].key;
+        if (last_of_layer && kv_fp8 && layer >= 0 && layer < L &&
+            cfg->pattern[layer] == NQ_BLOCK_ATTENTION) {
+            char kn[300], vn[300];
+            snprintf(kn, sizeof kn, "backbone.layers.%d.mixer.k_proj.k_scale", layer);
+            snprintf(vn, sizeof vn, "backbone.layers.%d.mixer.v_proj.v_scale", layer);
+            if (nq_writer_declare(w, kn, NQ_F32, 0, NULL, err) != 0 ||
+                nq_writer_declare(w, vn, NQ_F32, 0, NULL, err) != 0)
+                goto done;
+            sum->kv_layers++;
+        }
+    }
+    if (nq_writer_begin(w, err) != 0)
+        goto done;
+
+    size_t k = 0;
+    /* embeddings (and anything else before layer 0) */
+    for (; k < n && order[k].key < 0; k++)
+        if (nq_copy_tensor(w, nq_checkpoint_tensor(ck, order[k].index), err) != 0)
+            goto done;
+    for (int s = 0; s < S; s++)
+        if (nq_model_embed(model, ids + (size_t)s * T, T, x + s * plane, err) != 0)
+            goto done;
+
+    for (int l = 0; l < L; l++) {
+        /* 1. statistics of the float layer on its input */
+        memcpy(x_in, x, (size_t)S * plane * sizeof *x);
+        nq_forward_hooks hooks = nq_calib_hooks(&stats);
+        nq_model_set_hooks(model, &hooks);
+        for (int s = 0; s < S; s++)
+            if (nq_model_block(model, l, x + s * plane, T, NULL, err) != 0)
+                goto done;
+        nq_model_set_hooks(model, NULL);
+        uint64_t stat_bytes = 0;
+        for (size_t i = 0; i < stats.count; i++)
+            stat_bytes += (uint64_t)stats.items[i].module->in_features *
+                          (NQ_CALIB_SAMPLE_ROWS * 4 + (stats.hessians ? stats.items[i].module->in_features * 8 : 0));
+        if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
+            sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
+
+        /* 2. quantize and write the layer's tensors */
+        for (; k < n && order[k].key == l; k++) {
+            const nq_tensor *t = nq_checkpoint_tensor(ck, order[k].index);
+            const nq_plan_module *m = nq_module_of_weight(plan, t->name);
+            if (opt->log)
+                fprintf(opt->log, "\r[layer %d/%d] %-60.60s", l + 1, L, t->name);
+            if (!m || m->format == NQ_FORMAT_KEEP) {
+                if (nq_copy_tensor(w, t, err) != 0)
+                    goto done;
+                continue;
+            }
+            nq_linear_stats *st = nq_calib_find(&stats, m->name);
+            /* the input scale: one per expert family (max over the layer's
+             * experts, so experts without tokens are covered and fused-MoE
+             * kernels that take the max compute the same thing), else the
+             * module's own */
+            char fam[300], other[300];
+            expert_family(m->name, fam, sizeof fam);
+            bool is_expert = strcmp(fam, m->name) != 0;
+            float amax = st ? st->amax : 0.0f;
+            if (is_expert)
+                for (size_t i = 0; i < stats.count; i++) {
+                    expert_family(stats.items[i].module->name, other, sizeof other);
+                    if (strcmp(other, fam) == 0 && stats.items[i].amax > amax)
+                        amax = stats.items[i].amax;
+                }
+            if (!st)
+                sum->experts_without_tokens += is_expert;
+            if (!(amax > 0.0f)) {
+                nq_fail(err, "%s: no calibration input reached this module (amax 0); use more "
+                             "or different calibration text",
+                        m->name);
+                goto done;
+            }
+            float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
+                                                             : amax / 448.0f;
+            float *wf = nq_tensor_load_f32(t, true, err);
+            if (!wf)
+                goto done;
+            nq_tensor_release(t);
+            const double *hess = NULL;
+            bool fallback = false;
+            if (opt->gptq && m->format != NQ_FORMAT_FP8) {
+                if (st && st->rows >= (uint64_t)min_rows && st->hessian) {
+                    int64_t d = m->in_features;
+                    for (int64_t a = 0; a < d; a++) /* dsyrk filled the upper triangle */
+                        for (int64_t b = 0; b < a; b++)
+                            st->hessian[a * d + b] = st->hessian[b * d + a];
+                    hess = st->hessian;
+                } else {
+                    fallback = true;
+                }
+            }
+            nq_quantize_options o2 = *opt;
+            if (fallback)
+                o2.mse_scales = true;
+            encoded e = {0};
+            float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
+            int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+                        : nq_fail(err, "%s: out of memory", m->name);
+            if (r == 0)
+                r = dequantize(&e, deq, err);
+            if (r == 0)
+                r = write_encoded(w, &e, err) ||
+                    (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
+            if (r != 0) {
+                encoded_free(&e);
+                free(wf);
+                free(deq);
+                goto done;
+            }
+            if (fallback)
+                e.algo = "rtn+mse (too few calibration rows for gptq)";
+            sum->gptq_modules += hess != NULL;
+            sum->gptq_fallbacks += fallback;
+            double wsq = 0.0, wref = 0.0;
+            for (int64_t q = 0; q < m->out_features * m->in_features; q++) {
+                double dlt = (double)wf[q] - deq[q];
+                wsq += dlt * dlt;
+                wref += (double)wf[q] * wf[q];
+            }
+            sum->sq_err += wsq;
+            sum->sq_ref += wref;
+            sum->sq_err_max_scale += hess ? 0.0 : e.st.sq_err_max_scale;
+            double osq = 0.0, oref = 0.0;
+            if (st && st->sample_rows > 0)
+                output_error(st->sample, st->sample_rows, wf, deq, m->out_features,
+                             m->in_features, &osq, &oref);
+            sum->out_sq_err += osq;
+            sum->out_sq_ref += oref;
+            if (opt->report_modules) {
+                json_t *rec = json_pack(
+                    "{s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:I}", "module", m->name,
+                    "format", nq_format_name(m->format), "why", m->reason, "algorithm", e.algo,
+                    "out_features", (json_int_t)m->out_features, "in_features",
+                    (json_int_t)m->in_features, "weight_rel_err",
+                    wref > 0 ? sqrt(wsq / wref) : 0.0, "output_rel_err",
+                    oref > 0 ? sqrt(osq / oref) : 0.0, "activation_amax", (double)amax,
+                    "calibration_rows", (json_int_t)(st ? st->rows : 0));
+                if (rec && !st)
+                    json_object_set_new(rec, "note",
+                                        json_string("no calibration token was routed to this "
+                                                    "expert: it uses its layer's input scale"));
+                json_array_append_new(opt->report_modules, rec);
+            }
+            if (quantized_propagation) {
+                override_entry *ne = realloc(ov.e, (ov.n + 1) * sizeof *ne);
+                if (!ne) {
+                    encoded_free(&e);
+                    free(wf);
+                    free(deq);
+                    nq_fail(err, "out of memory");
+                    goto done;
+                }
+                ov.e = ne;
+                snprintf(ov.e[ov.n].name, sizeof ov.e[ov.n].name, "%s.weight", m->name);
+                ov.e[ov.n++].w = deq;
+                deq = NULL;
+            }
+            encoded_free(&e);
+            free(wf);
+            free(deq);
+        }
+        if (kv_fp8 && cfg->pattern[l] == NQ_BLOCK_ATTENTION) {
+            /* ModelOpt's value: max(amax / 448, 1) (docs/export-spec.md 3) */
+            float ks = stats.k_amax / 448.0f, vs = stats.v_amax / 448.0f;
+            if ((stats.k_amax > 448.0f || stats.v_amax > 448.0f) && opt->log)
+                fprintf(opt->log, "\nwarning: layer %d: K/V amax %g/%g exceeds 448; vLLM may "
+                                  "ignore the stored scale\n",
+                        l, (double)stats.k_amax, (double)stats.v_amax);
+            if (write_scalar(w, ks < 1.0f ? 1.0f : ks, err) != 0 ||
+                write_scalar(w, vs < 1.0f ? 1.0f : vs, err) != 0)
+                goto done;
+        }
+        nq_calib_stats_reset(&stats);
+
+        /* 3. the next layer's input */
+        if (quantized_propagation && ov.n > 0) {
+            memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+            nq_model_set_weights(model,
+                                 (nq_weight_provider){.fetch = override_fetch, .ctx = &ov});
+            for (int s = 0; s < S; s++)
+                if (nq_model_block(model, l, x + s * plane, T, NULL, err) != 0)
+                    goto done;
+            nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
+                                                             .ctx = (void *)ck});
+        }
+        for (size_t i = 0; i < ov.n; i++)
+            free(ov.e[i].w);
+        ov.n = 0;
+    }
+    /* the head */
+    for (; k < n; k++)
+        if (nq_copy_tensor(w, nq_checkpoint_tensor(ck, order[k].index), err) != 0)
+            goto done;
+    if (opt->log)
+        fprintf(opt->log, "\r%-90s\r", "");
+    if (nq_write_metadata_files(w, opt, cfg, plan, kv_fp8 && sum->kv_layers > 0, err) != 0)
+        goto done;
+    sum->shards = nq_writer_shard_count(w);
+    sum->tensors_out = nq_writer_tensor_count(w);
+    sum->bytes_out = nq_writer_total_bytes(w);
+    if (nq_writer_commit(w, err) != 0)
+        goto done;
+    sum->calib_seconds = now_seconds() - t_start;
+    rc = 0;
+done:
+    nq_calib_stats_reset(&stats);
+    for (size_t i = 0; i < ov.n; i++)
+        free(ov.e[i].w);
+    free(ov.e);
+    nq_writer_free(w);
+    nq_model_close(model);
+    nq_tokenizer_free(tok);
+    free(ids);
+    free(x);
+    free(x_in);
+    free(order);
+    return rc;
+}

@@ -1,0 +1,30 @@
+/* Pieces of the quantize pipeline shared by its weights-only (quantize.c)
+ * and calibrated (calibrated.c) paths. */
+#ifndef NQ_EXPORT_QUANTIZE_INTERNAL_H
+#define NQ_EXPORT_QUANTIZE_INTERNAL_H
+
+#include "export/quantize.h"
+#include "io/safetensors.h"
+#include "io/writer.h"
+#include "model/config.h"
+#include "recipe/plan.h"
+
+/* The plan entry for a `.weight` tensor, or NULL. */
+const nq_plan_module *nq_module_of_weight(const nq_plan *plan, const char *tensor);
+/* Declares the stored tensors of a quantized module (weights and weight
+ * scales; not input_scale). */
+int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err);
+/* Streams a stored tensor's bytes straight from the mapping. */
+int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err);
+/* config.json, hf_quant_config.json / quantize_config.json, and the input
+ * directory's auxiliary files. */
+int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
+                            const nq_model_config *cfg, const nq_plan *plan, bool kv_fp8,
+                            nq_error *err);
+
+/* The calibrated path (calibrated.c). */
+int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
+                           const nq_model_config *cfg, const nq_plan *plan,
+                           nq_quantize_summary *sum, nq_error *err);
+
+#endif
