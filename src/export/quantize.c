@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/file.h"
 #include "core/parallel.h"
 #include "export/encode.h"
 #include "export/metadata.h"
@@ -163,29 +164,6 @@ static int write_quantized(nq_writer *w, const nq_tensor *t, const nq_plan_modul
     return 0;
 }
 
-static char *read_text(const char *path, size_t *len, nq_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        nq_fail(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        nq_fail(err, "%s: read error", path);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
-}
-
 static int write_json(nq_writer *w, const char *name, json_t *doc, nq_error *err)
 {
     char *text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -224,7 +202,7 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
     }
     if (rc == 0) {
         size_t len, out_len = 0;
-        char *text = read_text(path, &len, err);
+        char *text = nq_read_file(path, &len, err);
         char *out = NULL;
         if (!text)
             rc = -1;
