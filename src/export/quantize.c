@@ -12,6 +12,8 @@
 #include "export/encode.h"
 #include "export/metadata.h"
 #include "io/safetensors.h"
+#include "io/prefetch.h"
+#include "io/write_queue.h"
 #include "io/writer.h"
 #include "model/config.h"
 #include "export/quantize_internal.h"
@@ -92,64 +94,68 @@ int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
     return 0;
 }
 
-static int write_quantized(nq_writer *w, const nq_tensor *t, const nq_plan_module *m,
+static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_module *m,
                            const nq_quantize_options *opt, nq_quantize_summary *sum, nq_error *err)
 {
     if (t->ndim != 2 || t->shape[0] != m->out_features || t->shape[1] != m->in_features)
         return nq_fail(err, "tensor '%s': shape does not match the plan", t->name);
-    float *x = nq_tensor_load_f32(t, true, err);
-    if (!x)
-        return -1;
-    nq_tensor_release(t);
-    int64_t o = m->out_features, i = m->in_features;
+    /* Encode straight from the mapping (BF16/F16/F32); any other float type
+     * is widened to f32 first. */
+    float *x = NULL;
+    nq_weight_view v = {t->data, t->dtype, m->out_features, m->in_features};
+    if (t->dtype != NQ_BF16 && t->dtype != NQ_F16 && t->dtype != NQ_F32) {
+        if (!(x = nq_tensor_load_f32(t, true, err)))
+            return -1;
+        v.data = x;
+        v.dtype = NQ_F32;
+    }
+    size_t o = (size_t)m->out_features, i = (size_t)m->in_features;
     nq_encode_stats st = {0};
-    int rc = -1;
+    nq_write_piece pieces[NQ_WRITE_PIECES] = {{0}};
+    int n = 0, rc = -1;
     if (m->format == NQ_FORMAT_NVFP4) {
-        uint8_t *packed = malloc((size_t)(o * i / 2));
-        uint8_t *scales = malloc((size_t)(o * i / 16));
-        float gs = 0;
-        if (!packed || !scales)
+        uint8_t *packed = malloc(o * i / 2), *scales = malloc(o * i / 16);
+        float *gs = malloc(sizeof *gs);
+        pieces[0] = (nq_write_piece){packed, o * i / 2, true};
+        pieces[1] = (nq_write_piece){scales, o * i / 16, true};
+        pieces[2] = (nq_write_piece){gs, sizeof *gs, true};
+        n = 3;
+        if (!packed || !scales || !gs)
             nq_fail(err, "tensor '%s': out of memory", t->name);
-        else if (nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, packed, scales, &gs, &st,
-                                 err) == 0 &&
-                 nq_writer_write(w, packed, (size_t)(o * i / 2), err) == 0 &&
-                 nq_writer_write(w, scales, (size_t)(o * i / 16), err) == 0 &&
-                 nq_writer_write(w, &gs, sizeof gs, err) == 0)
-            rc = 0;
-        free(packed);
-        free(scales);
+        else
+            rc = nq_encode_nvfp4_view(&v, opt->mse_scales, opt->threads, packed, scales, gs, &st,
+                                      err);
     } else if (m->format == NQ_FORMAT_FP8) {
-        uint8_t *q = malloc((size_t)(o * i));
-        float s = 0;
-        if (!q)
+        uint8_t *fp8 = malloc(o * i);
+        float *s = malloc(sizeof *s);
+        pieces[0] = (nq_write_piece){fp8, o * i, true};
+        pieces[1] = (nq_write_piece){s, sizeof *s, true};
+        n = 2;
+        if (!fp8 || !s)
             nq_fail(err, "tensor '%s': out of memory", t->name);
-        else if (nq_encode_fp8(x, o, i, opt->threads, q, &s, &st, err) == 0 &&
-                 nq_writer_write(w, q, (size_t)(o * i), err) == 0 &&
-                 nq_writer_write(w, &s, sizeof s, err) == 0)
-            rc = 0;
-        free(q);
+        else
+            rc = nq_encode_fp8_view(&v, opt->threads, fp8, s, &st, err);
     } else if (m->format == NQ_FORMAT_INT4) {
-        int g = m->group_size;
-        int32_t *qw = malloc((size_t)(i / 8 * o) * sizeof *qw);
-        int32_t *qz = malloc((size_t)(i / g * o / 8) * sizeof *qz);
-        uint16_t *sc = malloc((size_t)(i / g * o) * sizeof *sc);
-        int32_t *gi = malloc((size_t)i * sizeof *gi);
+        size_t g = (size_t)m->group_size;
+        int32_t *qw = malloc(i / 8 * o * sizeof *qw), *qz = malloc(i / g * o / 8 * sizeof *qz);
+        uint16_t *sc = malloc(i / g * o * sizeof *sc);
+        int32_t *gi = malloc(i * sizeof *gi);
+        pieces[0] = (nq_write_piece){qw, i / 8 * o * sizeof *qw, true};
+        pieces[1] = (nq_write_piece){qz, i / g * o / 8 * sizeof *qz, true};
+        pieces[2] = (nq_write_piece){sc, i / g * o * sizeof *sc, true};
+        pieces[3] = (nq_write_piece){gi, i * sizeof *gi, true};
+        n = 4;
         if (!qw || !qz || !sc || !gi)
             nq_fail(err, "tensor '%s': out of memory", t->name);
-        else if (nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, qw, qz, sc, gi, &st,
-                                err) == 0 &&
-                 nq_writer_write(w, qw, (size_t)(i / 8 * o) * sizeof *qw, err) == 0 &&
-                 nq_writer_write(w, qz, (size_t)(i / g * o / 8) * sizeof *qz, err) == 0 &&
-                 nq_writer_write(w, sc, (size_t)(i / g * o) * sizeof *sc, err) == 0 &&
-                 nq_writer_write(w, gi, (size_t)i * sizeof *gi, err) == 0)
-            rc = 0;
-        free(qw);
-        free(qz);
-        free(sc);
-        free(gi);
+        else
+            rc = nq_encode_int4_view(&v, (int)g, opt->mse_scales, opt->threads, qw, qz, sc, gi,
+                                     &st, err);
     }
     free(x);
+    nq_tensor_release(t);
     if (rc != 0) {
+        for (int k = 0; k < n; k++)
+            free((void *)pieces[k].data);
         /* the encoders name the problem; make sure the tensor is named too */
         if (!strstr(err->msg, t->name)) {
             char inner[sizeof err->msg];
@@ -158,6 +164,8 @@ static int write_quantized(nq_writer *w, const nq_tensor *t, const nq_plan_modul
         }
         return -1;
     }
+    if (nq_write_queue_push(q, pieces, n, NULL, err) != 0)
+        return -1;
     sum->sq_err += st.sq_err;
     sum->sq_err_max_scale += st.sq_err_max_scale;
     sum->sq_ref += st.sq_ref;
@@ -271,6 +279,8 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", opt->in_dir);
     nq_plan plan = {0};
     nq_writer *w = NULL;
+    nq_write_queue *q = NULL;
+    nq_prefetcher *pf = NULL;
     int rc = -1;
     if (nq_model_config_load(cfg_path, &cfg, err) != 0 ||
         reject_quantized_input(ck, opt->in_dir, err) != 0 ||
@@ -320,16 +330,35 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
     }
     if (nq_writer_begin(w, err) != 0)
         goto done;
+    q = nq_write_queue_start(w, err);
+    if (!q)
+        goto done;
+    /* 256 MB ahead: keeps the disk busy through an encoding step.  The
+     * prefetcher is only an optimization: if it cannot start, go on. */
+    {
+        nq_error ignored = {0};
+        pf = nq_prefetcher_start(ck, 256ull << 20, &ignored);
+    }
     for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
         const nq_tensor *t = nq_checkpoint_tensor(ck, i);
         const nq_plan_module *m = nq_module_of_weight(&plan, t->name);
         if (opt->log)
             fprintf(opt->log, "\r[%zu/%zu] %-70.70s", i + 1, nq_checkpoint_count(ck), t->name);
-        int r = m && m->format != NQ_FORMAT_KEEP ? write_quantized(w, t, m, opt, sum, err)
-                                                 : nq_copy_tensor(w, t, err);
+        nq_prefetcher_advance(pf, i);
+        int r;
+        if (m && m->format != NQ_FORMAT_KEEP) {
+            r = write_quantized(q, t, m, opt, sum, err);
+        } else {
+            nq_write_piece whole = {t->data, (size_t)t->nbytes, false};
+            r = nq_write_queue_push(q, &whole, 1, t, err);
+        }
         if (r != 0)
             goto done;
     }
+    int qrc = nq_write_queue_finish(q, err);
+    q = NULL;
+    if (qrc != 0)
+        goto done;
     if (opt->log)
         fprintf(opt->log, "\r%-90s\r", "");
     if (nq_write_metadata_files(w, opt, &cfg, &plan, false, err) != 0)
@@ -341,6 +370,11 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
         goto done;
     rc = 0;
 done:
+    nq_prefetcher_stop(pf);
+    if (q) {
+        nq_error ignored = {0};
+        nq_write_queue_finish(q, &ignored);
+    }
     nq_writer_free(w);
     nq_plan_free(&plan);
     nq_checkpoint_close(ck);

@@ -19,16 +19,12 @@ static uint32_t f32_to_bits(float f)
 
 float nq_bf16_to_f32(uint16_t h)
 {
-    return bits_to_f32((uint32_t)h << 16);
+    return nq_bf16_to_f32_inline(h);
 }
 
 uint16_t nq_f32_to_bf16(float f)
 {
-    uint32_t u = f32_to_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x0040u); /* quiet NaN, sign kept */
-    uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)((u + rounding) >> 16);
+    return nq_f32_to_bf16_inline(f);
 }
 
 float nq_f16_to_f32(uint16_t h)
@@ -69,17 +65,7 @@ uint16_t nq_f32_to_f16(float f)
 
 float nq_e4m3_to_f32(uint8_t b)
 {
-    uint32_t sign = b >> 7;
-    uint32_t exp = (b >> 3) & 0xfu;
-    uint32_t mant = b & 0x7u;
-    float v;
-    if (exp == 0xf && mant == 0x7)
-        v = NAN;
-    else if (exp == 0)
-        v = ldexpf((float)mant, -9); /* subnormal: mant/8 * 2^-6 */
-    else
-        v = ldexpf(1.0f + (float)mant / 8.0f, (int)exp - 7);
-    return sign ? -v : v;
+    return nq_e4m3_to_f32_inline(b);
 }
 
 float nq_e5m2_to_f32(uint8_t b)
