@@ -20,6 +20,7 @@
 
 #include "export/encode.h"
 #include "formats/floatconv.h"
+#include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
 #include "io/write_queue.h"
@@ -281,6 +282,48 @@ static void test_int4_paths_agree(void **state)
     }
 }
 
+/* FP8: every byte is nq_fp8_quantize_value of its weight (the function the
+ * ModelOpt fixtures pin down), on every path; shapes with a tail that is not
+ * a multiple of 16 elements. */
+static void test_fp8_paths_agree(void **state)
+{
+    (void)state;
+    const int64_t shapes[][2] = {{37, 100}, {16, 1856}, {3, 8}};
+    for (size_t si = 0; si < 3; si++) {
+        matrix m = make_matrix(shapes[si][0], shapes[si][1], 1);
+        size_t n = (size_t)(m.rows * m.cols);
+        uint8_t *ref = malloc(n), *q = malloc(n);
+        float s_ref, s;
+        nq_encode_stats st_ref, st;
+        nq_error err = {0};
+        assert_int_equal(nq_encode_fp8(m.f32, m.rows, m.cols, 1, ref, &s_ref, &st_ref, &err), 0);
+        double sq_err = 0;
+        for (size_t k = 0; k < n; k++) {
+            assert_int_equal(ref[k], nq_fp8_quantize_value(m.f32[k], s_ref));
+            double d = (double)m.f32[k] - (double)nq_e4m3_to_f32(ref[k]) * s_ref;
+            sq_err += d * d;
+        }
+        assert_true(fabs(st_ref.sq_err - sq_err) <= 1e-4 * sq_err);
+        for (int generic = 0; generic < 2; generic++) {
+            nq_encode_force_generic(generic);
+            for (int threads = 1; threads <= 3; threads += 2) {
+                for (int bf16 = 0; bf16 < 2; bf16++) {
+                    nq_weight_view v = {bf16 ? (const void *)m.bf16 : (const void *)m.f32,
+                                        bf16 ? NQ_BF16 : NQ_F32, m.rows, m.cols};
+                    assert_int_equal(nq_encode_fp8_view(&v, threads, q, &s, &st, &err), 0);
+                    assert_memory_equal(q, ref, n);
+                    assert_true(s == s_ref && st.sq_err == st_ref.sq_err &&
+                                st.sq_ref == st_ref.sq_ref);
+                }
+            }
+        }
+        nq_encode_force_generic(false);
+        free(ref);
+        free(q);
+        free_matrix(&m);
+    }
+}
+
 /* FP8 and F16 sources: the view reads F16 in place too. */
 static void test_fp8_and_f16_views(void **state)
 {
@@ -416,6 +459,7 @@ int main(void)
         cmocka_unit_test(test_nvfp4_paths_agree),
         cmocka_unit_test(test_nvfp4_mse_paths_agree),
         cmocka_unit_test(test_int4_paths_agree),
+        cmocka_unit_test(test_fp8_paths_agree),
         cmocka_unit_test(test_fp8_and_f16_views),
         cmocka_unit_test(test_nonfinite_named),
         cmocka_unit_test(test_write_queue),
