@@ -798,12 +798,23 @@ static inline __attribute__((always_inline)) float int4_group_words(const float 
 }
 
 #if NQ_HAVE_AVX2_KERNELS
-NQ_AVX2 static inline float int4_group_scan_avx2(const float *x, int n, float *ref)
+/* Elements k..k+7 of a BF16 or F32 source as f32. */
+NQ_AVX2 static inline __attribute__((always_inline)) __m256 load8_avx2(const unsigned char *p,
+                                                                       bool bf16, int k)
+{
+    if (bf16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p + 2 * k))), 16));
+    return _mm256_loadu_ps((const float *)(const void *)(p + 4 * k));
+}
+
+NQ_AVX2 static inline float int4_group_scan_avx2(const unsigned char *x, bool bf16, int n,
+                                                 float *ref)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 m = _mm256_setzero_ps(), r0 = _mm256_setzero_ps(), r1 = _mm256_setzero_ps();
     for (int k0 = 0; k0 < n; k0 += 16) {
-        __m256 x0 = _mm256_loadu_ps(x + k0), x1 = _mm256_loadu_ps(x + k0 + 8);
+        __m256 x0 = load8_avx2(x, bf16, k0), x1 = load8_avx2(x, bf16, k0 + 8);
         m = _mm256_max_ps(m, _mm256_max_ps(_mm256_and_ps(x0, absmask), _mm256_and_ps(x1, absmask)));
         r0 = _mm256_add_ps(r0, _mm256_mul_ps(x0, x0));
         r1 = _mm256_add_ps(r1, _mm256_mul_ps(x1, x1));
@@ -815,14 +826,15 @@ NQ_AVX2 static inline float int4_group_scan_avx2(const float *x, int n, float *r
     return _mm_cvtss_f32(m4);
 }
 
-NQ_AVX2 static inline float int4_group_words_avx2(const float *x, int n, float s, uint32_t *words)
+NQ_AVX2 static inline float int4_group_words_avx2(const unsigned char *x, bool bf16, int n, float s,
+                                                  uint32_t *words)
 {
     const __m256 sv = _mm256_set1_ps(s);
     const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
     __m256 e[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int k0 = 0; k0 < n; k0 += 16) {
         for (int h = 0; h < 2; h++) {
-            __m256 xv = _mm256_loadu_ps(x + k0 + 8 * h);
+            __m256 xv = load8_avx2(x, bf16, k0 + 8 * h);
             __m256 q = _mm256_div_ps(xv, sv);
             q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-16.0f)), _mm256_set1_ps(16.0f));
             q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -859,39 +871,52 @@ static inline __attribute__((always_inline)) int int4_rows_impl(void *ctx, size_
     int64_t rows_total = j->w->rows, cols = j->w->cols;
     const int group = j->group;
     const int64_t groups = cols / group;
-    float *buf = j->buffers + (size_t)worker * ROWS_PER_CHUNK * (size_t)cols;
-    const float *rows = view_rows(j->w, (int64_t)begin, (int64_t)(end - begin), buf);
+    /* the AVX2 kernels widen BF16 in registers; everything else reads f32 */
+    const bool direct_bf16 = avx2 && j->w->dtype == NQ_BF16;
+    const float *rows = NULL;
+    if (!direct_bf16) {
+        float *buf = j->buffers + (size_t)worker * ROWS_PER_CHUNK * (size_t)cols;
+        rows = view_rows(j->w, (int64_t)begin, (int64_t)(end - begin), buf);
+    }
     double sq_err = 0, sq_err_max = 0, sq_ref = 0;
     uint32_t words[16];
+    float group_f32[128];
     /* qweight is [cols/8, rows]: a row's words are a whole row of qweight
      * apart, so they are gathered here and stored a chunk of rows at a time
      * (one contiguous run per qweight row instead of a TLB miss per word) */
     uint32_t *chunk_words = j->word_buffers + (size_t)worker * (size_t)(cols / 8) * ROWS_PER_CHUNK;
     for (size_t r = begin; r < end; r++) {
-        const float *row = rows + (int64_t)(r - begin) * cols;
         float row_ref = 0;
         for (int64_t g = 0; g < groups; g++) {
-            const float *x = row + g * group;
+            const float *x = rows ? rows + (int64_t)(r - begin) * cols + g * group : NULL;
+            const unsigned char *src =
+                rows ? (const unsigned char *)x
+                     : (const unsigned char *)j->w->data + 2 * ((int64_t)r * cols + g * group);
             float ref, amax, err_max;
 #if NQ_HAVE_AVX2_KERNELS
             if (avx2)
-                amax = int4_group_scan_avx2(x, group, &ref);
+                amax = int4_group_scan_avx2(src, direct_bf16, group, &ref);
             else
 #endif
                 amax = int4_group_scan(x, group, &ref);
             uint16_t max_scale = nq_int4_scale_for_amax(amax);
 #if NQ_HAVE_AVX2_KERNELS
             if (avx2)
-                err_max = int4_group_words_avx2(x, group, nq_f16_to_f32(max_scale), words);
+                err_max = int4_group_words_avx2(src, direct_bf16, group,
+                                                nq_f16_to_f32_inline(max_scale), words);
             else
 #endif
-                err_max = int4_group_words(x, group, nq_f16_to_f32(max_scale), words);
+                err_max = int4_group_words(x, group, nq_f16_to_f32_inline(max_scale), words);
             double e = err_max;
             uint16_t s = max_scale;
             if (j->mse) {
+                if (!x) {
+                    nq_weight_view one = {src, NQ_BF16, 1, group};
+                    x = view_rows(&one, 0, 1, group_f32);
+                }
                 s = nq_int4_group_scale_mse(x, group, &e);
                 if (s != max_scale)
-                    int4_group_words(x, group, nq_f16_to_f32(s), words);
+                    int4_group_words(x, group, nq_f16_to_f32_inline(s), words);
             }
             j->scales[g * rows_total + (int64_t)r] = s;
             for (int w8 = 0; w8 < group / 8; w8++)

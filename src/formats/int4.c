@@ -14,12 +14,6 @@ uint16_t nq_int4_group_scale_max(const float *x, int n)
     return nq_int4_scale_for_amax(m);
 }
 
-uint16_t nq_int4_scale_for_amax(float m)
-{
-    uint16_t s = nq_f32_to_f16(m > 0 ? m / 7.0f : 1.0f);
-    /* a scale that underflows f16 would decode every weight to 0 */
-    return nq_f16_to_f32(s) > 0 ? s : 0x0001;
-}
 
 static uint8_t code_of(float x, float s)
 {

@@ -7,12 +7,18 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "formats/floatconv.h"
 
 /* f16 bits of amax / 7 (1.0 for an all-zero group): 7 * scale reaches the
  * largest magnitude, and -8 * scale leaves room on the negative side. */
 uint16_t nq_int4_group_scale_max(const float *x, int n);
 /* The same from the group's amax. */
-uint16_t nq_int4_scale_for_amax(float amax);
+static inline uint16_t nq_int4_scale_for_amax(float m)
+{
+    uint16_t s = nq_f32_to_f16_inline(m > 0 ? m / 7.0f : 1.0f);
+    /* a scale that underflows f16 would decode every weight to 0 */
+    return nq_f16_to_f32_inline(s) > 0 ? s : 0x0001;
+}
 double nq_int4_group_sq_error(const float *x, int n, uint16_t scale);
 /* Best of the scales amax/7 * f, f = 1, 31/32, ..., 16/32 (rounded to f16),
  * by squared error; ties keep the larger scale. */
