@@ -59,5 +59,16 @@ check "bad --algo" '[ $rc -eq 2 ] && [[ "$err" == *"--algo '"'"'sgd'"'"'"* ]]'
 err=$("$bin" eval "$model" --text "$tmp/eval.txt" --ctx 100000 2>&1); rc=$?
 check "eval with too little text" '[ $rc -eq 1 ] && [[ "$err" == *"none left"* ]]'
 
+# Ctrl-C in the middle of a (long) calibrated run: a clean failure, nothing
+# at OUT and no hidden temporary directory left behind
+"$bin" quantize "$model" "$tmp/int" --recipe nvfp4-conservative --calib "$tmp/calib.txt" \
+  --calib-samples 64 --calib-len 256 --algo gptq >/dev/null 2>"$tmp/interr" &
+pid=$!
+sleep 1
+kill -INT $pid
+wait $pid; rc=$?
+left=$(ls -A "$tmp" | grep -c nemoq-tmp)
+check "SIGINT stops cleanly (rc $rc, $(cat "$tmp/interr"))" '[ $rc -eq 1 ] && grep -q "interrupted" "$tmp/interr" && [ ! -e "$tmp/int" ] && [ "$left" -eq 0 ]'
+
 echo "cli_calibrate: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

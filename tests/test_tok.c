@@ -645,6 +645,23 @@ static void test_load_errors(void **state)
     free(ti);
     nq_tokenizer_free(tt);
 
+    /* The same content listed three times is one added token (the first id; later
+     * flags win): the map of contents must not keep a pointer to a freed copy (found by
+     * a sanitizer run on an earlier version). */
+    const char *dup = "{\"added_tokens\":[{\"id\":5,\"content\":\"<x>\",\"special\":true},"
+                      "{\"id\":6,\"content\":\"<x>\"},{\"id\":7,\"content\":\"<x>\"}]," MODEL_OK "}";
+    nq_tokenizer *td = nq_tokenizer_load_mem(dup, strlen(dup), "t.json", &err);
+    assert_non_null(td);
+    int32_t *di;
+    size_t dn;
+    assert_int_equal(nq_tokenizer_encode(td, "a<x>b", 5, false, &di, &dn, &err), 0);
+    assert_int_equal(dn, 3);
+    assert_int_equal(di[0], 0);
+    assert_int_equal(di[1], 3);
+    assert_int_equal(di[2], 1);
+    free(di);
+    nq_tokenizer_free(td);
+
     /* A decoder we do not implement: encode works, decode reports it. */
     const char *j = "{\"decoder\":{\"type\":\"WordPiece\"}," MODEL_OK "}";
     nq_tokenizer *tok = nq_tokenizer_load_mem(j, strlen(j), "t.json", &err);

@@ -8,6 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "core/interrupt.h"
 #include "core/parallel.h"
 #include "export/quantize.h"
 #include "io/safetensors.h"
@@ -289,7 +290,11 @@ int nq_cmd_quantize(int argc, char **argv)
     json_t *report_modules = report_path ? json_array() : NULL;
     opt.report_modules = report_modules;
     nq_quantize_summary sum;
-    if (nq_quantize(&opt, &sum, &err) != 0) {
+    nq_interrupt_install();
+    int qrc = nq_quantize(&opt, &sum, &err);
+    /* the output is committed (or removed): plain Ctrl-C again from here */
+    nq_interrupt_uninstall();
+    if (qrc != 0) {
         nq_cli_error("%s", err.msg);
         rc = 1;
         json_decref(report_modules);

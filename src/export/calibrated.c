@@ -23,6 +23,7 @@
 
 #include "algo/gptq.h"
 #include "calib/calib.h"
+#include "core/interrupt.h"
 #include "export/encode.h"
 #include "export/quantize_internal.h"
 #include "formats/floatconv.h"
@@ -356,6 +357,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             goto done;
 
     for (int l = 0; l < L; l++) {
+        if (nq_interrupt_check(err) != 0)
+            goto done;
         /* 1. statistics of the float layer on its input */
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
         nq_forward_hooks hooks = nq_calib_hooks(&stats);
@@ -373,6 +376,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
 
         /* 2. quantize and write the layer's tensors */
         for (; k < n && order[k].key == l; k++) {
+            if (nq_interrupt_check(err) != 0)
+                goto done;
             const nq_tensor *t = nq_checkpoint_tensor(ck, order[k].index);
             const nq_plan_module *m = nq_module_of_weight(plan, t->name);
             if (opt->log)

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "core/file.h"
+#include "core/interrupt.h"
 #include "core/parallel.h"
 #include "export/encode.h"
 #include "export/metadata.h"
@@ -345,6 +346,8 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
         if (opt->log)
             fprintf(opt->log, "\r[%zu/%zu] %-70.70s", i + 1, nq_checkpoint_count(ck), t->name);
         nq_prefetcher_advance(pf, i);
+        if (nq_interrupt_check(err) != 0)
+            goto done;
         int r;
         if (m && m->format != NQ_FORMAT_KEEP) {
             r = write_quantized(q, t, m, opt, sum, err);

@@ -1090,9 +1090,12 @@ static int load_added_tokens(nq_tokenizer *tok, json_t *arr, ctx *c)
             for (size_t k = 0; k < tok->n_added; k++) {
                 added_token *o = &tok->added[k];
                 if (o->id == prev && o->len == a.len && memcmp(o->content, a.content, a.len) == 0) {
+                    /* keep the first copy of the bytes: added_map's key points at it */
                     bool special = o->special || a.special;
-                    free(o->content);
+                    char *kept = o->content;
+                    free(a.content);
                     *o = a;
+                    o->content = kept;
                     o->id = prev;
                     o->special = special;
                     break;
