@@ -411,6 +411,103 @@ static void test_nonfinite_named(void **state)
     free_matrix(&m);
 }
 
+/* The MSE searches sum every candidate's error side by side; they must pick
+ * what the plain candidate-by-candidate search (written out here as the
+ * specification: max scale first, then down to 1/2 and up to 5/4 for NVFP4,
+ * amax/7 * k/32 for k = 31..16 for INT4, strictly smaller error wins) picks,
+ * with the same error. */
+static uint8_t nvfp4_mse_by_hand(const float *x, float gs, double *err)
+{
+    uint8_t best = nq_nvfp4_block_scale_max(x, gs);
+    double best_err = nq_nvfp4_block_sq_error(x, best, gs);
+    float ref = nq_e4m3_to_f32(best);
+    uint8_t max_code = best;
+    for (int code = max_code - 1; code >= 1 && nq_e4m3_to_f32((uint8_t)code) >= 0.5f * ref; code--) {
+        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
+        if (e < best_err) {
+            best_err = e;
+            best = (uint8_t)code;
+        }
+    }
+    for (int code = max_code + 1; code <= 0x7e && nq_e4m3_to_f32((uint8_t)code) <= 1.25f * ref;
+         code++) {
+        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
+        if (e < best_err) {
+            best_err = e;
+            best = (uint8_t)code;
+        }
+    }
+    *err = best_err;
+    return best;
+}
+
+static uint16_t int4_mse_by_hand(const float *x, int n, double *err)
+{
+    uint16_t best = nq_int4_group_scale_max(x, n);
+    double best_err = nq_int4_group_sq_error(x, n, best);
+    float base = nq_f16_to_f32(best);
+    for (int k = 31; k >= 16; k--) {
+        uint16_t sc = nq_f32_to_f16(base * (float)k / 32.0f);
+        if (nq_f16_to_f32(sc) <= 0)
+            break;
+        double e = nq_int4_group_sq_error(x, n, sc);
+        if (e < best_err) {
+            best_err = e;
+            best = sc;
+        }
+    }
+    *err = best_err;
+    return best;
+}
+
+static void test_mse_search_matches_plain_search(void **state)
+{
+    (void)state;
+    matrix m = make_matrix(64, 1024, 1);
+    float gs = 0.0123f;
+    int changed = 0;
+    for (int64_t b = 0; b < 64 * 1024 / 16; b++) {
+        const float *x = m.f32 + 16 * b;
+        double e1, e2;
+        uint8_t a = nq_nvfp4_block_scale_mse(x, gs, &e1), h = nvfp4_mse_by_hand(x, gs, &e2);
+        assert_int_equal(a, h);
+        assert_true(e1 == e2);
+        changed += a != nq_nvfp4_block_scale_max(x, gs);
+    }
+    assert_true(changed > 100); /* the search does move scales */
+    /* exact E2M1 ties under the neighbouring candidates: the max scale is
+     * code M (x[0] = 6 * e4m3(M) * gs), the others sit on the tie points of
+     * codes M-1 .. M-3 (all products exact in f32) */
+    const float ties[] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    const float gs2 = 0.0625f;
+    for (int code = 0x20; code <= 0x60; code++) {
+        for (int d = 1; d <= 3; d++) {
+            float x[16];
+            x[0] = 6.0f * nq_e4m3_to_f32((uint8_t)code) * gs2;
+            for (int k = 1; k < 16; k++)
+                x[k] = (k % 2 ? -1.0f : 1.0f) * ties[k % 7] * nq_e4m3_to_f32((uint8_t)(code - d)) * gs2;
+            double e1, e2;
+            uint8_t a = nq_nvfp4_block_scale_mse(x, gs2, &e1), h = nvfp4_mse_by_hand(x, gs2, &e2);
+            assert_int_equal(nq_nvfp4_block_scale_max(x, gs2), code);
+            assert_int_equal(a, h);
+            assert_true(e1 == e2);
+        }
+    }
+    changed = 0;
+    for (int g = 32; g <= 128; g *= 2) {
+        for (int64_t k = 0; k < 64 * 1024 / g; k++) {
+            const float *x = m.f32 + g * k;
+            double e1, e2;
+            uint16_t a = nq_int4_group_scale_mse(x, g, &e1), h = int4_mse_by_hand(x, g, &e2);
+            assert_int_equal(a, h);
+            assert_true(e1 == e2);
+            changed += a != nq_int4_group_scale_max(x, g);
+        }
+    }
+    assert_true(changed > 100);
+    free_matrix(&m);
+}
+
 /* The write queue writes pieces in order, frees what it owns, and reports a
  * failed write (here: more bytes than declared) at the next push or at the
  * finish, with the writer's message. */
@@ -462,6 +559,7 @@ int main(void)
         cmocka_unit_test(test_fp8_paths_agree),
         cmocka_unit_test(test_fp8_and_f16_views),
         cmocka_unit_test(test_nonfinite_named),
+        cmocka_unit_test(test_mse_search_matches_plain_search),
         cmocka_unit_test(test_write_queue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -32,19 +32,51 @@ double nq_int4_group_sq_error(const float *x, int n, uint16_t scale)
     return e;
 }
 
+/* As in nq_nvfp4_block_scale_mse, the candidates' errors are summed side by
+ * side, each in nq_int4_group_sq_error's order, so the choice is the same as
+ * a candidate-by-candidate search. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(NQ_NO_MULTIVERSION)
+__attribute__((target_clones("avx2", "default")))
+#endif
 uint16_t nq_int4_group_scale_mse(const float *x, int n, double *err)
 {
-    uint16_t best = nq_int4_group_scale_max(x, n);
-    double best_err = nq_int4_group_sq_error(x, n, best);
-    float base = nq_f16_to_f32(best);
+    uint16_t cand[17];
+    float sv[17];
+    double e[17];
+    int nc = 0;
+    cand[nc++] = nq_int4_group_scale_max(x, n);
+    float base = nq_f16_to_f32(cand[0]);
     for (int k = 31; k >= 16; k--) {
         uint16_t s = nq_f32_to_f16(base * (float)k / 32.0f);
         if (nq_f16_to_f32(s) <= 0)
             break;
-        double e = nq_int4_group_sq_error(x, n, s);
-        if (e < best_err) {
-            best_err = e;
-            best = s;
+        cand[nc++] = s;
+    }
+    for (int c = 0; c < nc; c++) {
+        sv[c] = nq_f16_to_f32(cand[c]);
+        e[c] = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        const float xi = x[i];
+        for (int c = 0; c < nc; c++) {
+            /* code_of without nearbyintf: x/s clamped to +-16 (harmless: the
+             * code is clamped to [-8, 7] anyway), rounded half to even by
+             * adding and removing 1.5 * 2^23 */
+            float q = xi / sv[c];
+            q = q < -16.0f ? -16.0f : q > 16.0f ? 16.0f : q;
+            q = (q + 12582912.0f) - 12582912.0f;
+            q = q < -8.0f ? -8.0f : q > 7.0f ? 7.0f : q;
+            double d = (double)xi - (double)sv[c] * (double)q;
+            e[c] += d * d;
+        }
+    }
+    uint16_t best = cand[0];
+    double best_err = e[0];
+    for (int c = 1; c < nc; c++) {
+        if (e[c] < best_err) {
+            best_err = e[c];
+            best = cand[c];
         }
     }
     *err = best_err;

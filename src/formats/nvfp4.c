@@ -71,31 +71,60 @@ double nq_nvfp4_block_sq_error(const float *x, uint8_t scale, float gs)
     return e;
 }
 
+/* The candidates' errors are accumulated side by side (element by element,
+ * each candidate's sum in the same sequential double order as
+ * nq_nvfp4_block_sq_error), so the choice is the one a candidate-by-candidate
+ * search makes, while the independent sums keep the CPU busy (one dependent
+ * double add chain per candidate made this search 25x slower than
+ * quantizing with max scales). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(NQ_NO_MULTIVERSION)
+__attribute__((target_clones("avx2", "default")))
+#endif
 uint8_t nq_nvfp4_block_scale_mse(const float *x, float gs, double *err)
 {
-    uint8_t best = nq_nvfp4_block_scale_max(x, gs);
-    double best_err = nq_nvfp4_block_sq_error(x, best, gs);
-    float ref = nq_e4m3_to_f32(best);
-    /* positive e4m3 codes are ordered like their values: walk both ways */
-    for (int code = best - 1; code >= 1; code--) {
-        float v = nq_e4m3_to_f32((uint8_t)code);
-        if (v < 0.5f * ref)
+    uint8_t max_code = nq_nvfp4_block_scale_max(x, gs);
+    float ref = nq_e4m3_to_f32_inline(max_code);
+    /* candidates in search order: the max scale, then downwards to half of
+     * it, then upwards to 5/4 of it (positive e4m3 codes are ordered like
+     * their values) */
+    uint8_t cand[128];
+    float denom[128];
+    double e[128];
+    int nc = 0;
+    cand[nc++] = max_code;
+    for (int code = max_code - 1; code >= 1; code--) {
+        if (nq_e4m3_to_f32_inline((uint8_t)code) < 0.5f * ref)
             break;
-        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
-        if (e < best_err) {
-            best_err = e;
-            best = (uint8_t)code;
+        cand[nc++] = (uint8_t)code;
+    }
+    for (int code = max_code + 1; code <= 0x7e; code++) {
+        if (nq_e4m3_to_f32_inline((uint8_t)code) > 1.25f * ref)
+            break;
+        cand[nc++] = (uint8_t)code;
+    }
+    for (int c = 0; c < nc; c++) {
+        denom[c] = nq_e4m3_to_f32_inline(cand[c]) * gs;
+        e[c] = 0;
+    }
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i++) {
+        const float xi = x[i];
+        for (int c = 0; c < nc; c++) {
+            /* nq_e2m1_value(nq_e2m1_encode(xi / denom)) without the table */
+            float a = fabsf(xi / denom[c]);
+            float mag = 0.5f * (float)((a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f)) +
+                        (float)((a > 2.5f) + (a >= 3.5f)) + 2.0f * (float)(a > 5.0f);
+            float d = (xi < 0 ? -mag : mag) * denom[c];
+            double diff = (double)xi - d;
+            e[c] += diff * diff;
         }
     }
-    uint8_t max_code = nq_nvfp4_block_scale_max(x, gs);
-    for (int code = max_code + 1; code <= 0x7e; code++) {
-        float v = nq_e4m3_to_f32((uint8_t)code);
-        if (v > 1.25f * ref)
-            break;
-        double e = nq_nvfp4_block_sq_error(x, (uint8_t)code, gs);
-        if (e < best_err) {
-            best_err = e;
-            best = (uint8_t)code;
+    uint8_t best = max_code;
+    double best_err = e[0];
+    for (int c = 1; c < nc; c++) {
+        if (e[c] < best_err) {
+            best_err = e[c];
+            best = cand[c];
         }
     }
     *err = best_err;
