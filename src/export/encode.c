@@ -377,24 +377,20 @@ NQ_AVX2 static inline __attribute__((always_inline)) __m256 block_absmax_avx2(__
     return _mm256_max_ps(_mm256_and_ps(x0, absmask), _mm256_and_ps(x1, absmask));
 }
 
-/* nvfp4_scale_code for 8 blocks at once (lanes), and the decoded scales
- * times gs.  Inputs are >= 0 and finite; same results as the scalar code
- * (nq_f32_to_e4m3 / nq_e4m3_to_f32 restricted to positive values). */
-NQ_AVX2 static inline __attribute__((always_inline)) __m256i
-scale_codes8_avx2(__m256 amax, float six_gs, float gs, __m256 *denom)
+/* E4M3 codes of 8 finite non-negative f32 magnitudes (their bits in a) and
+ * the decoded values: nq_f32_to_e4m3 / nq_e4m3_to_f32 restricted to x >= 0,
+ * rounding half to even and saturating at 448. */
+NQ_AVX2 static inline __attribute__((always_inline)) __m256i e4m3_encode8_avx2(__m256i a,
+                                                                               __m256 *value)
 {
-    __m256 s = _mm256_div_ps(amax, _mm256_set1_ps(six_gs));
-    s = _mm256_blendv_ps(s, _mm256_set1_ps(1.0f), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ));
-    s = _mm256_max_ps(s, _mm256_set1_ps(0.001953125f));
-    __m256i a = _mm256_castps_si256(s);
     /* normal: round to 3 mantissa bits, half to even, and rebias */
     __m256i odd = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
     __m256i rnd = _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff)), odd);
     __m256i exp = _mm256_sub_epi32(_mm256_srli_epi32(rnd, 23), _mm256_set1_epi32(120));
     __m256i normal = _mm256_or_si256(_mm256_slli_epi32(exp, 3),
                                      _mm256_and_si256(_mm256_srli_epi32(rnd, 20), _mm256_set1_epi32(7)));
-    /* subnormal (below 2^-6): quantum 2^-9 */
-    __m256 q = _mm256_round_ps(_mm256_mul_ps(s, _mm256_set1_ps(512.0f)),
+    /* below 2^-6 (zero included): quantum 2^-9 */
+    __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256i sub = _mm256_cvtps_epi32(q);
     __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3c800000), a);
@@ -407,8 +403,22 @@ scale_codes8_avx2(__m256 amax, float six_gs, float gs, __m256 *denom)
     __m256 norm_v = _mm256_castsi256_ps(_mm256_or_si256(
         _mm256_slli_epi32(_mm256_add_epi32(e4, _mm256_set1_epi32(120)), 23), _mm256_slli_epi32(m3, 20)));
     __m256 sub_v = _mm256_mul_ps(_mm256_cvtepi32_ps(code), _mm256_set1_ps(0.001953125f));
-    __m256 v = _mm256_blendv_ps(norm_v, sub_v,
-                                _mm256_castsi256_ps(_mm256_cmpeq_epi32(e4, _mm256_setzero_si256())));
+    *value = _mm256_blendv_ps(norm_v, sub_v,
+                              _mm256_castsi256_ps(_mm256_cmpeq_epi32(e4, _mm256_setzero_si256())));
+    return code;
+}
+
+/* nvfp4_scale_code for 8 blocks at once (lanes), and the decoded scales
+ * times gs.  Inputs are >= 0 and finite; same results as the scalar code
+ * (nq_f32_to_e4m3 / nq_e4m3_to_f32 restricted to positive values). */
+NQ_AVX2 static inline __attribute__((always_inline)) __m256i
+scale_codes8_avx2(__m256 amax, float six_gs, float gs, __m256 *denom)
+{
+    __m256 s = _mm256_div_ps(amax, _mm256_set1_ps(six_gs));
+    s = _mm256_blendv_ps(s, _mm256_set1_ps(1.0f), _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ));
+    s = _mm256_max_ps(s, _mm256_set1_ps(0.001953125f));
+    __m256 v;
+    __m256i code = e4m3_encode8_avx2(_mm256_castps_si256(s), &v);
     *denom = _mm256_mul_ps(v, _mm256_set1_ps(gs));
     return code;
 }
@@ -608,28 +618,8 @@ NQ_AVX2 static inline __attribute__((always_inline)) __m256i fp8_codes8_avx2(__m
     u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
     u = _mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u));
     __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), _mm256_set1_epi32(0x80));
-    __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-    /* normal: 3 mantissa bits, half to even, rebias */
-    __m256i odd3 = _mm256_and_si256(_mm256_srli_epi32(a, 20), _mm256_set1_epi32(1));
-    __m256i rnd = _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7ffff)), odd3);
-    __m256i exp = _mm256_sub_epi32(_mm256_srli_epi32(rnd, 23), _mm256_set1_epi32(120));
-    __m256i normal = _mm256_or_si256(_mm256_slli_epi32(exp, 3),
-                                     _mm256_and_si256(_mm256_srli_epi32(rnd, 20), _mm256_set1_epi32(7)));
-    /* below 2^-6: quantum 2^-9 (zero included) */
-    __m256 q = _mm256_round_ps(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256i sub = _mm256_cvtps_epi32(q);
-    __m256i is_sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3c800000), a);
-    __m256i is_sat = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x43dfffff));
-    __m256i mag = _mm256_blendv_epi8(normal, sub, is_sub);
-    mag = _mm256_blendv_epi8(mag, _mm256_set1_epi32(0x7e), is_sat);
-    __m256i e4 = _mm256_srli_epi32(mag, 3);
-    __m256i m3 = _mm256_and_si256(mag, _mm256_set1_epi32(7));
-    __m256 norm_v = _mm256_castsi256_ps(_mm256_or_si256(
-        _mm256_slli_epi32(_mm256_add_epi32(e4, _mm256_set1_epi32(120)), 23), _mm256_slli_epi32(m3, 20)));
-    __m256 sub_v = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0.001953125f));
-    __m256 v = _mm256_blendv_ps(norm_v, sub_v,
-                                _mm256_castsi256_ps(_mm256_cmpeq_epi32(e4, _mm256_setzero_si256())));
+    __m256 v;
+    __m256i mag = e4m3_encode8_avx2(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), &v);
     *decoded = _mm256_or_ps(v, _mm256_castsi256_ps(_mm256_slli_epi32(sign, 24)));
     return _mm256_or_si256(mag, sign);
 }
