@@ -14,7 +14,8 @@
  * kernels below are branch-free loops over fixed-size arrays so that the
  * compiler vectorizes them (this file is built with -O3); they compute the
  * same IEEE operations as the scalar reference functions in formats/, so the
- * bytes are identical (tests/test_formats.c checks both against ModelOpt). */
+ * bytes are identical (tests/test_encode.c checks every path against those
+ * functions, tests/test_formats.c the selected one against ModelOpt). */
 #include "export/encode.h"
 
 #include <math.h>
@@ -41,7 +42,7 @@
 
 /* The per-block kernels additionally have hand-written AVX2 forms (the
  * auto-vectorized generic ones use 128-bit vectors and scalar packing),
- * chosen once per run by CPU.  tests/test_formats.c runs both on the same
+ * chosen once per run by CPU.  tests/test_encode.c runs both on the same
  * data and requires identical bytes and statistics. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(NQ_NO_MULTIVERSION)
 #define NQ_HAVE_AVX2_KERNELS 1
@@ -90,13 +91,6 @@ static void reduce_stats(const chunk_stats *cs, size_t nchunks, nq_encode_stats 
         *st = s;
 }
 
-static float bits_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 /* Sum of 16 floats in a fixed pairwise order (vectorizable, and the same
  * result on every machine and thread count). */
 static float sum16(float v[16])
@@ -130,14 +124,14 @@ NQ_HOT static const float *view_rows(const nq_weight_view *w, int64_t r0, int64_
         for (uint64_t k = 0; k < count; k++) {
             uint16_t h;
             memcpy(&h, p + 2 * k, 2);
-            buf[k] = bits_f32((uint32_t)h << 16);
+            buf[k] = nq_bf16_to_f32_inline(h);
         }
     } else {
         p += 2 * first;
         for (uint64_t k = 0; k < count; k++) {
             uint16_t h;
             memcpy(&h, p + 2 * k, 2);
-            buf[k] = nq_f16_to_f32(h);
+            buf[k] = nq_f16_to_f32_inline(h);
         }
     }
     return buf;
@@ -216,9 +210,9 @@ static int view_amax(const nq_weight_view *w, int threads, float *amax, nq_error
         m = cm[c] > m ? cm[c] : m;
     }
     free(cm);
-    *amax = w->dtype == NQ_F32 ? bits_f32(m)
-            : w->dtype == NQ_BF16 ? bits_f32(m << 16)
-                                  : nq_f16_to_f32((uint16_t)m);
+    *amax = w->dtype == NQ_F32 ? nq_bits_to_f32(m)
+            : w->dtype == NQ_BF16 ? nq_bf16_to_f32_inline((uint16_t)m)
+                                  : nq_f16_to_f32_inline((uint16_t)m);
     return 0;
 }
 
@@ -288,7 +282,7 @@ nvfp4_row_generic(const float *row, int64_t blocks, float six_gs, float gs, uint
             u &= 0x7fffffffu;
             mb = u > mb ? u : mb;
         }
-        uint8_t sc = nvfp4_scale_code(bits_f32(mb), six_gs);
+        uint8_t sc = nvfp4_scale_code(nq_bits_to_f32(mb), six_gs);
         scales[b] = sc;
         nvfp4_block_codes(x, nq_e4m3_to_f32_inline(sc) * gs, codes + 8 * b, e, r);
     }
@@ -754,7 +748,7 @@ static inline __attribute__((always_inline)) float int4_group_scan(const float *
         }
     }
     *ref = sum16(rr);
-    return bits_f32(mb);
+    return nq_bits_to_f32(mb);
 }
 
 /* Packed words of one group under scale value s (words[i] holds inputs
