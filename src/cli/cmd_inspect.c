@@ -4,7 +4,7 @@
 #include "cli/cli.h"
 #include "model/inspect.h"
 
-static const char *usage = "usage: nemoq inspect DIR [--json]\n"
+static const char *usage = "usage: nemoq inspect DIR [--json] | nemoq inspect FILE.gguf\n"
                            "  Describe a safetensors checkpoint: model type, block pattern,\n"
                            "  parameters and bytes by role, dtypes, per-layer table, quantization.\n";
 
@@ -33,6 +33,13 @@ int nq_cmd_inspect(int argc, char **argv)
         nq_cli_error("inspect: no checkpoint directory given");
         fputs(usage, stderr);
         return 2;
+    }
+    if (nq_is_gguf_path(dir)) {
+        if (as_json) {
+            nq_cli_error("inspect: --json is not supported for GGUF files");
+            return 2;
+        }
+        return nq_inspect_gguf(dir);
     }
     nq_error err = {0};
     json_t *doc = nq_inspect(dir, &err);

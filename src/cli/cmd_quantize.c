@@ -51,7 +51,8 @@ static const char *usage =
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
     "  --force                replace a non-empty OUT\n"
-    "  --dry-run              print the plan (every module, its format, why) and exit\n";
+    "  --dry-run              print the plan (every module, its format, why) and exit\n"
+    "  --format gguf          one GGUF file for llama.cpp instead (see --format gguf --help)\n";
 
 /* Perplexity and KL of the written checkpoint against its input. */
 static int run_eval(const char *out, const char *in, const char *text_path, int windows,
@@ -80,6 +81,10 @@ static int run_eval(const char *out, const char *in, const char *text_path, int 
 
 int nq_cmd_quantize(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if ((strcmp(argv[i], "--format") == 0 && i + 1 < argc && strcmp(argv[i + 1], "gguf") == 0) ||
+            strcmp(argv[i], "--format=gguf") == 0)
+            return nq_cmd_quantize_gguf(argc, argv);
     const char *in = NULL, *out = NULL, *preset = NULL, *recipe_file = NULL;
     nq_recipe_rule *rules = NULL, *file_rules = NULL;
     size_t nrules = 0, nfile_rules = 0;

@@ -25,6 +25,7 @@ static const struct {
     {"quantize", nq_cmd_quantize, "quantize a checkpoint with a recipe (NVFP4, FP8, INT4)"},
     {"eval", nq_cmd_eval, "perplexity and KL divergence against a base model (quantization emulated)"},
     {"verify", nq_cmd_verify, "check a quantized checkpoint (and its error against the source)"},
+    {"convert", nq_cmd_convert, "write a checkpoint (BF16 or NVFP4) as a GGUF file for llama.cpp"},
 };
 
 static void print_usage(FILE *out)
