@@ -397,6 +397,13 @@ int nq_gguf_parse(const unsigned char *bytes, uint64_t size, const char *name, n
         t->data = bytes + data_start + run;
         run += padded;
     }
+    /* gguf.cpp reads the whole padded data section, the last tensor's
+     * padding included */
+    if (run > size - data_start) {
+        nq_fail(err, "%s: truncated: the data section needs %llu bytes, %llu are left", name,
+                (unsigned long long)run, (unsigned long long)(size - data_start));
+        goto fail;
+    }
     out->data_size = run;
     out->image = bytes;
     out->size = size;
@@ -589,6 +596,22 @@ static int kv_begin(nq_gguf_writer *w, const char *key, uint32_t type, size_t va
     put_u64(w, klen);
     put_bytes(w, key, klen);
     put_u32(w, type);
+    return 0;
+}
+
+int nq_gguf_add_raw(nq_gguf_writer *w, const char *key, uint32_t type, uint32_t arr_type,
+                    uint64_t n, const void *value, size_t nbytes, nq_error *err)
+{
+    if (type >= NQ_GGUF_VTYPE_COUNT || (type == NQ_GGUF_ARRAY && (arr_type >= NQ_GGUF_VTYPE_COUNT ||
+                                                                   arr_type == NQ_GGUF_ARRAY)))
+        return nq_fail(err, "%s: key '%s': invalid value type", w->out_path, key);
+    if (kv_begin(w, key, type, 12 + nbytes, err) != 0)
+        return -1;
+    if (type == NQ_GGUF_ARRAY) {
+        put_u32(w, arr_type);
+        put_u64(w, n);
+    }
+    put_bytes(w, value, nbytes);
     return 0;
 }
 

@@ -143,6 +143,11 @@ int nq_gguf_add_arr_bool(nq_gguf_writer *w, const char *key, const bool *v, uint
 /* lens may be NULL (then strlen) */
 int nq_gguf_add_arr_str(nq_gguf_writer *w, const char *key, const char *const *s,
                         const size_t *lens, uint64_t n, nq_error *err);
+/* A value given as its little-endian bytes exactly as they follow the type
+ * (for arrays: after the element type and count, which n supplies), e.g. a
+ * key copied from another file (nq_gguf_kv's data/nbytes). Not validated. */
+int nq_gguf_add_raw(nq_gguf_writer *w, const char *key, uint32_t type, uint32_t arr_type,
+                    uint64_t n, const void *value, size_t nbytes, nq_error *err);
 /* ne in ggml order (innermost first). */
 int nq_gguf_declare_tensor(nq_gguf_writer *w, const char *name, uint32_t type, int ndim,
                            const int64_t *ne, nq_error *err);
