@@ -38,6 +38,15 @@ ins=$("$bin" inspect "$tmp/nv.gguf")
 check "W4A4: input scales, no prec_a4 tags" '[[ "$ins" == *"blk.1.ffn_up_exps.input_scale"* ]] && [[ "$ins" != *"prec_a4"* ]]'
 check "in_proj NVFP4 with scale" '[[ "$ins" =~ blk\.0\.ssm_in\.weight\ +nvfp4 ]] && [[ "$ins" == *"blk.0.ssm_in.scale"* ]]'
 
+# calibrated: the experts go through the safetensors pipeline in a staging
+# directory beside OUT, which is removed
+out=$("$bin" quantize "$model" "$tmp/cal.gguf" --format gguf --recipe gguf-nvfp4 --calib "$src/tests/fixtures/calib.txt" \
+  --calib-samples 4 --calib-len 64 --algo gptq 2>/dev/null); rc=$?
+check "calibrated gguf exit" '[ $rc -eq 0 ] && [[ "$out" == *"(GPTQ)"* ]]'
+ins=$("$bin" inspect "$tmp/cal.gguf")
+check "calibrated: expert input scales, rest q8_0" '[[ "$ins" == *"blk.1.ffn_down_exps.input_scale"* ]] && [[ "$ins" =~ blk\.0\.ssm_in\.weight\ +q8_0 ]]'
+check "staging directory removed" '[ -z "$(ls -A "$tmp" | grep nemoq-stage)" ]'
+
 # refusals
 err=$("$bin" convert "$model" "$tmp/a.gguf" 2>&1); rc=$?
 check "existing OUT refused" '[ $rc -eq 1 ] && [[ "$err" == *"a.gguf: already exists"* ]]'

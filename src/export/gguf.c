@@ -508,9 +508,9 @@ static int add_metadata(exporter *x, nq_gguf_writer *w, nq_error *err)
         return nq_fail(err, "out of memory");
     }
     for (int l = 0; l < L; l++) {
-        ff[l] = c->pattern[l] == NQ_BLOCK_MOE   ? c->moe_intermediate_size
-                : c->pattern[l] == NQ_BLOCK_MLP ? c->intermediate_size
-                                                : 0;
+        /* the converter lists only E layers for the MoE arch, only - layers otherwise */
+        ff[l] = moe ? (c->pattern[l] == NQ_BLOCK_MOE ? c->moe_intermediate_size : 0)
+                    : (c->pattern[l] == NQ_BLOCK_MLP ? c->intermediate_size : 0);
         kv[l] = c->pattern[l] == NQ_BLOCK_ATTENTION ? c->num_key_value_heads : 0;
     }
     /* the file type follows the rest type, as the converter's --outtype */
