@@ -30,7 +30,7 @@ check "bf16 rest: token_embd bf16" '[[ "$ins" =~ token_embd\.weight\ +bf16 ]]'
 
 # convert an NVFP4 safetensors checkpoint (calibrated, so with input scales)
 "$bin" quantize "$model" "$tmp/nv" --recipe nvfp4-conservative --calib "$src/tests/fixtures/calib.txt" \
-  --calib-samples 4 --calib-len 64 --kv-cache none >/dev/null 2>&1; rc=$?
+  --calib-samples 2 --calib-len 32 --kv-cache none >/dev/null 2>&1; rc=$?
 check "nvfp4 checkpoint for convert" '[ $rc -eq 0 ]'
 out=$("$bin" convert "$tmp/nv" "$tmp/nv.gguf"); rc=$?
 check "convert exit" '[ $rc -eq 0 ] && [[ "$out" == *"NVFP4 matrices repacked from the input"* ]]'
@@ -41,7 +41,7 @@ check "in_proj NVFP4 with scale" '[[ "$ins" =~ blk\.0\.ssm_in\.weight\ +nvfp4 ]]
 # calibrated: the experts go through the safetensors pipeline in a staging
 # directory beside OUT, which is removed
 out=$("$bin" quantize "$model" "$tmp/cal.gguf" --format gguf --recipe gguf-nvfp4 --calib "$src/tests/fixtures/calib.txt" \
-  --calib-samples 4 --calib-len 64 --algo gptq 2>/dev/null); rc=$?
+  --calib-samples 2 --calib-len 32 --algo gptq 2>/dev/null); rc=$?
 check "calibrated gguf exit" '[ $rc -eq 0 ] && [[ "$out" == *"(GPTQ)"* ]]'
 ins=$("$bin" inspect "$tmp/cal.gguf")
 check "calibrated: expert input scales, rest q8_0" '[[ "$ins" == *"blk.1.ffn_down_exps.input_scale"* ]] && [[ "$ins" =~ blk\.0\.ssm_in\.weight\ +q8_0 ]]'
