@@ -299,7 +299,7 @@ int nq_cmd_quantize(int argc, char **argv)
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
     nq_writer_options out_check = {.out_dir = out, .input_dir = in, .force = opt.force};
     if (nq_writer_check(&out_check, &err) != 0 ||
-        (report_path && nq_report_check(report_path, in, &err) != 0) ||
+        (report_path && nq_report_check(report_path, in, out, &err) != 0) ||
         (opt.calib_path && nq_inpath_check_file(opt.calib_path, "--calib", &err) != 0) ||
         (eval_path && (nq_inpath_check_file(eval_path, "--eval", &err) != 0 ||
                        nq_inpath_check_file(tok_path, "--eval needs", &err) != 0))) {
@@ -395,7 +395,7 @@ int nq_cmd_quantize(int argc, char **argv)
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
             json_object_set(doc, "eval", eval_doc);
-        if (!doc || nq_report_check(report_path, in, &err) != 0 ||
+        if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
             nq_report_write(report_path, doc, &err) != 0) {
             nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
             rc = 1;

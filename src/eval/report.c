@@ -172,12 +172,13 @@ static int report_paths(const char *path, char *jpath, char *hpath, size_t len, 
     return 0;
 }
 
-int nq_report_check(const char *path, const char *input_dir, nq_error *err)
+int nq_report_check(const char *path, const char *input_dir, const char *output_dir,
+                    nq_error *err)
 {
     char jpath[4200], hpath[4200];
     if (report_paths(path, jpath, hpath, sizeof jpath, err) != 0 ||
-        nq_outpath_check_file(jpath, input_dir, "--report", err) != 0 ||
-        nq_outpath_check_file(hpath, input_dir, "--report", err) != 0)
+        nq_outpath_check_file(jpath, input_dir, output_dir, "--report", err) != 0 ||
+        nq_outpath_check_file(hpath, input_dir, output_dir, "--report", err) != 0)
         return -1;
     return 0;
 }

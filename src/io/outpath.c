@@ -143,8 +143,27 @@ int nq_outpath_check_dir(const char *out_dir, const char *input_dir, nq_error *e
     return 0;
 }
 
-int nq_outpath_check_file(const char *path, const char *input_dir, const char *what,
-                          nq_error *err)
+/* Refuses `path` when the directory `dir_fd` (consumed) lies inside `protect`. */
+static int check_outside(int dir_fd, const char *path, const char *protect, const char *role,
+                         const char *what, nq_error *err)
+{
+    file_id id;
+    if (!input_id(protect, &id)) {
+        close(dir_fd);
+        return 0;
+    }
+    int r = chain_has(dir_fd, id);
+    if (r < 0)
+        return nq_fail(err, "%s %s: cannot check that it lies outside the %s directory: %s", what,
+                       path, role, strerror(errno));
+    if (r == 1)
+        return nq_fail(err, "%s %s: would be written inside the %s directory %s; choose another "
+                            "path", what, path, role, protect);
+    return 0;
+}
+
+int nq_outpath_check_file(const char *path, const char *input_dir, const char *output_dir,
+                          const char *what, nq_error *err)
 {
     struct stat st;
     if (!*path)
@@ -164,18 +183,14 @@ int nq_outpath_check_file(const char *path, const char *input_dir, const char *w
                      strerror(errno));
         close(fd);
     } else {
-        file_id in;
-        if (!input_id(input_dir, &in)) {
-            close(fd);
-        } else {
-            int r = chain_has(fd, in);
-            if (r < 0)
-                rc = nq_fail(err, "%s %s: cannot check that it lies outside the input "
-                                  "directory: %s", what, path, strerror(errno));
-            else if (r == 1)
-                rc = nq_fail(err, "%s %s: would be written inside the input directory %s; "
-                                  "choose another path", what, path, input_dir);
-        }
+        int fd2 = dup(fd);
+        rc = check_outside(fd, path, input_dir, "input", what, err);
+        if (fd2 < 0)
+            rc = rc ? rc : nq_fail(err, "%s %s: %s", what, path, strerror(errno));
+        else if (rc == 0)
+            rc = check_outside(fd2, path, output_dir, "output", what, err);
+        else
+            close(fd2);
     }
     free(dir);
     return rc;

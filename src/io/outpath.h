@@ -20,11 +20,12 @@
 int nq_outpath_check_dir(const char *out_dir, const char *input_dir, nq_error *err);
 
 /* An output file, written beside itself and renamed into place: refused when
- * its directory does not exist, is not writable, or lies inside input_dir;
- * or when the path names a directory.  `what` starts the error message
- * (e.g. "--report"). */
-int nq_outpath_check_file(const char *path, const char *input_dir, const char *what,
-                          nq_error *err);
+ * its directory does not exist, is not writable, or lies inside input_dir or
+ * output_dir (the checkpoint being written: a report there would replace its
+ * files); or when the path names a directory.  Either directory may be NULL.
+ * `what` starts the error message (e.g. "--report"). */
+int nq_outpath_check_file(const char *path, const char *input_dir, const char *output_dir,
+                          const char *what, nq_error *err);
 
 /* A file read later in the run (calibration text, --eval text, ...): exists,
  * is a regular file, can be opened for reading.  Checked up front so that a
