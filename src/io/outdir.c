@@ -369,8 +369,12 @@ static int place_replacing(nq_outdir *o, nq_error *err)
         rc = nq_fail(err, "%s: moving the old output aside failed: %s", o->out, strerror(errno));
     } else if (rename(o->tmp, o->out) != 0) {
         int e = errno;
-        rename(aside, o->out);
-        rc = nq_fail(err, "%s: renaming the output into place failed: %s", o->out, strerror(e));
+        if (rename(aside, o->out) != 0)
+            rc = nq_fail(err, "%s: renaming the output into place failed: %s; the previous "
+                              "output is at %s", o->out, strerror(e), aside);
+        else
+            rc = nq_fail(err, "%s: renaming the output into place failed: %s", o->out,
+                         strerror(e));
     } else {
         nq_remove_tree(aside);
     }
