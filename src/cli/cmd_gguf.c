@@ -15,6 +15,7 @@
 #include "export/gguf.h"
 #include "export/quantize.h"
 #include "io/gguf.h"
+#include "io/outpath.h"
 
 static const char *quantize_usage =
     "usage: nemoq quantize IN OUT.gguf --format gguf --recipe gguf-nvfp4 [options]\n"
@@ -180,8 +181,14 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
      * (calibration, GPTQ, MSE) into a hidden staging checkpoint beside OUT,
      * which is then repacked; the staging directory is always removed. */
     struct stat st;
+    nq_error perr = {0};
     if (stat(out, &st) == 0 && !o.force) {
         nq_cli_error("%s: already exists (use --force to replace it)", out);
+        return 1;
+    }
+    if (nq_outpath_check_file(out, in, NULL, "OUT", &perr) != 0 ||
+        nq_inpath_check_file(q.calib_path, "--calib", &perr) != 0) {
+        nq_cli_error("%s", perr.msg);
         return 1;
     }
     char stage[4096], ck[4200];

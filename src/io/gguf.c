@@ -1,4 +1,5 @@
 #include "io/gguf.h"
+#include "io/outpath.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -6,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -522,7 +524,7 @@ typedef struct wtensor {
 struct nq_gguf_writer {
     char *out_path, *tmp_path;
     int fd;
-    bool committed, begun;
+    bool committed, begun, force;
     /* metadata, serialized as it is added */
     unsigned char *kv;
     size_t kv_len, kv_cap;
@@ -730,29 +732,10 @@ nq_gguf_writer *nq_gguf_writer_create(const char *out_path, const char *input, b
             return NULL;
         }
     }
-    if (input) {
-        char *ri = realpath(input, NULL);
-        const char *base;
-        char *dir = resolve_dir_of(out_path, &base);
-        char *rd = dir ? realpath(dir, NULL) : NULL;
-        bool clash = false;
-        if (ri && rd) {
-            char *ro = malloc(strlen(rd) + strlen(base) + 2);
-            if (ro) {
-                sprintf(ro, "%s/%s", strcmp(rd, "/") == 0 ? "" : rd, base);
-                size_t li = strlen(ri);
-                clash = strcmp(ro, ri) == 0 || (strncmp(ro, ri, li) == 0 && ro[li] == '/');
-                free(ro);
-            }
-        }
-        free(ri);
-        free(rd);
-        free(dir);
-        if (clash) {
-            nq_fail(err, "%s: the output must not be the input or lie inside it (%s)", out_path, input);
-            return NULL;
-        }
-    }
+    /* by device and inode, as every output (io/outpath.h): not inside the
+     * input through any alias, its directory exists and is writable */
+    if (nq_outpath_check_file(out_path, input, NULL, "OUT", err) != 0)
+        return NULL;
     nq_gguf_writer *w = calloc(1, sizeof *w);
     if (w)
         w->fd = -1;
@@ -765,6 +748,7 @@ nq_gguf_writer *nq_gguf_writer_create(const char *out_path, const char *input, b
         nq_gguf_writer_free(w);
         return NULL;
     }
+    w->force = force;
     sprintf(w->tmp_path, "%s/.%s.nemoq-tmp-XXXXXX", dir, base);
     free(dir);
     w->fd = mkostemp(w->tmp_path, O_CLOEXEC);
@@ -775,6 +759,9 @@ nq_gguf_writer *nq_gguf_writer_create(const char *out_path, const char *input, b
         nq_gguf_writer_free(w);
         return NULL;
     }
+    /* held for the run's life: how a later run tells a live temporary from
+     * one a killed run left (io/outdir.h) */
+    (void)flock(w->fd, LOCK_EX | LOCK_NB);
     return w;
 }
 
@@ -952,15 +939,37 @@ int nq_gguf_writer_commit(nq_gguf_writer *w, nq_error *err)
         return -1;
     if (fsync(w->fd) != 0)
         return nq_fail(err, "%s: fsync failed: %s", w->out_path, strerror(errno));
-    /* mkostemp makes 0600 files; a model file is meant to be readable */
-    (void)fchmod(w->fd, 0644);
+    /* mkostemp makes 0600 files: 0666 minus the umask, as for every output */
+    mode_t um = umask(0);
+    umask(um);
+    (void)fchmod(w->fd, 0666 & ~um);
     if (close(w->fd) != 0) {
         w->fd = -1;
         return nq_fail(err, "%s: close failed: %s", w->out_path, strerror(errno));
     }
     w->fd = -1;
-    if (rename(w->tmp_path, w->out_path) != 0)
+    /* Without force, link() puts the file at OUT only if nothing is there
+     * (something created during the run is left untouched); with force,
+     * rename() replaces the old file in one step. */
+    if (!w->force) {
+        int rc = link(w->tmp_path, w->out_path);
+        struct stat st;
+        if (rc != 0 && errno == EEXIST)
+            return nq_fail(err, "%s: it was created during the run; it was left untouched and the new output discarded (use --force to replace it)",
+                           w->out_path);
+        if (rc != 0) {
+            /* a file system without hard links: check, then rename */
+            if (stat(w->out_path, &st) == 0)
+                return nq_fail(err, "%s: it was created during the run; it was left untouched and the new output discarded (use --force to replace it)",
+                               w->out_path);
+            if (rename(w->tmp_path, w->out_path) != 0)
+                return nq_fail(err, "%s: cannot place the output: %s", w->out_path, strerror(errno));
+        } else {
+            unlink(w->tmp_path);
+        }
+    } else if (rename(w->tmp_path, w->out_path) != 0) {
         return nq_fail(err, "%s: rename from %s failed: %s", w->out_path, w->tmp_path, strerror(errno));
+    }
     w->committed = true;
     const char *base;
     char *dir = resolve_dir_of(w->out_path, &base);
