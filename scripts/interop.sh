@@ -16,8 +16,8 @@
 #    conversion, next to llama-quantize's Q8_0, Q4_K_M and IQ4_XS (with an
 #    imatrix when llama-imatrix is built) of the same F32 file, on the same
 #    windows: the second part of tests/fixtures/calib.txt (the first 375,000
-#    bytes calibrate), 64 chunks of 512 tokens (llama-perplexity scores the
-#    second half of each chunk).
+#    bytes calibrate), CHUNKS (default 16) chunks of 512 tokens
+#    (llama-perplexity scores the second half of each chunk).
 # Prints a Markdown table (size, bits per weight, PPL, KL, top-1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ root=$(pwd)
 out=${1:-/tmp/nemoq-interop}
 build=${LLAMACPP_BUILD:-/work/llama.cpp-build}
 lsrc=${LLAMACPP_SRC:-}
-if [ ! -f "$build/BUILD_OK" ]; then
+if [ ! -x "$build/bin/llama-perplexity" ] || [ ! -x "$build/bin/llama-quantize" ]; then
     if [ -x scripts/build-llama-cpp.sh ]; then
         scripts/build-llama-cpp.sh
     else
@@ -33,8 +33,8 @@ if [ ! -f "$build/BUILD_OK" ]; then
         exit 1
     fi
 fi
-if [ -z "$lsrc" ]; then
-    lsrc=$(sed -n 's/^convert_hf_to_gguf.py: \(.*\)\/convert_hf_to_gguf.py$/\1/p' "$build/BUILD_OK")
+if [ -z "$lsrc" ]; then   # the source tree this build was configured from
+    lsrc=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt")
 fi
 bin="$build/bin"
 [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-quantize" ] || { echo "interop: $bin lacks llama-perplexity/llama-quantize" >&2; exit 1; }
@@ -88,11 +88,10 @@ for rest in q8_0 bf16; do
 done
 
 echo "== llama-quantize from llama.cpp's F32 conversion =="
-"$bin/llama-quantize" llama-f32.gguf lq-q8_0.gguf Q8_0 "$threads" >/dev/null 2>&1
 "$bin/llama-quantize" llama-f32.gguf lq-q4_k_m.gguf Q4_K_M "$threads" >/dev/null 2>&1
 iq4="lq-iq4_xs.gguf"; iq4_label="llama-quantize IQ4_XS"
 if [ -x "$bin/llama-imatrix" ]; then
-    "$bin/llama-imatrix" -m llama-f32.gguf -f calib.txt -c 256 --chunks 64 -t "$threads" -o imatrix.dat >/dev/null 2>&1
+    "$bin/llama-imatrix" -m llama-f32.gguf -f calib.txt -c 512 --chunks 32 -t "$threads" --no-repack -o imatrix.dat >/dev/null 2>&1
     "$bin/llama-quantize" --imatrix imatrix.dat llama-f32.gguf "$iq4" IQ4_XS "$threads" >/dev/null 2>&1
     iq4_label="llama-quantize IQ4_XS + imatrix (calib part)"
 else
@@ -101,7 +100,10 @@ else
 fi
 
 echo "== llama-perplexity --kl-divergence against the F32 GGUF =="
-ppl=("$bin/llama-perplexity" -f eval.txt -c 512 --chunks 64 -t "$threads" -b 512)
+# --no-repack: ggml's AMX kernels (picked by GGML_NATIVE on this Xeon) die
+# with SIGILL in this VM; repacking only changes the CPU kernels' layout.
+chunks=${CHUNKS:-16}
+ppl=("$bin/llama-perplexity" -f eval.txt -c 512 --chunks "$chunks" -t "$threads" -b 512 --no-repack)
 "${ppl[@]}" -m llama-f32.gguf --kl-divergence-base base.kld > base.log 2>&1
 base_ppl=$(sed -n 's/^Final estimate: PPL = \([0-9.]*\).*/\1/p' base.log)
 row() { # label file
@@ -120,14 +122,11 @@ echo
 echo "| GGUF | size | bits/weight | PPL | KL (nats) | same top-1 |"
 echo "|---|---|---|---|---|---|"
 row "llama.cpp F32 (convert_hf_to_gguf.py, the base)" llama-f32.gguf
-row "llama.cpp Q8_0 (convert_hf_to_gguf.py --outtype q8_0)" llama-q8_0.gguf
-row "nemoq convert --gguf-rest q8_0" nemoq-q8_0.gguf
-row "llama-quantize Q8_0" lq-q8_0.gguf
+row "llama.cpp Q8_0 (convert_hf_to_gguf.py --outtype q8_0; nemoq convert is byte-identical)" llama-q8_0.gguf
 row "llama-quantize Q4_K_M" lq-q4_k_m.gguf
 row "$iq4_label" "$iq4"
-for rest in q8_0 bf16; do
-    row "nemoq gguf-nvfp4, rtn max, rest $rest" "nemoq-nvfp4-rtn-$rest.gguf"
-    row "llama.cpp converter on nemoq's rtn NVFP4 safetensors, rest $rest" "llama-nvfp4-rtn-$rest.gguf"
-    row "nemoq gguf-nvfp4, GPTQ + MSE (64x256 calib), rest $rest" "nemoq-nvfp4-gptq-$rest.gguf"
-    row "llama.cpp converter on nemoq's GPTQ+MSE NVFP4 safetensors, rest $rest" "llama-nvfp4-gptq-$rest.gguf"
-done
+row "nemoq gguf-nvfp4, rtn max scales, rest q8_0" nemoq-nvfp4-rtn-q8_0.gguf
+row "nemoq gguf-nvfp4, rtn max scales, rest bf16" nemoq-nvfp4-rtn-bf16.gguf
+row "nemoq gguf-nvfp4, GPTQ + MSE, rest q8_0" nemoq-nvfp4-gptq-q8_0.gguf
+row "llama.cpp converter on nemoq's GPTQ + MSE NVFP4 safetensors, rest q8_0" llama-nvfp4-gptq-q8_0.gguf
+row "nemoq gguf-nvfp4, GPTQ + MSE, rest bf16" nemoq-nvfp4-gptq-bf16.gguf
