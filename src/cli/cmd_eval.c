@@ -287,8 +287,9 @@ int nq_cmd_eval(int argc, char **argv)
             if (rk->has_base) {
                 if (tag)
                     printf("[ssm cache %s] ", tag);
-                printf("KL(base || model): %.6f nats/token; top-1 agreement %.4f\n", rk->kl,
-                       rk->top1);
+                printf(decode ? "KL(base || model): %.4e nats/token; top-1 agreement %.4f\n"
+                              : "KL(base || model): %.6f nats/token; top-1 agreement %.4f\n",
+                       rk->kl, rk->top1);
             }
         }
         if (r.has_base)
@@ -307,8 +308,24 @@ int nq_cmd_eval(int argc, char **argv)
                                 json_pack("{s:i, s:i, s:o}", "bucket", dopt.bucket, "prefill",
                                           dopt.prefill, "series", series));
         }
-        if (rep)
-            json_object_del(json_object_get(rep, "eval"), "decode");
+        if (rep && decode) {
+            /* the report's table is flat: one row per mode instead of "decode" */
+            json_t *ev = json_object_get(rep, "eval");
+            json_object_del(ev, "decode");
+            json_object_set_new(ev, "prefill", json_integer(dopt.prefill));
+            json_object_set_new(ev, "philox_rounds", json_integer(dopt.philox_rounds));
+            json_object_set_new(ev, "seed", json_integer((json_int_t)dopt.seed));
+            for (int k = 0; k < dopt.n_modes; k++) {
+                char key[64];
+                const char *name = nq_ssm_cache_name(dopt.modes[k]);
+                snprintf(key, sizeof key, "perplexity [ssm cache %s]", name);
+                json_object_set_new(ev, key, json_real(dres[k].total.ppl));
+                if (r.has_base) {
+                    snprintf(key, sizeof key, "kl [ssm cache %s]", name);
+                    json_object_set_new(ev, key, json_real(dres[k].total.kl));
+                }
+            }
+        }
         if (!rep || nq_report_write(report_path, rep, &err) != 0) {
             json_decref(rep);
             if (!rep)

@@ -198,3 +198,66 @@ char *nq_config_with_quantization(const char *text, size_t len, const char *sour
     *out_len = n;
     return out;
 }
+
+char *nq_config_splice(const char *text, size_t len, const char *source_name, const json_t *keys,
+                       size_t *out_len, nq_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        nq_fail(err, "%s: not a JSON object", source_name);
+        return NULL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)keys, k, v)
+    {
+        if (json_object_get(root, k)) {
+            json_decref(root);
+            nq_fail(err, "%s: already has a key '%s'", source_name, k);
+            return NULL;
+        }
+    }
+    json_decref(root);
+    size_t end = len;
+    while (end > 0 && text[end - 1] != '}')
+        end--;
+    if (end == 0) {
+        nq_fail(err, "%s: no closing brace", source_name);
+        return NULL;
+    }
+    end--;
+    size_t body_end = end;
+    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
+                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
+        body_end--;
+    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
+    char *added = json_dumps(keys, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!added) {
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t ilen = strlen(added) - 2; /* inside the outer braces */
+    const char *inner = added + 1;
+    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
+        ilen--;
+    char *out = malloc(len + ilen + 8);
+    if (!out) {
+        free(added);
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t n = body_end;
+    memcpy(out, text, body_end);
+    if (!empty_object && ilen > 0)
+        out[n++] = ',';
+    memcpy(out + n, inner, ilen);
+    n += ilen;
+    out[n++] = '\n';
+    memcpy(out + n, text + end, len - end);
+    n += len - end;
+    free(added);
+    *out_len = n;
+    return out;
+}

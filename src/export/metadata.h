@@ -39,4 +39,12 @@ char *nq_config_with_quantization(const char *config_text, size_t len, const cha
                                   const nq_model_config *cfg, const json_t *quantization_config,
                                   size_t *out_len, nq_error *err);
 
+/* config.json text with the top-level keys of `keys` inserted before its
+ * closing brace, every original byte kept (as above); refuses a key the
+ * input already has.  Used for mamba_ssm_cache_dtype, which vLLM's
+ * NemotronHForCausalLMConfig reads when --mamba-ssm-cache-dtype is "auto".
+ * Returns malloc'd text. */
+char *nq_config_splice(const char *config_text, size_t len, const char *source_name,
+                       const json_t *keys, size_t *out_len, nq_error *err);
+
 #endif

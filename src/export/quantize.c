@@ -224,6 +224,20 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
         }
         if (rc == 0 && !out)
             rc = -1;
+        if (rc == 0 && opt->ssm_cache_dtype) {
+            json_t *keys = json_pack("{s:s}", "mamba_ssm_cache_dtype", opt->ssm_cache_dtype);
+            size_t n2 = 0;
+            char *out2 = keys ? nq_config_splice(out, out_len, path, keys, &n2, err) : NULL;
+            json_decref(keys);
+            free(out);
+            out = out2;
+            out_len = n2;
+            if (!out) {
+                if (!keys)
+                    nq_fail(err, "out of memory");
+                rc = -1;
+            }
+        }
         if (rc == 0)
             rc = nq_writer_add_file(w, "config.json", out, out_len, err);
         free(text);
