@@ -1,6 +1,7 @@
 #include "eval/report.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,30 +69,47 @@ static void html_kl_plot(FILE *f, json_t *kp)
     static const char *const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
     const double W = 640, H = 320, L = 70, R = 20, T = 20, B = 45;
     size_t nb = 0, i, j;
-    double ymax = 0.0;
+    double ymax = 0.0, ymin = 0.0;
     json_t *s, *v;
     json_array_foreach(series, i, s)
     {
         json_t *kl = json_object_get(s, "kl");
         nb = json_array_size(kl) > nb ? json_array_size(kl) : nb;
-        json_array_foreach(kl, j, v) ymax = json_real_value(v) > ymax ? json_real_value(v) : ymax;
+        json_array_foreach(kl, j, v)
+        {
+            double y = json_real_value(v);
+            ymax = y > ymax ? y : ymax;
+            if (y > 0.0 && (ymin == 0.0 || y < ymin))
+                ymin = y;
+        }
     }
     if (nb == 0)
         return;
     if (ymax <= 0.0)
         ymax = 1e-12;
+    /* KL of a rounded state spans decades: a log axis (whole decades, zeros
+     * on the bottom edge) when the positive values span more than 100x */
+    bool logy = ymin > 0.0 && ymax / ymin > 100.0;
+    double lo = logy ? floor(log10(ymin)) : 0.0, hi = logy ? ceil(log10(ymax)) : ymax;
+    if (logy && hi <= lo)
+        hi = lo + 1;
     double xmax = (double)nb * bucket;
     fprintf(f, "<h2>KL(base || model) by token position</h2>\n<p>Mean KL per prediction in "
-               "buckets of %d positions; prefill %d token(s), then one token per step.</p>\n",
-            bucket, (int)json_integer_value(json_object_get(kp, "prefill")));
+               "buckets of %d positions; prefill %d token(s), then one token per step%s.</p>\n",
+            bucket, (int)json_integer_value(json_object_get(kp, "prefill")),
+            logy ? "; logarithmic KL axis, zeros on the bottom edge" : "");
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "font-size=\"11\">\n<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
                "fill=\"none\" stroke=\"#888\"/>\n",
             W, H, L, T, W - L - R, H - T - B);
-    for (int t = 0; t <= 4; t++) {
-        double y = T + (H - T - B) * (1.0 - t / 4.0), x = L + (W - L - R) * t / 4.0;
+    int yt = logy ? (int)(hi - lo) : 4;
+    for (int t = 0; t <= yt; t++) {
+        double y = T + (H - T - B) * (1.0 - (double)t / yt);
         fprintf(f, "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", L - 4,
-                y + 4, ymax * t / 4.0);
+                y + 4, logy ? pow(10.0, lo + t) : ymax * t / 4.0);
+    }
+    for (int t = 0; t <= 4; t++) {
+        double x = L + (W - L - R) * t / 4.0;
         fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.0f</text>\n", x,
                 H - B + 15, xmax * t / 4.0);
     }
@@ -107,7 +125,10 @@ static void html_kl_plot(FILE *f, json_t *kp)
         json_array_foreach(json_object_get(s, "kl"), j, v)
         {
             double x = L + (W - L - R) * ((j + 0.5) * bucket) / xmax;
-            double y = T + (H - T - B) * (1.0 - json_real_value(v) / ymax);
+            double kv = json_real_value(v);
+            double frac = !logy ? kv / ymax
+                          : kv > 0.0 ? (log10(kv) - lo) / (hi - lo) : 0.0;
+            double y = T + (H - T - B) * (1.0 - (frac < 0.0 ? 0.0 : frac));
             fprintf(f, "%.1f,%.1f ", x, y);
         }
         fputs("\"/>\n", f);
