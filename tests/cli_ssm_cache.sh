@@ -50,6 +50,9 @@ check "report: KL-by-position series and an SVG plot" '[ "$(jget "$tmp/rep.json"
 sed -n '/<svg/,/<\/svg>/p' "$tmp/rep.html" > "$tmp/plot.svg"
 check "the SVG is well-formed XML" 'python3 -c "import sys,xml.etree.ElementTree as E; E.parse(sys.argv[1])" "$tmp/plot.svg"'
 
+cp -r "$tmp/q" "$tmp/qcopy"
+err=$("$bin" eval "$tmp/qcopy" --text "$tmp/eval.txt" --ctx 16 --windows 1 --report "$tmp/qcopy/r" 2>&1); rc=$?
+check "eval --report inside the model refused ($err)" '[ $rc -eq 1 ] && [ ! -e "$tmp/qcopy/r.json" ] && diff -r "$tmp/q" "$tmp/qcopy" >/dev/null'
 err=$("$bin" eval "$model" --text "$tmp/eval.txt" --ssm-cache fp16 2>&1); rc=$?
 check "--ssm-cache without --decode" '[ $rc -eq 2 ] && [[ "$err" == *"need --decode"* ]]'
 err=$("$bin" eval "$model" --text "$tmp/eval.txt" --decode --ssm-cache fp8 2>&1); rc=$?

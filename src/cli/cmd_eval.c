@@ -216,7 +216,10 @@ int nq_cmd_eval(int argc, char **argv)
     int rc = 1;
     nq_decode_result dres[NQ_DECODE_MAX_MODES] = {0};
     json_t *doc = NULL;
-    if (!(tok = nq_tokenizer_load(tok_path ? tok_path : tok_default, &err)) ||
+    /* a report may not land inside either checkpoint; checked before any work */
+    if ((report_path && (nq_report_check(report_path, dir, NULL, &err) != 0 ||
+                         (against && nq_report_check(report_path, against, NULL, &err) != 0))) ||
+        !(tok = nq_tokenizer_load(tok_path ? tok_path : tok_default, &err)) ||
         !(text = nq_read_file(text_path, &text_len, &err)) ||
         nq_tokenizer_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0 ||
         nq_loaded_open(dir, threads, &model, &err) != 0 ||
@@ -326,7 +329,8 @@ int nq_cmd_eval(int argc, char **argv)
                 }
             }
         }
-        if (!rep || nq_report_write(report_path, rep, &err) != 0) {
+        if (!rep || nq_report_check(report_path, dir, NULL, &err) != 0 ||
+            nq_report_write(report_path, rep, &err) != 0) {
             json_decref(rep);
             if (!rep)
                 nq_fail(&err, "out of memory");
