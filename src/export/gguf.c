@@ -513,8 +513,14 @@ static int add_metadata(exporter *x, nq_gguf_writer *w, nq_error *err)
                     : (c->pattern[l] == NQ_BLOCK_MLP ? c->intermediate_size : 0);
         kv[l] = c->pattern[l] == NQ_BLOCK_ATTENTION ? c->num_key_value_heads : 0;
     }
-    /* the file type follows the rest type, as the converter's --outtype */
+    /* the file type follows the rest type, as the converter's --outtype,
+     * except that an NVFP4 model with a float rest type is MOSTLY_NVFP4 (39;
+     * conversion/base.py prepare_tensors) */
+    bool any_nvfp4 = false;
+    for (size_t i = 0; i < x->nt; i++)
+        any_nvfp4 = any_nvfp4 || x->t[i].type == NQ_GGML_NVFP4;
     uint32_t ftype = x->opt->rest_type == NQ_GGML_Q8_0   ? 7
+                     : any_nvfp4                         ? 39
                      : x->opt->rest_type == NQ_GGML_BF16 ? 32
                      : x->opt->rest_type == NQ_GGML_F16  ? 1
                                                          : 0;
