@@ -243,9 +243,15 @@ static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
     for (size_t i = 0; i < count; i++) {
         float a = fabsf(in->x[i]);
         if (!(a <= amax)) {
-            if (a != a)
-                return nq_fail(err, "%s: NaN in the input of this Linear during calibration",
-                               name);
+            /* the layer's weights were checked finite when it was loaded,
+             * so this is the float model's own arithmetic overflowing */
+            if (!isfinite(a))
+                return nq_fail(err, "%s: the float model's activation entering this Linear is %s "
+                                    "(row %zu, feature %zu) during calibration; every weight and "
+                                    "config value was finite, so layer %d overflows on this "
+                                    "calibration text",
+                               name, a != a ? "NaN" : "infinite", i / (size_t)d, i % (size_t)d,
+                               in->layer);
             amax = a;
         }
     }
@@ -279,11 +285,16 @@ static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
 
 static int on_kv(void *ctx, const nq_kv_output *kv, nq_error *err)
 {
-    (void)err;
     nq_calib_stats *s = ctx;
     size_t count = (size_t)kv->n * kv->kv_dim;
     for (size_t i = 0; i < count; i++) {
         float a = fabsf(kv->k[i]), b = fabsf(kv->v[i]);
+        if (!isfinite(a) || !isfinite(b))
+            return nq_fail(err, "layer %d: the attention %s is %s during calibration (token %zu); "
+                                "no FP8 KV-cache scale can be derived",
+                           kv->layer, isfinite(a) ? "value" : "key",
+                           (isfinite(a) ? b : a) != (isfinite(a) ? b : a) ? "NaN" : "infinite",
+                           i / (size_t)kv->kv_dim);
         s->k_amax = a > s->k_amax ? a : s->k_amax;
         s->v_amax = b > s->v_amax ? b : s->v_amax;
     }

@@ -276,8 +276,8 @@ int nq_cmd_quantize(int argc, char **argv)
             nq_plan plan;
             if (nq_plan_build(&cfg, ck, &opt.recipe, &plan, &err) == 0) {
                 nq_plan_print(stdout, &plan);
+                rc = nq_plan_refuse_empty(&plan, in, &err) == 0 ? 0 : 1;
                 nq_plan_free(&plan);
-                rc = 0;
             }
         }
         nq_checkpoint_close(ck);

@@ -15,6 +15,16 @@ uint16_t nq_int4_group_scale_max(const float *x, int n)
 }
 
 
+int nq_int4_check_amax(float amax, nq_error *err)
+{
+    if ((nq_int4_scale_for_amax(amax) & 0x7fffu) < 0x7c00u)
+        return 0;
+    return nq_fail(err, "largest |w| is %g, but INT4 with F16 scales holds at most about 458633 "
+                        "(7 x 65504 after rounding): its scale would be infinite; keep the "
+                        "module in BF16 (--exclude MODULE)",
+                   (double)amax);
+}
+
 static uint8_t code_of(float x, float s)
 {
     float q = nearbyintf(x / s) + 8.0f;
