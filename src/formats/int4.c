@@ -135,7 +135,9 @@ int nq_int4_unpack_gptq(const void *qweight, const void *qzeros, const void *sca
         memcpy(&h, sc + 2 * k, 2);
         float s = nq_f16_to_f32(h);
         if (!(isfinite(s) && s > 0))
-            return nq_fail(err, "scales element %lld is %g", (long long)k, s);
+            return nq_fail(err, "scales[%lld, %lld] (group, output column) is %g, not a finite "
+                                "positive scale",
+                           (long long)(k / out), (long long)(k % out), s);
     }
     for (int64_t i = 0; i < in; i++) {
         int64_t g = i / group;

@@ -454,15 +454,26 @@ int nq_plan_build(const nq_model_config *cfg, const nq_checkpoint *ck,
             if (rule->keep) {
                 matched++;
                 m->format = NQ_FORMAT_KEEP;
-                REASON(m, "--exclude %.120s", rule->glob);
+                if (rule->origin)
+                    REASON(m, "recipe file %.60s: exclude %.100s", rule->origin, rule->glob);
+                else
+                    REASON(m, "--exclude %.120s", rule->glob);
             } else if (m->quantizable) {
                 matched++;
                 m->format = rule->format;
-                REASON(m, "--include %.120s=%s", rule->glob, nq_format_name(rule->format));
+                if (rule->origin)
+                    REASON(m, "recipe file %.60s: include %.100s=%s", rule->origin, rule->glob,
+                           nq_format_name(rule->format));
+                else
+                    REASON(m, "--include %.120s=%s", rule->glob, nq_format_name(rule->format));
             }
         }
         if (matched == 0) {
             nq_plan_free(plan);
+            if (rule->origin)
+                return nq_fail(err, "%s: %s pattern '%s' matches no %smodule of this checkpoint",
+                               rule->origin, rule->keep ? "exclude" : "include", rule->glob,
+                               rule->keep ? "" : "quantizable ");
             return nq_fail(err, "%s '%s' matches no %smodule of this checkpoint",
                            rule->keep ? "--exclude" : "--include", rule->glob,
                            rule->keep ? "" : "quantizable ");
@@ -581,6 +592,7 @@ static int append_rule(nq_recipe_rule **rules, size_t *n, const char *glob, bool
     snprintf(g[*n].glob, sizeof g[*n].glob, "%s", glob);
     g[*n].keep = keep;
     g[*n].format = f;
+    g[*n].origin = path;
     (*n)++;
     return 0;
 }

@@ -53,6 +53,7 @@ typedef struct nq_recipe_rule {
     char glob[256];     /* fnmatch pattern over module names */
     bool keep;          /* --exclude: keep in source precision */
     nq_format format;   /* --include GLOB=FORMAT */
+    const char *origin; /* the recipe file it came from (borrowed), NULL for a flag */
 } nq_recipe_rule;
 
 typedef struct nq_recipe_options {
