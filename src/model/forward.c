@@ -107,9 +107,10 @@ static int fetch(nq_model *m, float **out, const char *name, int layer, bool opt
          * somewhere else: name it here, before the block runs. */
         for (uint64_t i = 0; i < req.numel; i++)
             if (!isfinite(buf[i])) {
+                bool nan = isnan(buf[i]);
                 free(buf);
                 return nq_fail(err, "tensor '%s': element %llu is %s", name,
-                               (unsigned long long)i, isnan(buf[i]) ? "NaN" : "infinite");
+                               (unsigned long long)i, nan ? "NaN" : "infinite");
             }
         *out = buf;
         return 0;
