@@ -13,7 +13,7 @@ check() { if eval "$2"; then pass=$((pass+1)); else echo "FAIL: $1"; fail=$((fai
 copy() { rm -rf "$tmp/$1"; mkdir -p "$tmp/$1"; cp "$model"/* "$tmp/$1/"; }
 nothing_left() { [ ! -e "$tmp/out" ] && [ -z "$(ls -A "$tmp" | grep nemoq-tmp)" ]; }
 head -c 20000 "$src/tests/fixtures/calib.txt" > "$tmp/calib.txt"
-calib=(--calib "$tmp/calib.txt" --calib-samples 2 --calib-len 64)
+calib=(--calib "$tmp/calib.txt" --calib-samples 1 --calib-len 32)
 
 # 6. NaN/Inf in any tensor that is written, quantized or copied
 for spec in "backbone.embeddings.weight 300 nan" "lm_head.weight 7 inf" \
@@ -36,8 +36,7 @@ done
 # runs (an Inf in a quantized in_proj used to surface as "NaN in the input
 # of out_proj")
 for spec in "backbone.layers.2.mixer.in_proj.weight 7 inf" "backbone.layers.4.mixer.experts.3.up_proj.weight 11 nan" \
-            "backbone.embeddings.weight 1000 nan" "backbone.layers.2.mixer.dt_bias 0 inf" \
-            "lm_head.weight 9 nan"; do
+            "backbone.layers.2.mixer.dt_bias 0 inf"; do
   read -r t e v <<<"$spec"
   what=$([ "$v" = nan ] && echo NaN || echo infinite)
   copy nan; $edit "$tmp/nan/model.safetensors" set "$t" "$e" "$v"
@@ -53,7 +52,7 @@ import json, sys
 p, kv = sys.argv[1], sys.argv[2]; k, v = kv.split("=", 1)
 c = json.load(open(p)); c[k] = json.loads(v); json.dump(c, open(p, "w"))
 PY
-  err=$("$bin" quantize "$tmp/cfg" "$tmp/out" --recipe nvfp4-conservative "${calib[@]}" 2>&1); rc=$?
+  err=$("$bin" quantize "$tmp/cfg" "$tmp/out" --recipe int4 2>&1); rc=$?
   key=${kv%%=*}
   check "config $kv refused ($err)" '[ $rc -eq 1 ] && [[ "$err" == *"config.json: $key is"* ]] && nothing_left'
 done
@@ -62,7 +61,8 @@ done
 copy big; $edit "$tmp/big/model.safetensors" set backbone.layers.0.mixer.in_proj.weight 5 600000
 err=$("$bin" quantize "$tmp/big" "$tmp/out" --recipe int4 2>&1); rc=$?
 check "INT4 |w| 600000 stops ($err)" '[ $rc -eq 1 ] && [[ "$err" == *"backbone.layers.0.mixer.in_proj.weight"*"largest |w| is 598016"*"scale would be infinite"*"--exclude"* ]] && nothing_left'
-err=$("$bin" quantize "$tmp/big" "$tmp/out" --recipe int4 "${calib[@]}" --algo gptq 2>&1); rc=$?
+# 2 x 64 tokens: 128 rows reach in_proj, enough for GPTQ (no rtn fallback)
+err=$("$bin" quantize "$tmp/big" "$tmp/out" --recipe int4 --calib "$tmp/calib.txt" --calib-samples 2 --calib-len 64 --algo gptq 2>&1); rc=$?
 check "INT4 GPTQ |w| 600000 stops ($err)" '[ $rc -eq 1 ] && [[ "$err" == *"backbone.layers.0.mixer.in_proj.weight"*"scale would be infinite"* ]] && nothing_left'
 out=$("$bin" quantize "$tmp/big" "$tmp/out" --recipe int4 --exclude backbone.layers.0.mixer.in_proj 2>&1); rc=$?
 check "excluding the module is the way out ($out)" '[ $rc -eq 0 ] && "$bin" verify "$tmp/out" --against "$tmp/big" >/dev/null'
@@ -99,14 +99,14 @@ check "dry-run says so too" '[ $rc -eq 1 ] && [[ "$err" == *"quantizes none"* ]]
 
 # 12. the smaller ones
 printf 'plain words \xff\xfe then text\n' > "$tmp/bin.txt"; cat "$tmp/calib.txt" >> "$tmp/bin.txt"
-err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/bin.txt" --calib-samples 2 --calib-len 64 2>&1 >/dev/null); rc=$?
+err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/bin.txt" --calib-samples 1 --calib-len 32 2>&1 >/dev/null); rc=$?
 check "invalid UTF-8 calibration text warned with its offset ($err)" '[ $rc -eq 0 ] && [[ "$err" == *"bin.txt: byte 12 (0xff) is not valid UTF-8"* ]]'
 rm -rf "$tmp/out"
 printf 'abc\0def' > "$tmp/nul.txt"; cat "$tmp/calib.txt" >> "$tmp/nul.txt"
-err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/nul.txt" --calib-samples 2 --calib-len 64 2>&1 >/dev/null); rc=$?
+err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/nul.txt" --calib-samples 1 --calib-len 32 2>&1 >/dev/null); rc=$?
 check "binary calibration data warned ($err)" '[ $rc -eq 0 ] && [[ "$err" == *"nul.txt: byte 3 (0x00) is a NUL byte"* ]]'
 rm -rf "$tmp/out"
-err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/calib.txt" --calib-samples 2 --calib-len 64 2>&1 >/dev/null)
+err=$("$bin" quantize "$model" "$tmp/out" --recipe int4 --calib "$tmp/calib.txt" --calib-samples 1 --calib-len 32 2>&1 >/dev/null)
 check "clean text gives no warning" '[[ "$err" != *warning* ]]'
 rm -rf "$tmp/out"
 out=$("$bin" quantize "$model" "$tmp/out" --recipe fp8-conservative --weights-only 2>&1)

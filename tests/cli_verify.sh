@@ -62,6 +62,14 @@ rule='{"-:.*\\.layers\\.0\\.mixer\\.in_proj$": {}}'
 fresh int4; jset "$tmp/t/quantize_config.json" dynamic "$rule"; jset "$tmp/t/config.json" quantization_config/dynamic "$rule"
 expect "a dynamic skip of a quantized module" 'in_proj is GPTQ, but dynamic rule "-:'
 
+# GPTQ with kept Linears: vLLM builds a GPTQ layer for every Linear that no
+# "-:" dynamic rule skips, so each kept one needs its rule (q/k/v: the fused name)
+"$bin" quantize "$model" "$tmp/kept" --recipe int4 --exclude backbone.layers.0.mixer.in_proj \
+  --exclude 'backbone.layers.3.mixer.[qkv]_proj' >/dev/null
+check "kept Linears get dynamic skip rules" 'grep -qF "3\\\\.mixer\\\\.(qkv|q|k|v)_proj\$" "$tmp/kept/quantize_config.json" && grep -qF "0\\\\.mixer\\\\.in_proj\$" "$tmp/kept/quantize_config.json" && "$bin" verify "$tmp/kept" --against "$model" >/dev/null'
+fresh kept; jset "$tmp/t/quantize_config.json" dynamic '{}'; jset "$tmp/t/config.json" quantization_config/dynamic '{}'
+expect "a kept Linear without a skip rule" 'is stored unquantized, but no dynamic "-:" rule skips it (4 such module(s))'
+
 # ModelOpt: group_size, exclude entries that cover quantized modules, the two files disagreeing
 fresh nvfp4-conservative; jset "$tmp/t/hf_quant_config.json" quantization/group_size 32
 expect "NVFP4 group_size edited" "weight_scale has one scale per 16 weights, but group_size says 32"

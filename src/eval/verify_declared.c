@@ -157,6 +157,70 @@ static void check_gptq_module(const char *module, void *vctx)
     (void)out;
 }
 
+/* The names vLLM gives the layer that holds `module`: its own, and for
+ * q/k/v the fused qkv_proj, for a routed expert the layer's FusedMoE. */
+static int vllm_names(const char *module, char names[2][600])
+{
+    snprintf(names[0], sizeof names[0], "%s", module);
+    const char *p;
+    if ((p = strstr(module, ".q_proj")) || (p = strstr(module, ".k_proj")) ||
+        (p = strstr(module, ".v_proj"))) {
+        snprintf(names[1], sizeof names[1], "%.*s.qkv_proj", (int)(p - module), module);
+        return 2;
+    }
+    if ((p = strstr(module, ".experts.")) && p[9] >= '0' && p[9] <= '9') {
+        snprintf(names[1], sizeof names[1], "%.*s.experts", (int)(p - module), module);
+        return 2;
+    }
+    return 1;
+}
+
+/* An unquantized Linear that vLLM would build as a GPTQ layer (it does for
+ * every Linear of the model except lm_head, the routers and conv1d) must be
+ * skipped by a "-:" dynamic rule, or loading looks for its qweight. */
+static void check_gptq_skips(const nq_checkpoint *ck, json_t *dynamic, FILE *out,
+                             nq_verify_result *res)
+{
+    size_t missing = 0;
+    char first[512] = "";
+    for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, i);
+        size_t n = strlen(t->name);
+        if (t->ndim != 2 || n <= 7 || n - 7 >= 512 || strcmp(t->name + n - 7, ".weight") != 0)
+            continue;
+        nq_role r = nq_role_of(NULL, t->name);
+        if (r != NQ_ROLE_MAMBA_PROJ && r != NQ_ROLE_ATTENTION_PROJ &&
+            r != NQ_ROLE_ROUTED_EXPERTS && r != NQ_ROLE_SHARED_EXPERTS && r != NQ_ROLE_DENSE_MLP)
+            continue;
+        char module[512];
+        memcpy(module, t->name, n - 7);
+        module[n - 7] = '\0';
+        if (nq_stored_format_of(ck, module) != NQ_STORED_FLOAT)
+            continue;
+        char names[2][600];
+        int k = vllm_names(module, names);
+        bool skipped = false, bad = false;
+        const char *key;
+        json_t *rule;
+        for (int j = 0; j < k && !skipped; j++)
+            json_object_foreach(dynamic, key, rule)
+            {
+                (void)rule;
+                if (strlen(key) > 2 && key[1] == ':' && dynamic_matches(key + 2, names[j], &bad)) {
+                    skipped = key[0] == '-';
+                    break; /* vLLM applies the first matching rule */
+                }
+            }
+        if (!skipped && missing++ == 0)
+            snprintf(first, sizeof first, "%s", module);
+    }
+    if (missing)
+        problem(out, res,
+                "%s is stored unquantized, but no dynamic \"-:\" rule skips it (%zu such "
+                "module(s)): vLLM would build a GPTQ layer for it and find no qweight",
+                first, missing);
+}
+
 static void check_gptq(const nq_checkpoint *ck, json_t *gq, FILE *out, nq_verify_result *res)
 {
     gptq_ctx c = {.ck = ck, .gq = gq, .out = out, .res = res};
@@ -197,6 +261,7 @@ static void check_gptq(const nq_checkpoint *ck, json_t *gq, FILE *out, nq_verify
         c.dynamic = NULL;
     }
     for_each_module(ck, NQ_STORED_GPTQ, check_gptq_module, &c);
+    check_gptq_skips(ck, c.dynamic, out, res);
     static const char *kinds[3] = {"bits", "group size", "zero point"};
     for (int k = 0; k < 3; k++)
         if (c.more[k] > 1)
