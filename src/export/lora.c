@@ -1,0 +1,262 @@
+#include "export/lora.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/parallel.h"
+#include "formats/floatconv.h"
+#include "export/lora_internal.h"
+
+/* ---- argument ------------------------------------------------------------ */
+
+int nq_lora_spec_parse(const char *arg, nq_lora_spec *out, nq_error *err)
+{
+    out->dir = arg;
+    out->weight = 1.0;
+    out->owned = NULL;
+    const char *colon = strrchr(arg, ':');
+    struct stat st;
+    if (!colon || stat(arg, &st) == 0)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    double w = strtod(colon + 1, &end);
+    if (colon[1] == '\0' || !end || *end || errno || !isfinite(w))
+        return nq_fail(err, "--lora '%s': expected DIR or DIR:WEIGHT with a number WEIGHT", arg);
+    size_t n = (size_t)(colon - arg);
+    if (n == 0)
+        return nq_fail(err, "--lora '%s': empty directory", arg);
+    if (!(out->owned = strndup(arg, n)))
+        return nq_fail(err, "out of memory");
+    out->dir = out->owned;
+    out->weight = w;
+    return 0;
+}
+
+/* ---- merging --------------------------------------------------------------- */
+
+typedef struct rows_job {
+    const float *Bm;            /* [O, r] */
+    const float *Am;            /* [r, I] */
+    const float *mag;           /* DoRA: [O], else NULL */
+    int r;
+    int64_t I;
+    float scale;
+    float *w;                   /* [O, I], updated in place */
+    float *scratch;             /* threads x I */
+} rows_job;
+
+/* acc = B[o,:] . A summed over k in order with fused multiply-adds, which is
+ * what torch's CPU matmul gives for a small inner dimension (PEFT's
+ * reference in tests/test_lora.c matches bit for bit).  fmaf is exact on
+ * every path; the clone only makes it fast. */
+__attribute__((target_clones("fma", "default")))
+static void row_delta(const float *b, const float *A, int r, int64_t I, float *acc)
+{
+    for (int64_t i = 0; i < I; i++)
+        acc[i] = 0.0f;
+    for (int k = 0; k < r; k++) {
+        const float bk = b[k];
+        const float *a = A + (int64_t)k * I;
+        for (int64_t i = 0; i < I; i++)
+            acc[i] = fmaf(bk, a[i], acc[i]);
+    }
+}
+
+static int rows_fn(void *ctx, size_t begin, size_t end, int worker)
+{
+    rows_job *j = ctx;
+    float *acc = j->scratch + (size_t)worker * (size_t)j->I;
+    for (size_t o = begin; o < end; o++) {
+        float *w = j->w + o * (size_t)j->I;
+        row_delta(j->Bm + o * (size_t)j->r, j->Am, j->r, j->I, acc);
+        if (!j->mag) {
+            /* PEFT: delta = (B @ A) * scaling in f32, then W += delta */
+            for (int64_t i = 0; i < j->I; i++)
+                w[i] = w[i] + acc[i] * j->scale;
+            continue;
+        }
+        /* DoRA (peft/tuners/lora/variants.py DoraLinearVariant.merge_unsafe):
+         * v = W + delta in f32, its norm over the row (dim=1 of [out, in]),
+         * W' = (m / norm) * v */
+        double ss = 0.0;
+        for (int64_t i = 0; i < j->I; i++) {
+            float v = w[i] + acc[i] * j->scale;
+            acc[i] = v;
+            ss += (double)v * v;
+        }
+        float norm = (float)sqrt(ss);
+        float f = j->mag[o] / norm;
+        for (int64_t i = 0; i < j->I; i++)
+            w[i] = f * acc[i];
+    }
+    return 0;
+}
+
+static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, nq_error *err)
+{
+    const nq_tensor *base = op->base;
+    if (op->kind == NQ_LORA_REPLACE)
+        return nq_tensor_read_f32(op->src, 0, base->numel, w, err);
+    if (op->kind == NQ_LORA_BIAS) {
+        float *b = malloc(base->numel * sizeof *b);
+        if (!b)
+            return nq_fail(err, "out of memory");
+        int rc = nq_tensor_read_f32(op->src, 0, base->numel, b, err);
+        for (uint64_t i = 0; rc == 0 && i < base->numel; i++)
+            w[i] = w[i] + b[i] * op->scale;
+        free(b);
+        return rc;
+    }
+    int64_t O = base->shape[0], I = base->shape[1];
+    int r = op->r;
+    float *Bm = malloc((size_t)O * r * sizeof *Bm), *Am = malloc((size_t)r * I * sizeof *Am);
+    float *mag = op->mag ? malloc((size_t)O * sizeof *mag) : NULL;
+    int threads = l->threads > 0 ? l->threads : 1;
+    float *scratch = malloc((size_t)threads * (size_t)I * sizeof *scratch);
+    int rc = 0;
+    if (!Bm || !Am || !scratch || (op->mag && !mag)) {
+        rc = nq_fail(err, "%s: out of memory merging LoRA", base->name);
+        goto out;
+    }
+    if (op->kind == NQ_LORA_EMBED) {
+        /* delta[v, h] = sum_k B[h, k] A[k, v] (PEFT: (B @ A)^T): row v's
+         * factors are A's column v, the shared factor is B transposed */
+        int64_t V = O, H = I;
+        float *a = malloc((size_t)r * V * sizeof *a), *b = malloc((size_t)H * r * sizeof *b);
+        if (!a || !b)
+            rc = nq_fail(err, "out of memory");
+        else if (nq_tensor_read_f32(op->A, 0, (uint64_t)r * V, a, err) != 0 ||
+                 nq_tensor_read_f32(op->B, 0, (uint64_t)H * r, b, err) != 0)
+            rc = -1;
+        for (int64_t v = 0; rc == 0 && v < V; v++)
+            for (int k = 0; k < r; k++)
+                Bm[v * r + k] = a[(int64_t)k * V + v];
+        for (int k = 0; rc == 0 && k < r; k++)
+            for (int64_t h = 0; h < H; h++)
+                Am[(int64_t)k * H + h] = b[h * r + k];
+        free(a);
+        free(b);
+    } else if (op->E > 0) {
+        /* ParamWrapper (peft/tuners/lora/layer.py get_delta_weight):
+         * A.reshape(E, r, in): expert e's rows are e*r .. e*r + r-1;
+         * B.reshape(out, r, E): expert e's column k is k*E + e */
+        int64_t cols = (int64_t)r * op->E;
+        float *row = malloc((size_t)cols * sizeof *row);
+        if (!row)
+            rc = nq_fail(err, "out of memory");
+        else if (nq_tensor_read_f32(op->A, (uint64_t)op->e * r * I, (uint64_t)r * I, Am, err) != 0)
+            rc = -1;
+        for (int64_t o = 0; rc == 0 && o < O; o++) {
+            if (nq_tensor_read_f32(op->B, (uint64_t)(o * cols), (uint64_t)cols, row, err) != 0)
+                rc = -1;
+            for (int k = 0; rc == 0 && k < r; k++)
+                Bm[o * r + k] = row[(int64_t)k * op->E + op->e];
+        }
+        free(row);
+    } else if (nq_tensor_read_f32(op->A, 0, (uint64_t)r * I, Am, err) != 0 ||
+               nq_tensor_read_f32(op->B, 0, (uint64_t)O * r, Bm, err) != 0) {
+        rc = -1;
+    }
+    if (rc == 0 && mag && nq_tensor_read_f32(op->mag, 0, (uint64_t)O, mag, err) != 0)
+        rc = -1;
+    if (rc == 0) {
+        rows_job j = {Bm, Am, mag, r, I, op->scale, w, scratch};
+        /* fixed chunks: which thread computes a row never changes its bytes */
+        nq_parallel_for((size_t)O, 8, threads, rows_fn, &j);
+    }
+out:
+    free(Bm);
+    free(Am);
+    free(mag);
+    free(scratch);
+    return rc;
+}
+
+/* The ops of tensor t: a range of l->ops (sorted by base, then creation). */
+static size_t find_ops(const nq_lora *l, const nq_tensor *t, size_t *first)
+{
+    size_t lo = 0, hi = l->nops;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (l->ops[mid].base < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    size_t e = lo;
+    while (e < l->nops && l->ops[e].base == t)
+        e++;
+    *first = lo;
+    return e - lo;
+}
+
+static int produce(void *ctx, const nq_tensor *t, void *out, nq_error *err)
+{
+    const nq_lora *l = ctx;
+    size_t first, count = find_ops(l, t, &first);
+    if (count == 0)
+        return nq_fail(err, "internal: %s has no LoRA merge", t->name);
+    nq_tensor raw = *t;
+    raw.source = NULL;
+    float *w = malloc((t->numel ? t->numel : 1) * sizeof *w);
+    if (!w)
+        return nq_fail(err, "%s: out of memory merging LoRA", t->name);
+    int rc = nq_tensor_read_f32(&raw, 0, t->numel, w, err);
+    for (size_t i = first; rc == 0 && i < first + count; i++)
+        rc = apply_op(l, &l->ops[i], w, err);
+    for (uint64_t i = 0; rc == 0 && i < t->numel; i++)
+        if (!isfinite(w[i]))
+            rc = nq_fail(err, "%s: merging the LoRA adapter(s) gives a non-finite value at "
+                              "element %llu", t->name, (unsigned long long)i);
+    if (rc == 0) {
+        /* the one rounding to the base dtype */
+        unsigned char *o = out;
+        switch (t->dtype) {
+        case NQ_BF16:
+            for (uint64_t i = 0; i < t->numel; i++) {
+                uint16_t h = nq_f32_to_bf16(w[i]);
+                memcpy(o + 2 * i, &h, 2);
+            }
+            break;
+        case NQ_F16:
+            for (uint64_t i = 0; i < t->numel; i++) {
+                uint16_t h = nq_f32_to_f16(w[i]);
+                memcpy(o + 2 * i, &h, 2);
+            }
+            break;
+        case NQ_F32:
+            memcpy(o, w, t->numel * sizeof *w);
+            break;
+        default:
+            rc = nq_fail(err, "%s: merging LoRA into a %s tensor is not supported", t->name,
+                         nq_dtype_name(t->dtype));
+        }
+    }
+    nq_tensor_release(&raw);
+    free(w);
+    return rc;
+}
+
+nq_lora *nq_lora_attach(nq_checkpoint *ck, const nq_lora_spec *specs, size_t n,
+                        const char *in_config_path, int threads, nq_error *err)
+{
+    nq_lora *l = nq_lora_resolve(ck, specs, n, in_config_path, threads, err);
+    if (!l)
+        return NULL;
+    l->source = (nq_tensor_source){.ctx = l, .produce = produce};
+    for (size_t i = 0; i < l->nops; i++) {
+        if (i > 0 && l->ops[i].base == l->ops[i - 1].base)
+            continue;
+        if (nq_checkpoint_set_source(ck, l->ops[i].base->name, &l->source, err) != 0) {
+            nq_lora_free(l);
+            return NULL;
+        }
+    }
+    return l;
+}
