@@ -18,8 +18,9 @@ tensors that changed are stored, renamed to the checkpoint's names (the
 fused experts split per expert), as:
   reference.safetensors  rows r % 8 == 0 of every changed tensor (bf16)
   reference.json         per changed tensor: FNV-1a 64 of the whole tensor,
-                         its shape; "exact": whether nemoq must reproduce
-                         PEFT bit for bit (else "max_ulp")
+                         its shape, "exact" (whether nemoq must reproduce
+                         PEFT bit for bit); per case the "bound" the others
+                         must meet and a note saying why they differ
 so the fixtures stay small while a layout or rounding mistake anywhere in a
 tensor still shows (the hash), and the sampled rows give a readable diff.
 
