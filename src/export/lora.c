@@ -40,60 +40,84 @@ int nq_lora_spec_parse(const char *arg, nq_lora_spec *out, nq_error *err)
 
 /* ---- merging --------------------------------------------------------------- */
 
+/* w[o, :] += scale * (B[o, :] . A) for rows [o0, o0 + 4) and columns
+ * [i0, i0 + 32): each element is summed over k in order with fused
+ * multiply-adds, which is what torch's CPU matmul gives for a small inner
+ * dimension (PEFT's merges in tests/test_lora.c match bit for bit), then
+ * scaled and added in f32 as PEFT does ((B @ A) * scaling, then W += it).
+ * The 4 x 32 tile stays in registers while A's rows stream past; fmaf is
+ * exact on every path, the clone only makes it fast. */
+#define TILE_R 4
+#define TILE_C 32
+__attribute__((target_clones("fma", "default")))
+static void tile(const float *Bm, const float *Am, int r, int64_t I, float scale, float *w,
+                 int64_t o0, int64_t i0)
+{
+    float acc[TILE_R][TILE_C] = {{0}};
+    for (int k = 0; k < r; k++) {
+        const float *a = Am + (int64_t)k * I + i0;
+        for (int q = 0; q < TILE_R; q++) {
+            const float b = Bm[(o0 + q) * r + k];
+            for (int j = 0; j < TILE_C; j++)
+                acc[q][j] = fmaf(b, a[j], acc[q][j]);
+        }
+    }
+    for (int q = 0; q < TILE_R; q++) {
+        float *row = w + (o0 + q) * I + i0;
+        for (int j = 0; j < TILE_C; j++)
+            row[j] = row[j] + acc[q][j] * scale;
+    }
+}
+
+/* The same for one element (edges of the tiling). */
+static void element(const float *Bm, const float *Am, int r, int64_t I, float scale, float *w,
+                    int64_t o, int64_t i)
+{
+    float acc = 0.0f;
+    for (int k = 0; k < r; k++)
+        acc = fmaf(Bm[o * r + k], Am[(int64_t)k * I + i], acc);
+    w[o * I + i] = w[o * I + i] + acc * scale;
+}
+
 typedef struct rows_job {
     const float *Bm;            /* [O, r] */
     const float *Am;            /* [r, I] */
     const float *mag;           /* DoRA: [O], else NULL */
     int r;
-    int64_t I;
+    int64_t O, I;
     float scale;
     float *w;                   /* [O, I], updated in place */
-    float *scratch;             /* threads x I */
 } rows_job;
 
-/* acc = B[o,:] . A summed over k in order with fused multiply-adds, which is
- * what torch's CPU matmul gives for a small inner dimension (PEFT's
- * reference in tests/test_lora.c matches bit for bit).  fmaf is exact on
- * every path; the clone only makes it fast. */
-__attribute__((target_clones("fma", "default")))
-static void row_delta(const float *b, const float *A, int r, int64_t I, float *acc)
-{
-    for (int64_t i = 0; i < I; i++)
-        acc[i] = 0.0f;
-    for (int k = 0; k < r; k++) {
-        const float bk = b[k];
-        const float *a = A + (int64_t)k * I;
-        for (int64_t i = 0; i < I; i++)
-            acc[i] = fmaf(bk, a[i], acc[i]);
-    }
-}
-
+/* Items are blocks of TILE_R rows (the last may be short). */
 static int rows_fn(void *ctx, size_t begin, size_t end, int worker)
 {
+    (void)worker;
     rows_job *j = ctx;
-    float *acc = j->scratch + (size_t)worker * (size_t)j->I;
-    for (size_t o = begin; o < end; o++) {
-        float *w = j->w + o * (size_t)j->I;
-        row_delta(j->Bm + o * (size_t)j->r, j->Am, j->r, j->I, acc);
-        if (!j->mag) {
-            /* PEFT: delta = (B @ A) * scaling in f32, then W += delta */
-            for (int64_t i = 0; i < j->I; i++)
-                w[i] = w[i] + acc[i] * j->scale;
+    int64_t I = j->I, full = I / TILE_C * TILE_C;
+    for (size_t blk = begin; blk < end; blk++) {
+        int64_t o0 = (int64_t)blk * TILE_R;
+        int64_t o1 = o0 + TILE_R < j->O ? o0 + TILE_R : j->O;
+        if (o1 - o0 == TILE_R)
+            for (int64_t i0 = 0; i0 < full; i0 += TILE_C)
+                tile(j->Bm, j->Am, j->r, I, j->scale, j->w, o0, i0);
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t i = o1 - o0 == TILE_R ? full : 0; i < I; i++)
+                element(j->Bm, j->Am, j->r, I, j->scale, j->w, o, i);
+        if (!j->mag)
             continue;
-        }
         /* DoRA (peft/tuners/lora/variants.py DoraLinearVariant.merge_unsafe):
-         * v = W + delta in f32, its norm over the row (dim=1 of [out, in]),
-         * W' = (m / norm) * v */
-        double ss = 0.0;
-        for (int64_t i = 0; i < j->I; i++) {
-            float v = w[i] + acc[i] * j->scale;
-            acc[i] = v;
-            ss += (double)v * v;
+         * v = W + delta in f32 (now in w), its norm over the row (dim=1 of
+         * [out, in]), W' = (m / norm) * v */
+        for (int64_t o = o0; o < o1; o++) {
+            float *v = j->w + o * I;
+            double ss = 0.0;
+            for (int64_t i = 0; i < I; i++)
+                ss += (double)v[i] * v[i];
+            float f = j->mag[o] / (float)sqrt(ss);
+            for (int64_t i = 0; i < I; i++)
+                v[i] = f * v[i];
         }
-        float norm = (float)sqrt(ss);
-        float f = j->mag[o] / norm;
-        for (int64_t i = 0; i < j->I; i++)
-            w[i] = f * acc[i];
     }
     return 0;
 }
@@ -118,9 +142,8 @@ static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, nq_error *
     float *Bm = malloc((size_t)O * r * sizeof *Bm), *Am = malloc((size_t)r * I * sizeof *Am);
     float *mag = op->mag ? malloc((size_t)O * sizeof *mag) : NULL;
     int threads = l->threads > 0 ? l->threads : 1;
-    float *scratch = malloc((size_t)threads * (size_t)I * sizeof *scratch);
     int rc = 0;
-    if (!Bm || !Am || !scratch || (op->mag && !mag)) {
+    if (!Bm || !Am || (op->mag && !mag)) {
         rc = nq_fail(err, "%s: out of memory merging LoRA", base->name);
         goto out;
     }
@@ -166,15 +189,14 @@ static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, nq_error *
     if (rc == 0 && mag && nq_tensor_read_f32(op->mag, 0, (uint64_t)O, mag, err) != 0)
         rc = -1;
     if (rc == 0) {
-        rows_job j = {Bm, Am, mag, r, I, op->scale, w, scratch};
-        /* fixed chunks: which thread computes a row never changes its bytes */
-        nq_parallel_for((size_t)O, 8, threads, rows_fn, &j);
+        rows_job j = {Bm, Am, mag, r, O, I, op->scale, w};
+        /* fixed blocks: which thread computes a row never changes its bytes */
+        nq_parallel_for((size_t)((O + TILE_R - 1) / TILE_R), 4, threads, rows_fn, &j);
     }
 out:
     free(Bm);
     free(Am);
     free(mag);
-    free(scratch);
     return rc;
 }
 

@@ -473,7 +473,8 @@ nq_lora *nq_lora_resolve(const nq_checkpoint *ck, const nq_lora_spec *specs, siz
             return NULL;
         }
     }
-    qsort(l->ops, l->nops, sizeof *l->ops, cmp_op);
+    if (l->nops)
+        qsort(l->ops, l->nops, sizeof *l->ops, cmp_op);
     for (size_t i = 0; i < l->nops; i++)
         l->ntensors += i == 0 || l->ops[i].base != l->ops[i - 1].base;
     return l;
