@@ -26,6 +26,7 @@
 #include "formats/floatconv.h"
 #include "io/adapter.h"
 #include "io/safetensors.h"
+#include "io/writer.h"
 
 static const char *model_dir(void) { return nq_test_path("models/tiny-nemotron-h"); }
 
@@ -403,6 +404,105 @@ static void test_rules(void **s)
     assert_int_equal(nq_lora_spec_parse("/nonexistent/x:abc", &spec, &err), -1);
 }
 
+
+static uint32_t lcg = 12345;
+static float rnd(void)
+{
+    lcg = lcg * 1664525u + 1013904223u;
+    return (float)(lcg >> 8) / (float)(1 << 24) - 0.5f;
+}
+
+static void write_st(const char *dir, const char *file, const char **names, const int64_t (*shapes)[2],
+                     nq_dtype *dts, const void **data, int n)
+{
+    nq_writer_options wo = {.out_dir = dir, .force = true};
+    nq_error err = {0};
+    nq_writer *w = nq_writer_create(&wo, &err);
+    assert_non_null(w);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(nq_writer_declare(w, names[i], dts[i], 2, shapes[i], &err), 0);
+    assert_int_equal(nq_writer_begin(w, &err), 0);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(nq_writer_write(w, data[i], (size_t)(shapes[i][0] * shapes[i][1]) *
+                                                         nq_dtype_size(dts[i]), &err), 0);
+    assert_int_equal(nq_writer_commit(w, &err), 0);
+    nq_writer_free(w);
+    char a[1100], b[1100];
+    snprintf(a, sizeof a, "%s/model.safetensors", dir);
+    snprintf(b, sizeof b, "%s/%s", dir, file);
+    assert_int_equal(rename(a, b), 0);
+}
+
+/* Shapes off the 4 x 32 tiling (edges take the per-element path) give
+ * exactly the definition: acc = fma chain over k, W + acc * s in f32, one
+ * rounding; and the same bytes for any thread count. */
+static void test_odd_shapes(void **s)
+{
+    (void)s;
+    enum { O = 7, I = 45, R = 3 };
+    uint16_t W[O * I];
+    float A[R * I], B[O * R];
+    for (int i = 0; i < O * I; i++)
+        W[i] = nq_f32_to_bf16(rnd() * 0.1f);
+    for (int i = 0; i < R * I; i++)
+        A[i] = rnd();
+    for (int i = 0; i < O * R; i++)
+        B[i] = rnd() * 0.1f;
+    char *tmp = nq_test_tmpdir("lora_odd");
+    char bdir[1024], adir[1024], p[1100];
+    snprintf(bdir, sizeof bdir, "%s/base", tmp);
+    snprintf(adir, sizeof adir, "%s/ad", tmp);
+    const char *bn[] = {"m.lin.weight"};
+    const int64_t bs[][2] = {{O, I}};
+    nq_dtype bd[] = {NQ_BF16};
+    const void *bv[] = {W};
+    write_st(bdir, "model.safetensors", bn, bs, bd, bv, 1);
+    const char *an[] = {"base_model.model.m.lin.lora_A.weight", "base_model.model.m.lin.lora_B.weight"};
+    const int64_t as[][2] = {{R, I}, {O, R}};
+    nq_dtype ad[] = {NQ_F32, NQ_F32};
+    const void *av[] = {A, B};
+    write_st(adir, "adapter_model.safetensors", an, as, ad, av, 2);
+    snprintf(p, sizeof p, "%s/adapter_config.json", adir);
+    const char *cfg = "{\"peft_type\": \"LORA\", \"r\": 3, \"lora_alpha\": 5, "
+                      "\"target_modules\": [\"lin\"]}";
+    assert_int_equal(nq_test_write_file(p, cfg, strlen(cfg)), 0);
+    const float scale = (float)(5.0 / 3.0);
+    uint16_t expect[O * I];
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++) {
+            float acc = 0.0f;
+            for (int k = 0; k < R; k++)
+                acc = fmaf(B[o * R + k], A[k * I + i], acc);
+            expect[o * I + i] = nq_f32_to_bf16(nq_bf16_to_f32(W[o * I + i]) + acc * scale);
+        }
+    for (int threads = 1; threads <= 3; threads += 2) {
+        nq_error err = {0};
+        snprintf(p, sizeof p, "%s/model.safetensors", bdir);
+        nq_checkpoint *ck = nq_checkpoint_open(p, &err);
+        assert_non_null(ck);
+        nq_lora_spec spec = {.dir = adir, .weight = 1.0};
+        nq_lora *l = nq_lora_attach(ck, &spec, 1, NULL, threads, &err);
+        if (!l)
+            fail_msg("%s", err.msg);
+        assert_int_equal(nq_lora_tensor_count(l), 1);
+        void *owned;
+        const unsigned char *got = nq_tensor_bytes(nq_checkpoint_find(ck, "m.lin.weight"), &owned, &err);
+        assert_non_null(got);
+        assert_non_null(owned);
+        assert_memory_equal(got, expect, sizeof expect);
+        /* the f32 reader sees the merge too (what calibration reads) */
+        float f[O * I];
+        assert_int_equal(nq_tensor_read_f32(nq_checkpoint_find(ck, "m.lin.weight"), 0, O * I, f, &err), 0);
+        for (int i = 0; i < O * I; i++)
+            assert_true(f[i] == nq_bf16_to_f32(expect[i]));
+        free(owned);
+        nq_lora_free(l);
+        nq_checkpoint_close(ck);
+    }
+    nq_test_rmtree(tmp);
+    free(tmp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -418,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_base_model_mismatch),
         cmocka_unit_test(test_rules),
+        cmocka_unit_test(test_odd_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
