@@ -499,6 +499,29 @@ static void test_odd_shapes(void **s)
         nq_lora_free(l);
         nq_checkpoint_close(ck);
     }
+    /* the adapter twice (weights 1 and 2): both deltas added in f32, one rounding */
+    for (int o = 0; o < O; o++)
+        for (int i = 0; i < I; i++) {
+            float acc = 0.0f;
+            for (int k = 0; k < R; k++)
+                acc = fmaf(B[o * R + k], A[k * I + i], acc);
+            float v = nq_bf16_to_f32(W[o * I + i]) + acc * scale;
+            v = v + acc * (float)(5.0 / 3.0 * 2.0);
+            expect[o * I + i] = nq_f32_to_bf16(v);
+        }
+    nq_error err = {0};
+    snprintf(p, sizeof p, "%s/model.safetensors", bdir);
+    nq_checkpoint *ck = nq_checkpoint_open(p, &err);
+    nq_lora_spec two[2] = {{.dir = adir, .weight = 1.0}, {.dir = adir, .weight = 2.0}};
+    nq_lora *l = nq_lora_attach(ck, two, 2, NULL, 2, &err);
+    assert_non_null(l);
+    void *owned;
+    const unsigned char *got = nq_tensor_bytes(nq_checkpoint_find(ck, "m.lin.weight"), &owned, &err);
+    assert_non_null(got);
+    assert_memory_equal(got, expect, sizeof expect);
+    free(owned);
+    nq_lora_free(l);
+    nq_checkpoint_close(ck);
     nq_test_rmtree(tmp);
     free(tmp);
 }

@@ -58,9 +58,11 @@ static const char *usage =
     "  --force                replace a non-empty OUT\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
-/* Perplexity and KL of the written checkpoint against its input. */
-static int run_eval(const char *out, const char *in, const char *text_path, int windows,
-                    int threads, nq_eval_result *r, nq_error *err)
+/* Perplexity and KL of the written checkpoint against its input (with the
+ * same LoRA adapters merged, so that KL measures the quantization only). */
+static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, size_t nloras,
+                    const char *text_path, int windows, int threads, nq_eval_result *r,
+                    nq_error *err)
 {
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
@@ -69,14 +71,17 @@ static int run_eval(const char *out, const char *in, const char *text_path, int 
     char *text = tok ? nq_read_file(text_path, &len, err) : NULL;
     int32_t *ids = NULL;
     nq_loaded_model q = {0}, b = {0};
+    nq_lora *lora = NULL;
     int rc = -1;
     if (text && nq_tokenizer_encode(tok, text, len, false, &ids, &n, err) == 0 &&
-        nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0) {
+        nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0 &&
+        (!nloras || (lora = nq_lora_attach(b.ck, loras, nloras, NULL, threads, err)))) {
         nq_eval_options o = {.ctx = 256, .windows = windows, .progress = nq_cli_progress};
         rc = nq_eval_perplexity(q.model, b.model, ids, n, &o, r, err);
     }
     nq_loaded_close(&q);
     nq_loaded_close(&b);
+    nq_lora_free(lora);
     free(ids);
     free(text);
     nq_tokenizer_free(tok);
@@ -364,7 +369,7 @@ int nq_cmd_quantize(int argc, char **argv)
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;
-        if (run_eval(out, in, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
+        if (run_eval(out, in, loras, nloras, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
             nq_cli_error("--eval: %s", err.msg);
             rc = 1;
         } else {

@@ -49,34 +49,35 @@ int nq_lora_spec_parse(const char *arg, nq_lora_spec *out, nq_error *err)
  * exact on every path, the clone only makes it fast. */
 #define TILE_R 4
 #define TILE_C 32
+/* Bm and w point at the block's first row. */
 __attribute__((target_clones("fma", "default")))
 static void tile(const float *Bm, const float *Am, int r, int64_t I, float scale, float *w,
-                 int64_t o0, int64_t i0)
+                 int64_t i0)
 {
     float acc[TILE_R][TILE_C] = {{0}};
     for (int k = 0; k < r; k++) {
         const float *a = Am + (int64_t)k * I + i0;
         for (int q = 0; q < TILE_R; q++) {
-            const float b = Bm[(o0 + q) * r + k];
+            const float b = Bm[q * r + k];
             for (int j = 0; j < TILE_C; j++)
                 acc[q][j] = fmaf(b, a[j], acc[q][j]);
         }
     }
     for (int q = 0; q < TILE_R; q++) {
-        float *row = w + (o0 + q) * I + i0;
+        float *row = w + q * I + i0;
         for (int j = 0; j < TILE_C; j++)
             row[j] = row[j] + acc[q][j] * scale;
     }
 }
 
-/* The same for one element (edges of the tiling). */
-static void element(const float *Bm, const float *Am, int r, int64_t I, float scale, float *w,
-                    int64_t o, int64_t i)
+/* The same for one element (edges of the tiling); b: the row's B. */
+static void element(const float *b, const float *Am, int r, int64_t I, float scale, float *w,
+                    int64_t i)
 {
     float acc = 0.0f;
     for (int k = 0; k < r; k++)
-        acc = fmaf(Bm[o * r + k], Am[(int64_t)k * I + i], acc);
-    w[o * I + i] = w[o * I + i] + acc * scale;
+        acc = fmaf(b[k], Am[(int64_t)k * I + i], acc);
+    w[i] = w[i] + acc * scale;
 }
 
 typedef struct rows_job {
@@ -86,43 +87,70 @@ typedef struct rows_job {
     int r;
     int64_t O, I;
     float scale;
-    float *w;                   /* [O, I], updated in place */
+    float *w;                   /* [O, I] f32, updated in place; or NULL: */
+    const unsigned char *in;    /* BF16 [O, I] in, */
+    unsigned char *out;         /* BF16 [O, I] out, */
+    float *scratch;             /* threads x TILE_R x I */
+    int *bad;                   /* per worker: a non-finite result */
 } rows_job;
 
-/* Items are blocks of TILE_R rows (the last may be short). */
+/* Items are blocks of TILE_R rows (the last may be short).  Without a
+ * whole-tensor f32 buffer (one LoRA on a BF16 tensor, the usual case) each
+ * block is widened into a per-worker scratch, merged and rounded back: the
+ * same arithmetic, a fraction of the memory traffic. */
 static int rows_fn(void *ctx, size_t begin, size_t end, int worker)
 {
-    (void)worker;
     rows_job *j = ctx;
     int64_t I = j->I, full = I / TILE_C * TILE_C;
     for (size_t blk = begin; blk < end; blk++) {
         int64_t o0 = (int64_t)blk * TILE_R;
         int64_t o1 = o0 + TILE_R < j->O ? o0 + TILE_R : j->O;
+        float *w = j->w ? j->w + o0 * I : j->scratch + (size_t)worker * TILE_R * (size_t)I;
+        if (!j->w)
+            for (int64_t i = 0; i < (o1 - o0) * I; i++) {
+                uint16_t h;
+                memcpy(&h, j->in + 2 * (o0 * I + i), 2);
+                w[i] = nq_bf16_to_f32_inline(h);
+            }
+        const float *Bm = j->Bm + o0 * j->r;
         if (o1 - o0 == TILE_R)
             for (int64_t i0 = 0; i0 < full; i0 += TILE_C)
-                tile(j->Bm, j->Am, j->r, I, j->scale, j->w, o0, i0);
-        for (int64_t o = o0; o < o1; o++)
+                tile(Bm, j->Am, j->r, I, j->scale, w, i0);
+        for (int64_t o = 0; o < o1 - o0; o++)
             for (int64_t i = o1 - o0 == TILE_R ? full : 0; i < I; i++)
-                element(j->Bm, j->Am, j->r, I, j->scale, j->w, o, i);
-        if (!j->mag)
-            continue;
+                element(Bm + o * j->r, j->Am, j->r, I, j->scale, w + o * I, i);
         /* DoRA (peft/tuners/lora/variants.py DoraLinearVariant.merge_unsafe):
          * v = W + delta in f32 (now in w), its norm over the row (dim=1 of
          * [out, in]), W' = (m / norm) * v */
-        for (int64_t o = o0; o < o1; o++) {
-            float *v = j->w + o * I;
+        for (int64_t o = 0; j->mag && o < o1 - o0; o++) {
+            float *v = w + o * I;
             double ss = 0.0;
             for (int64_t i = 0; i < I; i++)
                 ss += (double)v[i] * v[i];
-            float f = j->mag[o] / (float)sqrt(ss);
+            float f = j->mag[o0 + o] / (float)sqrt(ss);
             for (int64_t i = 0; i < I; i++)
                 v[i] = f * v[i];
         }
+        if (j->w)
+            continue;
+        uint32_t bad = 0;
+        for (int64_t i = 0; i < (o1 - o0) * I; i++) {
+            uint32_t u;
+            memcpy(&u, w + i, 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+            uint16_t h = nq_f32_to_bf16_inline(w[i]);
+            memcpy(j->out + 2 * (o0 * I + i), &h, 2);
+        }
+        j->bad[worker] |= (int)bad;
     }
     return 0;
 }
 
-static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, nq_error *err)
+/* Applies op to the f32 tensor w, or (w NULL; LINEAR, EMBED or DORA on a
+ * BF16 tensor) from the bytes `in` to `out`, setting *bad on a non-finite
+ * result. */
+static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, const unsigned char *in,
+                    unsigned char *out, int *bad, nq_error *err)
 {
     const nq_tensor *base = op->base;
     if (op->kind == NQ_LORA_REPLACE)
@@ -188,11 +216,21 @@ static int apply_op(const nq_lora *l, const nq_lora_op *op, float *w, nq_error *
     }
     if (rc == 0 && mag && nq_tensor_read_f32(op->mag, 0, (uint64_t)O, mag, err) != 0)
         rc = -1;
+    float *scratch = NULL;
+    int *bads = NULL;
+    if (rc == 0 && !w &&
+        (!(scratch = malloc((size_t)threads * TILE_R * (size_t)I * sizeof *scratch)) ||
+         !(bads = calloc((size_t)threads, sizeof *bads))))
+        rc = nq_fail(err, "%s: out of memory merging LoRA", base->name);
     if (rc == 0) {
-        rows_job j = {Bm, Am, mag, r, O, I, op->scale, w};
+        rows_job j = {Bm, Am, mag, r, O, I, op->scale, w, in, out, scratch, bads};
         /* fixed blocks: which thread computes a row never changes its bytes */
         nq_parallel_for((size_t)((O + TILE_R - 1) / TILE_R), 4, threads, rows_fn, &j);
+        for (int t = 0; !w && t < threads; t++)
+            *bad |= bads[t];
     }
+    free(scratch);
+    free(bads);
 out:
     free(Bm);
     free(Am);
@@ -218,47 +256,131 @@ static size_t find_ops(const nq_lora *l, const nq_tensor *t, size_t *first)
     return e - lo;
 }
 
+/* The base tensor to f32 and the merged f32 back to the base dtype, in
+ * parallel over fixed blocks of elements (bytes independent of threads). */
+typedef struct convert_job {
+    const unsigned char *in;    /* base bytes */
+    unsigned char *out;         /* merged bytes */
+    float *w;
+    nq_dtype dtype;
+    int bad;                    /* a non-finite merged value was found */
+} convert_job;
+
+#define CONVERT_BLOCK 65536
+
+static void widen_bf16(const unsigned char *in, float *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, in + 2 * i, 2);
+        w[i] = nq_bf16_to_f32_inline(h);
+    }
+}
+
+static void narrow_bf16(const float *w, unsigned char *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = nq_f32_to_bf16_inline(w[i]);
+        memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+static int convert_range(convert_job *j, size_t lo, size_t hi, bool narrow)
+{
+    size_t n = hi - lo;
+    if (!narrow) {
+        if (j->dtype == NQ_BF16)
+            widen_bf16(j->in + 2 * lo, j->w + lo, n);
+        else if (j->dtype == NQ_F32)
+            memcpy(j->w + lo, j->in + 4 * lo, n * 4);
+        else
+            for (size_t i = lo; i < hi; i++) {
+                uint16_t h;
+                memcpy(&h, j->in + 2 * i, 2);
+                j->w[i] = nq_f16_to_f32_inline(h);
+            }
+        return 0;
+    }
+    /* Inf or NaN: the exponent bits all set */
+    uint32_t bad = 0;
+    for (size_t i = lo; i < hi; i++) {
+        uint32_t u;
+        memcpy(&u, j->w + i, 4);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad)
+        return -1;
+    if (j->dtype == NQ_BF16)
+        narrow_bf16(j->w + lo, j->out + 2 * lo, n);
+    else if (j->dtype == NQ_F32)
+        memcpy(j->out + 4 * lo, j->w + lo, n * 4);
+    else
+        for (size_t i = lo; i < hi; i++) {
+            uint16_t h = nq_f32_to_f16_inline(j->w[i]);
+            memcpy(j->out + 2 * i, &h, 2);
+        }
+    return 0;
+}
+
+typedef struct convert_ctx {
+    convert_job *j;
+    uint64_t n;
+    bool narrow;
+} convert_ctx;
+
+static int convert_fn(void *ctx, size_t begin, size_t end, int worker)
+{
+    (void)worker;
+    convert_ctx *c = ctx;
+    for (size_t b = begin; b < end; b++) {
+        size_t lo = b * CONVERT_BLOCK;
+        size_t hi = lo + CONVERT_BLOCK < c->n ? lo + CONVERT_BLOCK : (size_t)c->n;
+        if (convert_range(c->j, lo, hi, c->narrow) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int produce(void *ctx, const nq_tensor *t, void *out, nq_error *err)
 {
     const nq_lora *l = ctx;
     size_t first, count = find_ops(l, t, &first);
     if (count == 0)
         return nq_fail(err, "internal: %s has no LoRA merge", t->name);
+    if (t->dtype != NQ_BF16 && t->dtype != NQ_F16 && t->dtype != NQ_F32)
+        return nq_fail(err, "%s: merging LoRA into a %s tensor is not supported", t->name,
+                       nq_dtype_name(t->dtype));
     nq_tensor raw = *t;
     raw.source = NULL;
+    nq_lora_kind kind = l->ops[first].kind;
+    if (count == 1 && t->dtype == NQ_BF16 &&
+        (kind == NQ_LORA_LINEAR || kind == NQ_LORA_EMBED || kind == NQ_LORA_DORA)) {
+        int bad = 0;
+        int rc = apply_op(l, &l->ops[first], NULL, t->data, out, &bad, err);
+        nq_tensor_release(&raw);
+        if (rc != 0 || !bad)
+            return rc;
+        /* rare: redo through the f32 buffer to name the element */
+    }
     float *w = malloc((t->numel ? t->numel : 1) * sizeof *w);
     if (!w)
         return nq_fail(err, "%s: out of memory merging LoRA", t->name);
-    int rc = nq_tensor_read_f32(&raw, 0, t->numel, w, err);
+    int threads = l->threads > 0 ? l->threads : 1;
+    convert_job j = {.in = t->data, .out = out, .w = w, .dtype = t->dtype};
+    size_t blocks = (size_t)((t->numel + CONVERT_BLOCK - 1) / CONVERT_BLOCK);
+    convert_ctx widen = {&j, t->numel, false}, narrow = {&j, t->numel, true};
+    nq_parallel_for(blocks, 1, threads, convert_fn, &widen);
+    int rc = 0;
     for (size_t i = first; rc == 0 && i < first + count; i++)
-        rc = apply_op(l, &l->ops[i], w, err);
-    for (uint64_t i = 0; rc == 0 && i < t->numel; i++)
-        if (!isfinite(w[i]))
-            rc = nq_fail(err, "%s: merging the LoRA adapter(s) gives a non-finite value at "
-                              "element %llu", t->name, (unsigned long long)i);
-    if (rc == 0) {
-        /* the one rounding to the base dtype */
-        unsigned char *o = out;
-        switch (t->dtype) {
-        case NQ_BF16:
-            for (uint64_t i = 0; i < t->numel; i++) {
-                uint16_t h = nq_f32_to_bf16(w[i]);
-                memcpy(o + 2 * i, &h, 2);
+        rc = apply_op(l, &l->ops[i], w, NULL, NULL, NULL, err);
+    /* the one rounding to the base dtype */
+    if (rc == 0 && nq_parallel_for(blocks, 1, threads, convert_fn, &narrow) != 0) {
+        for (uint64_t i = 0; i < t->numel; i++)
+            if (!isfinite(w[i])) {
+                rc = nq_fail(err, "%s: merging the LoRA adapter(s) gives a non-finite value at "
+                                  "element %llu", t->name, (unsigned long long)i);
+                break;
             }
-            break;
-        case NQ_F16:
-            for (uint64_t i = 0; i < t->numel; i++) {
-                uint16_t h = nq_f32_to_f16(w[i]);
-                memcpy(o + 2 * i, &h, 2);
-            }
-            break;
-        case NQ_F32:
-            memcpy(o, w, t->numel * sizeof *w);
-            break;
-        default:
-            rc = nq_fail(err, "%s: merging LoRA into a %s tensor is not supported", t->name,
-                         nq_dtype_name(t->dtype));
-        }
     }
     nq_tensor_release(&raw);
     free(w);
