@@ -8,9 +8,11 @@
 #   bench/lora_bench.sh [--layers N] [--dir DIR] [--threads "1 2"] [--rank R]
 #                       [--recipe nvfp4-conservative] [--repeat R]
 #
-# Prints wall seconds and peak RSS (median / max of R runs) per run kind and
-# thread count, with the ratio to quantize alone.  The input stays in the
-# page cache between runs (warm), so the difference is the merge's CPU time.
+# Prints wall seconds, CPU seconds (user + system) and peak RSS (median /
+# median / max of R runs) per run kind and thread count, with the ratios to
+# quantize alone.  The input stays in the page cache between runs (warm), so
+# the difference is the merge's CPU time; on a shared machine the CPU
+# seconds are the steadier figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 layers=4; dir=/tmp/nemoq-lora-bench; threads="1 2"; rank=16; recipe=nvfp4-conservative; repeat=1
@@ -31,10 +33,10 @@ calc() { awk "BEGIN { print $* }"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 timed() {
   f=$1; shift
-  if [ -x /usr/bin/time ]; then /usr/bin/time -f '%e %M' -o "$f" "$@"
+  if [ -x /usr/bin/time ]; then /usr/bin/time -f '%e %M %U %S' -o "$f" "$@"
   else python3 -c 'import resource,subprocess,sys,time
-t=time.time(); r=subprocess.run(sys.argv[2:]).returncode
-open(sys.argv[1],"w").write("%.2f %d\n" % (time.time()-t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(r)' "$f" "$@"; fi
+t=time.time(); r=subprocess.run(sys.argv[2:]).returncode; u=resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1],"w").write("%.2f %d %.2f %.2f\n" % (time.time()-t, u.ru_maxrss, u.ru_utime, u.ru_stime)); sys.exit(r)' "$f" "$@"; fi
 }
 in="$dir/nano-synthetic-$layers"
 ad="$dir/lora-r$rank-$layers"
@@ -48,11 +50,11 @@ printf 'input: %s, %.2f GB, %s layers; adapter: rank %s on %s Linears, %.1f MB; 
   "$in" "$(calc "$bytes/1e9")" "$layers" "$rank" "$pairs" "$(calc "$abytes/1e6")" "$repeat" "$(nproc)"
 extra=""; [ "$recipe" != int4 ] && extra="--weights-only"
 cat "$in"/*.safetensors "$ad"/*.safetensors > /dev/null
-printf '%-28s %7s %9s %10s %12s\n' run threads seconds "peak RSS" "time/alone"
+printf '%-28s %7s %9s %9s %10s %11s %10s\n' run threads seconds "CPU s" "peak RSS" "time/alone" "CPU/alone"
 for t in $threads; do
-  base_s=""
+  base_s=""; base_c=""
   for kind in alone lora merge; do
-    secs_all=(); rss_all=()
+    secs_all=(); rss_all=(); cpu_all=()
     for ((k = 0; k < repeat; k++)); do
       out="$dir/out"; rm -rf "$out"; sync
       case $kind in
@@ -60,14 +62,15 @@ for t in $threads; do
         lora) timed "$dir/time.txt" "$bin"/nemoq quantize "$in" "$out" --recipe "$recipe" $extra --threads "$t" --lora "$ad" >/dev/null;;
         merge) timed "$dir/time.txt" "$bin"/nemoq merge "$in" "$out" --threads "$t" --lora "$ad" >/dev/null;;
       esac
-      read -r secs rss_kb < "$dir/time.txt"
-      secs_all+=("$secs"); rss_all+=("$rss_kb")
+      read -r secs rss_kb usr sys < "$dir/time.txt"
+      secs_all+=("$secs"); rss_all+=("$rss_kb"); cpu_all+=("$(calc "$usr + $sys")")
     done
     rm -rf "$dir/out"
     secs=$(printf '%s\n' "${secs_all[@]}" | median)
     rss_kb=$(printf '%s\n' "${rss_all[@]}" | sort -g | tail -1)
-    [ -z "$base_s" ] && base_s=$secs
+    cpu=$(printf '%s\n' "${cpu_all[@]}" | median)
+    [ -z "$base_s" ] && base_s=$secs && base_c=$cpu
     case $kind in alone) label="quantize $recipe";; lora) label="quantize --lora";; merge) label="merge (bf16 out)";; esac
-    printf '%-28s %7s %9.2f %7.0f MB %12.2f\n' "$label" "$t" "$secs" "$(calc "$rss_kb/1024")" "$(calc "$secs/$base_s")"
+    printf '%-28s %7s %9.2f %9.2f %7.0f MB %11.2f %10.2f\n' "$label" "$t" "$secs" "$cpu" "$(calc "$rss_kb/1024")" "$(calc "$secs/$base_s")" "$(calc "$cpu/$base_c")"
   done
 done

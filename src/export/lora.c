@@ -80,6 +80,35 @@ static void element(const float *b, const float *Am, int r, int64_t I, float sca
     w[i] = w[i] + acc * scale;
 }
 
+static void widen_bf16(const unsigned char *restrict in, float *restrict w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, in + 2 * i, 2);
+        w[i] = nq_bf16_to_f32_inline(h);
+    }
+}
+
+static void narrow_bf16(const float *restrict w, unsigned char *restrict out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h = nq_f32_to_bf16_inline(w[i]);
+        memcpy(out + 2 * i, &h, 2);
+    }
+}
+
+/* Any Inf or NaN (exponent bits all set) among w[0..n). */
+static bool nonfinite(const float *w, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, w + i, 4);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+
 typedef struct rows_job {
     const float *Bm;            /* [O, r] */
     const float *Am;            /* [r, I] */
@@ -107,11 +136,7 @@ static int rows_fn(void *ctx, size_t begin, size_t end, int worker)
         int64_t o1 = o0 + TILE_R < j->O ? o0 + TILE_R : j->O;
         float *w = j->w ? j->w + o0 * I : j->scratch + (size_t)worker * TILE_R * (size_t)I;
         if (!j->w)
-            for (int64_t i = 0; i < (o1 - o0) * I; i++) {
-                uint16_t h;
-                memcpy(&h, j->in + 2 * (o0 * I + i), 2);
-                w[i] = nq_bf16_to_f32_inline(h);
-            }
+            widen_bf16(j->in + 2 * o0 * I, w, (size_t)((o1 - o0) * I));
         const float *Bm = j->Bm + o0 * j->r;
         if (o1 - o0 == TILE_R)
             for (int64_t i0 = 0; i0 < full; i0 += TILE_C)
@@ -133,15 +158,8 @@ static int rows_fn(void *ctx, size_t begin, size_t end, int worker)
         }
         if (j->w)
             continue;
-        uint32_t bad = 0;
-        for (int64_t i = 0; i < (o1 - o0) * I; i++) {
-            uint32_t u;
-            memcpy(&u, w + i, 4);
-            bad |= (u & 0x7f800000u) == 0x7f800000u;
-            uint16_t h = nq_f32_to_bf16_inline(w[i]);
-            memcpy(j->out + 2 * (o0 * I + i), &h, 2);
-        }
-        j->bad[worker] |= (int)bad;
+        j->bad[worker] |= nonfinite(w, (size_t)((o1 - o0) * I));
+        narrow_bf16(w, j->out + 2 * o0 * I, (size_t)((o1 - o0) * I));
     }
     return 0;
 }
@@ -268,23 +286,6 @@ typedef struct convert_job {
 
 #define CONVERT_BLOCK 65536
 
-static void widen_bf16(const unsigned char *in, float *w, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, in + 2 * i, 2);
-        w[i] = nq_bf16_to_f32_inline(h);
-    }
-}
-
-static void narrow_bf16(const float *w, unsigned char *out, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint16_t h = nq_f32_to_bf16_inline(w[i]);
-        memcpy(out + 2 * i, &h, 2);
-    }
-}
-
 static int convert_range(convert_job *j, size_t lo, size_t hi, bool narrow)
 {
     size_t n = hi - lo;
@@ -301,14 +302,7 @@ static int convert_range(convert_job *j, size_t lo, size_t hi, bool narrow)
             }
         return 0;
     }
-    /* Inf or NaN: the exponent bits all set */
-    uint32_t bad = 0;
-    for (size_t i = lo; i < hi; i++) {
-        uint32_t u;
-        memcpy(&u, j->w + i, 4);
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    if (bad)
+    if (nonfinite(j->w + lo, n))
         return -1;
     if (j->dtype == NQ_BF16)
         narrow_bf16(j->w + lo, j->out + 2 * lo, n);
