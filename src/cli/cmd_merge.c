@@ -10,6 +10,8 @@
 #include "core/parallel.h"
 #include "export/lora.h"
 #include "export/quantize.h"
+#include "io/outdir.h"
+#include "io/writer.h"
 
 static const char *usage =
     "usage: nemoq merge IN OUT --lora DIR[:WEIGHT] [--lora DIR[:WEIGHT] ...] [options]\n"
@@ -21,7 +23,8 @@ static const char *usage =
     "                         WEIGHT multiplies its scaling (default 1)\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
-    "  --force                replace a non-empty OUT\n";
+    "  --force                replace a non-empty OUT\n"
+    "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n";
 
 int nq_cmd_merge(int argc, char **argv)
 {
@@ -29,7 +32,7 @@ int nq_cmd_merge(int argc, char **argv)
     nq_quantize_options opt = {.log = isatty(2) ? stderr : NULL};
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
-    bool bad = false;
+    bool bad = false, clean_stale = false;
     int rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -66,6 +69,8 @@ int nq_cmd_merge(int argc, char **argv)
             }
         } else if (strcmp(a, "--force") == 0) {
             opt.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (a[0] == '-') {
             nq_cli_error("merge: unknown flag '%s'", a);
             bad = true;
@@ -93,10 +98,18 @@ int nq_cmd_merge(int argc, char **argv)
     opt.nlora = nloras;
     if (opt.threads <= 0)
         opt.threads = nq_default_threads();
+    /* the output path is checked before any work, as quantize does */
+    nq_error err = {0};
+    nq_writer_options out_check = {.out_dir = out, .input_dir = in, .force = opt.force};
+    if (nq_writer_check(&out_check, &err) != 0) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        goto finish;
+    }
+    nq_outdir_stale(out, clean_stale, stderr);
     json_t *described = json_array();
     opt.lora_report = described;
     nq_quantize_summary sum;
-    nq_error err = {0};
     nq_interrupt_install();
     int mrc = nq_merge(&opt, &sum, &err);
     nq_interrupt_uninstall();

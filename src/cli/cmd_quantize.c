@@ -12,7 +12,10 @@
 #include "core/parallel.h"
 #include "export/lora.h"
 #include "export/quantize.h"
+#include "io/outdir.h"
+#include "io/outpath.h"
 #include "io/safetensors.h"
+#include "io/writer.h"
 #include "recipe/plan.h"
 #include "core/file.h"
 #include "eval/loaded.h"
@@ -55,7 +58,8 @@ static const char *usage =
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
-    "  --force                replace a non-empty OUT\n"
+    "  --force                replace a non-empty OUT (atomically)\n"
+    "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
 /* Perplexity and KL of the written checkpoint against its input (with the
@@ -99,7 +103,7 @@ int nq_cmd_quantize(int argc, char **argv)
     int eval_windows = 64;
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
-    bool dry_run = false, bad = false;
+    bool dry_run = false, bad = false, clean_stale = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -239,6 +243,8 @@ int nq_cmd_quantize(int argc, char **argv)
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
             opt.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (strcmp(a, "--dry-run") == 0) {
             dry_run = true;
         } else if (a[0] == '-') {
@@ -314,6 +320,23 @@ int nq_cmd_quantize(int argc, char **argv)
         free(all);
         goto finish;
     }
+
+    /* Every path is checked before any work: a typo must not cost a long
+     * run, and nothing may be written inside the input. */
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
+    nq_writer_options out_check = {.out_dir = out, .input_dir = in, .force = opt.force};
+    if (nq_writer_check(&out_check, &err) != 0 ||
+        (report_path && nq_report_check(report_path, in, out, &err) != 0) ||
+        (opt.calib_path && nq_inpath_check_file(opt.calib_path, "--calib", &err) != 0) ||
+        (eval_path && (nq_inpath_check_file(eval_path, "--eval", &err) != 0 ||
+                       nq_inpath_check_file(tok_path, "--eval needs", &err) != 0))) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        free(all);
+        goto finish;
+    }
+    nq_outdir_stale(out, clean_stale, stderr);
 
     json_t *report_modules = report_path ? json_array() : NULL;
     json_t *lora_report = nloras ? json_array() : NULL;
@@ -408,7 +431,8 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set(doc, "eval", eval_doc);
         if (doc && lora_report)
             json_object_set(doc, "lora_adapters", lora_report);
-        if (!doc || nq_report_write(report_path, doc, &err) != 0) {
+        if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
+            nq_report_write(report_path, doc, &err) != 0) {
             nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
             rc = 1;
         }
