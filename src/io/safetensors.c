@@ -636,6 +636,35 @@ void nq_tensor_release(const nq_tensor *t)
 
 /* ---- conversion --------------------------------------------------------- */
 
+int nq_checkpoint_set_source(nq_checkpoint *ck, const char *name, const nq_tensor_source *src,
+                             nq_error *err)
+{
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t)
+        return nq_fail(err, "%s: no tensor '%s'", ck->dir, name);
+    ck->tensors[t - ck->tensors].source = src;
+    return 0;
+}
+
+const unsigned char *nq_tensor_bytes(const nq_tensor *t, void **owned, nq_error *err)
+{
+    *owned = NULL;
+    if (!t->source)
+        return t->data;
+    unsigned char *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf) {
+        nq_fail(err, "tensor '%s': out of memory for %llu bytes", t->name,
+                (unsigned long long)t->nbytes);
+        return NULL;
+    }
+    if (t->source->produce(t->source->ctx, t, buf, err) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *owned = buf;
+    return buf;
+}
+
 int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float *out,
                        nq_error *err)
 {
@@ -643,6 +672,17 @@ int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float
         return nq_fail(err, "tensor '%s': read of elements [%llu, +%llu) outside its %llu", t->name,
                        (unsigned long long)first, (unsigned long long)count,
                        (unsigned long long)t->numel);
+    if (t->source) {
+        void *owned;
+        if (!nq_tensor_bytes(t, &owned, err))
+            return -1;
+        nq_tensor view = *t;
+        view.data = owned;
+        view.source = NULL;
+        int rc = nq_tensor_read_f32(&view, first, count, out, err);
+        free(owned);
+        return rc;
+    }
     const unsigned char *p = t->data + first * nq_dtype_size(t->dtype);
     switch (t->dtype) {
     case NQ_F32:
@@ -723,6 +763,8 @@ static uint64_t first_nonfinite_bytes(const unsigned char *p, uint64_t count, un
     return count;
 }
 
+static int nonfinite_error(const nq_tensor *t, uint64_t e, bool nan, nq_error *err);
+
 int nq_tensor_check_finite(const nq_tensor *t, uint64_t first, uint64_t count, nq_error *err)
 {
     if (first > t->numel || count > t->numel - first)
@@ -756,15 +798,21 @@ int nq_tensor_check_finite(const nq_tensor *t, uint64_t first, uint64_t count, n
         return 0;
     float v;
     nq_error ignored = {0};
-    nq_tensor_read_f32(t, first + k, 1, &v, &ignored);
-    uint64_t e = first + k;
+    nq_tensor view = *t; /* the bytes just tested, not a source's */
+    view.source = NULL;
+    nq_tensor_read_f32(&view, first + k, 1, &v, &ignored);
+    return nonfinite_error(t, first + k, isnan(v), err);
+}
+
+static int nonfinite_error(const nq_tensor *t, uint64_t e, bool nan, nq_error *err)
+{
     char where[64] = "";
     if (t->ndim == 2)
         snprintf(where, sizeof where, " (row %llu, column %llu)",
                  (unsigned long long)(e / (uint64_t)t->shape[1]),
                  (unsigned long long)(e % (uint64_t)t->shape[1]));
     return nq_fail(err, "tensor '%s': element %llu is %s%s", t->name, (unsigned long long)e,
-                   isnan(v) ? "NaN" : "infinite", where);
+                   nan ? "NaN" : "infinite", where);
 }
 
 float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *err)
@@ -775,10 +823,16 @@ float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *e
                 (unsigned long long)t->numel);
         return NULL;
     }
-    if ((reject_nonfinite && nq_tensor_check_finite(t, 0, t->numel, err) != 0) ||
-        nq_tensor_read_f32(t, 0, t->numel, buf, err) != 0) {
+    if (nq_tensor_read_f32(t, 0, t->numel, buf, err) != 0) {
         free(buf);
         return NULL;
     }
+    /* after conversion: covers LoRA-merged values and F64 beyond f32 */
+    for (uint64_t i = 0; reject_nonfinite && i < t->numel; i++)
+        if (!isfinite(buf[i])) {
+            nonfinite_error(t, i, isnan(buf[i]), err);
+            free(buf);
+            return NULL;
+        }
     return buf;
 }
