@@ -92,8 +92,9 @@ for t in $threads; do
     lr=$(echo "$tokens / ${best[l$t]}" | bc -l)
     nr=$(echo "$tokens / ${best[n$t]}" | bc -l)
     lc=$(compute_s "$cache/llama-$t.log")
-    lcr=$([ -n "$lc" ] && echo "$tokens / $lc" | bc -l || echo 0)
-    printf '%7d %12.0f %12.0f %22.0f %14.2f\n' "$t" "$lr" "$nr" "$lcr" "$(echo "$nr / $lr" | bc -l)"
+    lcr=n/a
+    [ -n "$lc" ] && lcr=$(printf '%.0f' "$(echo "$tokens / $lc" | bc -l)")
+    printf '%7d %12.0f %12.0f %22s %14.2f\n' "$t" "$lr" "$nr" "$lcr" "$(echo "$nr / $lr" | bc -l)"
 done
 echo "(${windows} windows x 256 = ${tokens} tokens per run; whole-process wall time, best of ${repeat},"
 echo " interleaved; the compute column is llama.cpp's last run of that count;"

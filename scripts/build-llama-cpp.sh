@@ -24,16 +24,22 @@ rm -f "$BUILD/BUILD_OK"
 cmake -S "$vendor" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
     -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENMP=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
-targets="llama-perplexity llama-quantize llama-cli llama-bench llama-gguf-split"
-for t in $targets; do
+# What the benchmarks and GGUF fixtures use; targets this llama.cpp version
+# does not define (llama-cli became llama-completion) are skipped.
+available=$(cmake --build "$BUILD" --target help | grep -o 'llama-[a-z0-9-]*' | sort -u)
+built=""
+for t in llama-perplexity llama-quantize llama-completion llama-cli llama-bench \
+         llama-gguf-split llama-tokenize; do
+    echo "$available" | grep -qx "$t" || continue
     nice -n 5 cmake --build "$BUILD" --config Release -j"$JOBS" --target "$t"
+    built="$built $t"
 done
 {
-    echo "llama-cpp-python $VERSION"
-    echo "llama.cpp commit: $(cat "$vendor/.git-commit" 2>/dev/null || grep -o 'b[0-9]\{4,\}' "$tree/CMakeLists.txt" 2>/dev/null | head -1 || echo unknown)"
+    echo "llama-cpp-python $VERSION (vendored llama.cpp; $(grep -m1 -o 'llama.cpp version: .*' "$BUILD/CMakeFiles/CMakeOutput.log" 2>/dev/null || echo "version string not recorded"))"
     echo "bin: $BUILD/bin"
     echo "convert_hf_to_gguf.py: $vendor/convert_hf_to_gguf.py"
     echo "gguf-py: $vendor/gguf-py"
-    echo "cmake: -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON CPU only"
+    echo "targets:$built"
+    echo "cmake: -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON, CPU only"
 } > "$BUILD/BUILD_OK"
 cat "$BUILD/BUILD_OK"
