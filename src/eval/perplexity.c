@@ -23,9 +23,7 @@ int nq_run_layerwise(nq_model *m, const int32_t *ids, int samples, int len, floa
     return 0;
 }
 
-/* log-softmax of one row of logits into lp (double, for the sums of many
- * small terms that KL is). */
-static void log_softmax(const float *logits, int v, double *lp)
+void nq_log_softmax(const float *logits, int v, double *lp)
 {
     float mx = logits[0];
     for (int i = 1; i < v; i++)
@@ -40,7 +38,7 @@ static void log_softmax(const float *logits, int v, double *lp)
         lp[i] = (double)logits[i] - lse;
 }
 
-static int argmax(const float *x, int v)
+int nq_argmax(const float *x, int v)
 {
     int best = 0;
     for (int i = 1; i < v; i++)
@@ -86,17 +84,17 @@ static int score_windows(void *p, size_t begin, size_t end, int worker)
             return -1;
         for (int t = 0; t < ctx - 1; t++) {
             const float *row = s->logits + (size_t)t * V;
-            log_softmax(row, V, s->lp);
+            nq_log_softmax(row, V, s->lp);
             r->nll -= s->lp[wi[t + 1]];
             if (j->base) {
                 const float *brow = s->blogits + (size_t)t * V;
-                log_softmax(brow, V, s->blp);
+                nq_log_softmax(brow, V, s->blp);
                 r->bnll -= s->blp[wi[t + 1]];
                 double k = 0.0;
                 for (int i = 0; i < V; i++)
                     k += exp(s->blp[i]) * (s->blp[i] - s->lp[i]);
                 r->kl += k;
-                r->agree += argmax(row, V) == argmax(brow, V);
+                r->agree += nq_argmax(row, V) == nq_argmax(brow, V);
             }
         }
     }
