@@ -35,7 +35,7 @@ for t in llama-perplexity llama-quantize llama-completion llama-cli llama-bench 
     built="$built $t"
 done
 {
-    echo "llama-cpp-python $VERSION (vendored llama.cpp; $(grep -m1 -o 'llama.cpp version: .*' "$BUILD/CMakeFiles/CMakeOutput.log" 2>/dev/null || echo "version string not recorded"))"
+    echo "llama-cpp-python $VERSION (the llama.cpp it vendors)"
     echo "bin: $BUILD/bin"
     echo "convert_hf_to_gguf.py: $vendor/convert_hf_to_gguf.py"
     echo "gguf-py: $vendor/gguf-py"
