@@ -101,6 +101,15 @@ static int fetch(nq_model *m, float **out, const char *name, int layer, bool opt
                        (unsigned long long)req.numel);
     int rc = m->provider.fetch(m->provider.ctx, &req, buf, err);
     if (rc == 0) {
+        /* A NaN or Inf weight would surface layers later as a NaN activation
+         * somewhere else: name it here, before the block runs. */
+        for (uint64_t i = 0; i < req.numel; i++)
+            if (!isfinite(buf[i])) {
+                bool nan = isnan(buf[i]);
+                free(buf);
+                return nq_fail(err, "tensor '%s': element %llu is %s", name,
+                               (unsigned long long)i, nan ? "NaN" : "infinite");
+            }
         *out = buf;
         return 0;
     }
