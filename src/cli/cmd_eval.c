@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "core/file.h"
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "eval/loaded.h"
 #include "eval/perplexity.h"
 #include "tok/tokenizer.h"
@@ -15,6 +16,7 @@
 static const char *usage =
     "usage: nemoq eval MODEL --text FILE [--ctx 256] [--windows N] [--skip-windows K]\n"
     "                  [--against BASE] [--tokenizer tokenizer.json] [--threads N] [--json]\n"
+    "                  [--device auto|cpu|cuda[:N]]\n"
     "  Perplexity of MODEL on FILE: the whole text tokenized as one string (no BOS/EOS),\n"
     "  cut into consecutive non-overlapping windows of --ctx tokens from the start\n"
     "  (after skipping K windows), each window run on its own and scored on its\n"
@@ -25,7 +27,9 @@ static const char *usage =
     "  would (W4A4 NVFP4, W8A8 FP8, FP8 KV cache).\n"
     "  --against BASE also runs BASE on the same windows and reports the mean\n"
     "  KL(base || model) per prediction, top-1 agreement and both perplexities.\n"
-    "  The tokenizer is MODEL/tokenizer.json unless --tokenizer is given.\n";
+    "  The tokenizer is MODEL/tokenizer.json unless --tokenizer is given.\n"
+    "  --device: where the forward pass runs (default cpu; auto = the first CUDA GPU\n"
+    "  when this build and machine have one, else the CPU).\n";
 
 void nq_cli_progress(void *ctx, const char *stage, int done, int total)
 {
@@ -43,6 +47,7 @@ void nq_cli_progress(void *ctx, const char *stage, int done, int total)
 int nq_cmd_eval(int argc, char **argv)
 {
     const char *dir = NULL, *text_path = NULL, *against = NULL, *tok_path = NULL;
+    const char *device = "cpu";
     int ctx = 256, windows = 0, skip = 0, threads = 0;
     bool json = false, bad = false;
     for (int i = 1; i < argc && !bad; i++) {
@@ -58,6 +63,8 @@ int nq_cmd_eval(int argc, char **argv)
             against = v;
         } else if (nq_arg_value(argc, argv, &i, "--tokenizer", &v, &bad)) {
             tok_path = v;
+        } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
+            device = v;
         } else if (nq_arg_value(argc, argv, &i, "--ctx", &v, &bad)) {
             if (nq_parse_int(v, 2, 1 << 20, &ctx) != 0) {
                 nq_cli_error("eval: --ctx '%s': expected an integer >= 2", v);
@@ -107,12 +114,19 @@ int nq_cmd_eval(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n_ids = 0, text_len = 0;
     int rc = 1;
+    nq_cuda *gpu = NULL;
+    char device_desc[384];
+    if (nq_device_open(device, &gpu, device_desc, sizeof device_desc, &err) != 0)
+        goto done;
     if (!(tok = nq_tokenizer_load(tok_path ? tok_path : tok_default, &err)) ||
         !(text = nq_read_file(text_path, &text_len, &err)) ||
         nq_tokenizer_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0 ||
         nq_loaded_open(dir, threads, &model, &err) != 0 ||
         (against && nq_loaded_open(against, threads, &base, &err) != 0))
         goto done;
+    nq_model_set_cuda(model.model, gpu);
+    if (against)
+        nq_model_set_cuda(base.model, gpu);
     nq_eval_options opt = {.ctx = ctx, .windows = windows, .skip = skip,
                            .progress = nq_cli_progress};
     nq_eval_result r;
@@ -130,6 +144,8 @@ int nq_cmd_eval(int argc, char **argv)
             "int4_weights", (json_int_t)di.gptq, "nvfp4_activations", (json_int_t)di.act_nvfp4,
             "fp8_activations", (json_int_t)di.act_fp8, "fp8_kv_layers",
             (json_int_t)di.kv_layers);
+        if (doc)
+            json_object_set_new(doc, "device", json_string(device_desc));
         if (doc && r.has_base) {
             json_object_set_new(doc, "base", json_string(against));
             json_object_set_new(doc, "base_nll", json_real(r.base_nll));
@@ -145,6 +161,7 @@ int nq_cmd_eval(int argc, char **argv)
         printf("\n");
         json_decref(doc);
     } else {
+        printf("device: %s\n", device_desc);
         printf("text: %s, %zu tokens; %d windows of %d (skipped %d), %llu predictions\n",
                text_path, n_ids, r.windows, r.ctx, skip, (unsigned long long)r.predictions);
         if (di.nvfp4 + di.fp8 + di.gptq)
@@ -163,6 +180,7 @@ done:
         nq_cli_error("%s", err.msg);
     nq_loaded_close(&model);
     nq_loaded_close(&base);
+    nq_cuda_close(gpu);
     nq_tokenizer_free(tok);
     free(text);
     free(ids);

@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "export/quantize.h"
 #include "io/safetensors.h"
 #include "recipe/plan.h"
@@ -49,13 +50,15 @@ static const char *usage =
     "  --eval-windows N       windows of 256 tokens for --eval (default 64)\n"
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
+    "  --device auto|cpu|cuda[:N]  where calibration (and --eval) forward passes run\n"
+    "                         (default cpu; auto: a CUDA GPU when there is one)\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
     "  --force                replace a non-empty OUT\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
 /* Perplexity and KL of the written checkpoint against its input. */
 static int run_eval(const char *out, const char *in, const char *text_path, int windows,
-                    int threads, nq_eval_result *r, nq_error *err)
+                    int threads, nq_cuda *gpu, nq_eval_result *r, nq_error *err)
 {
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
@@ -67,6 +70,8 @@ static int run_eval(const char *out, const char *in, const char *text_path, int 
     int rc = -1;
     if (text && nq_tokenizer_encode(tok, text, len, false, &ids, &n, err) == 0 &&
         nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0) {
+        nq_model_set_cuda(q.model, gpu);
+        nq_model_set_cuda(b.model, gpu);
         nq_eval_options o = {.ctx = 256, .windows = windows, .progress = nq_cli_progress};
         rc = nq_eval_perplexity(q.model, b.model, ids, n, &o, r, err);
     }
@@ -85,7 +90,7 @@ int nq_cmd_quantize(int argc, char **argv)
     size_t nrules = 0, nfile_rules = 0;
     nq_quantize_options opt = {.threads = 0, .log = isatty(2) ? stderr : NULL,
                                .kv_cache_fp8 = true};
-    const char *report_path = NULL, *eval_path = NULL;
+    const char *report_path = NULL, *eval_path = NULL, *device = "cpu";
     int eval_windows = 64;
     bool dry_run = false, bad = false;
     int group = 0, rc = 2;
@@ -146,6 +151,8 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--group-size '%s': expected 32, 64 or 128", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
+            device = v;
         } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
             if (!bad && nq_parse_int(v, 1, 1024, &opt.threads) != 0) {
                 nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);
@@ -287,6 +294,15 @@ int nq_cmd_quantize(int argc, char **argv)
         goto finish;
     }
 
+    char device_desc[384];
+    if (nq_device_open(device, &opt.cuda, device_desc, sizeof device_desc, &err) != 0) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        free(all);
+        goto finish;
+    }
+    if (opt.cuda || strcmp(device, "cpu") != 0)
+        printf("device: %s\n", device_desc);
     json_t *report_modules = report_path ? json_array() : NULL;
     opt.report_modules = report_modules;
     nq_quantize_summary sum;
@@ -335,7 +351,7 @@ int nq_cmd_quantize(int argc, char **argv)
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;
-        if (run_eval(out, in, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
+        if (run_eval(out, in, eval_path, eval_windows, opt.threads, opt.cuda, &r, &err) != 0) {
             nq_cli_error("--eval: %s", err.msg);
             rc = 1;
         } else {
@@ -382,6 +398,7 @@ int nq_cmd_quantize(int argc, char **argv)
     json_decref(report_modules);
     free(all);
 finish:
+    nq_cuda_close(opt.cuda);
     free(rules);
     free(file_rules);
     return rc;

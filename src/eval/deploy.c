@@ -253,5 +253,13 @@ static int kv_output(void *ctx, const nq_kv_output *kv, nq_error *err)
 
 nq_forward_hooks nq_deploy_hooks(nq_deploy *d)
 {
-    return (nq_forward_hooks){.rewrite_input = rewrite_input, .kv_output = kv_output, .ctx = d};
+    /* Only the hooks that have something to do: on the GPU path every hook
+     * costs a copy of the activations back to the host. */
+    nq_forward_hooks h = {.ctx = d};
+    if (d->n_acts > 0)
+        h.rewrite_input = rewrite_input;
+    for (int l = 0; l < d->n_layers; l++)
+        if (d->k_scale[l] > 0)
+            h.kv_output = kv_output;
+    return h;
 }

@@ -35,6 +35,9 @@ typedef struct nq_quantize_options {
     /* Optional: a JSON array that receives one object per quantized module
      * (format, why, errors, activation amax, algorithm). Borrowed. */
     struct json_t *report_modules;
+    /* The GPU that runs the calibration forward passes (cuda/cuda.h;
+     * borrowed), or NULL for the CPU. */
+    struct nq_cuda *cuda;
 } nq_quantize_options;
 
 typedef struct nq_quantize_summary {
