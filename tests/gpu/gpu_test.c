@@ -414,10 +414,62 @@ static void test_gptq(char *calib, const int32_t *ids, size_t n)
     nq_loaded_close(&qg);
 }
 
+/* --bench-backbone MODEL IDS CTX WINDOWS: the blocks (no lm_head) of a
+ * model, e.g. a synthetic Nano-width checkpoint, over WINDOWS windows of
+ * CTX tokens of the int32 ids file, on the GPU: time per pass (weights
+ * streamed from the checkpoint layer by layer, included) and peak GPU
+ * memory.  Not a test. */
+static int bench_backbone(char **argv)
+{
+    const char *dir = argv[2], *ids_path = argv[3];
+    int ctx = atoi(argv[4]), windows = atoi(argv[5]);
+    nq_error err = {0};
+    size_t len = 0;
+    int32_t *ids = (int32_t *)nq_read_file(ids_path, &len, &err);
+    if (!ids || len < (size_t)ctx * windows * sizeof *ids) {
+        fprintf(stderr, "%s: too few ids\n", ids_path);
+        return 1;
+    }
+    char desc[384];
+    nq_loaded_model lm = {0};
+    if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0 ||
+        nq_loaded_open(dir, 0, &lm, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    nq_model_set_cuda(lm.model, gpu);
+    size_t plane = (size_t)ctx * lm.cfg.hidden_size;
+    float *x = malloc((size_t)windows * plane * sizeof *x);
+    for (int rep = 0; rep < 2; rep++) {
+        double t0 = now();
+        if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        double t = now() - t0;
+        printf("BENCH nemoq GPU backbone %s (%d layers %s, hidden %d): %d windows x %d tokens: "
+               "%.3f s, %.0f tokens/s, %.3f s per layer (run %d, weights streamed from the "
+               "checkpoint as f32 included)\n", desc, lm.cfg.num_layers, lm.cfg.pattern,
+               lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
+               t / lm.cfg.num_layers, rep + 1);
+    }
+    printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
+           nq_cuda_peak_bytes(gpu) / 1073741824.0, windows * plane * 4 / 1073741824.0);
+    fflush(stdout);
+    free(x);
+    free(ids);
+    nq_loaded_close(&lm);
+    nq_cuda_close(gpu);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 6 && strcmp(argv[1], "--bench-backbone") == 0)
+        return bench_backbone(argv);
     if (argc != 3) {
-        fprintf(stderr, "usage: gpu_test SOURCE_DIR TMP_DIR\n");
+        fprintf(stderr, "usage: gpu_test SOURCE_DIR TMP_DIR\n"
+                        "       gpu_test --bench-backbone MODEL IDS CTX WINDOWS\n");
         return 2;
     }
     src_dir = argv[1];
