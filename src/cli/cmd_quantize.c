@@ -12,7 +12,10 @@
 #include "core/parallel.h"
 #include "cuda/cuda.h"
 #include "export/quantize.h"
+#include "io/outdir.h"
+#include "io/outpath.h"
 #include "io/safetensors.h"
+#include "io/writer.h"
 #include "recipe/plan.h"
 #include "core/file.h"
 #include "eval/loaded.h"
@@ -53,7 +56,8 @@ static const char *usage =
     "  --device auto|cpu|cuda[:N]  where calibration (and --eval) forward passes run\n"
     "                         (default cpu; auto: a CUDA GPU when there is one)\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
-    "  --force                replace a non-empty OUT\n"
+    "  --force                replace a non-empty OUT (atomically)\n"
+    "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
 /* Perplexity and KL of the written checkpoint against its input. */
@@ -92,7 +96,7 @@ int nq_cmd_quantize(int argc, char **argv)
                                .kv_cache_fp8 = true};
     const char *report_path = NULL, *eval_path = NULL, *device = "cpu";
     int eval_windows = 64;
-    bool dry_run = false, bad = false;
+    bool dry_run = false, bad = false, clean_stale = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -218,6 +222,8 @@ int nq_cmd_quantize(int argc, char **argv)
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
             opt.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (strcmp(a, "--dry-run") == 0) {
             dry_run = true;
         } else if (a[0] == '-') {
@@ -294,6 +300,21 @@ int nq_cmd_quantize(int argc, char **argv)
         goto finish;
     }
 
+    /* Every path is checked before any work: a typo must not cost a long
+     * run, and nothing may be written inside the input. */
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
+    nq_writer_options out_check = {.out_dir = out, .input_dir = in, .force = opt.force};
+    if (nq_writer_check(&out_check, &err) != 0 ||
+        (report_path && nq_report_check(report_path, in, out, &err) != 0) ||
+        (opt.calib_path && nq_inpath_check_file(opt.calib_path, "--calib", &err) != 0) ||
+        (eval_path && (nq_inpath_check_file(eval_path, "--eval", &err) != 0 ||
+                       nq_inpath_check_file(tok_path, "--eval needs", &err) != 0))) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        free(all);
+        goto finish;
+    }
     char device_desc[384];
     if (nq_device_open(device, &opt.cuda, device_desc, sizeof device_desc, &err) != 0) {
         nq_cli_error("%s", err.msg);
@@ -303,6 +324,8 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (opt.cuda || strcmp(device, "cpu") != 0)
         printf("device: %s\n", device_desc);
+    nq_outdir_stale(out, clean_stale, stderr);
+
     json_t *report_modules = report_path ? json_array() : NULL;
     opt.report_modules = report_modules;
     nq_quantize_summary sum;
@@ -388,7 +411,8 @@ int nq_cmd_quantize(int argc, char **argv)
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
             json_object_set(doc, "eval", eval_doc);
-        if (!doc || nq_report_write(report_path, doc, &err) != 0) {
+        if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
+            nq_report_write(report_path, doc, &err) != 0) {
             nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
             rc = 1;
         }
