@@ -253,9 +253,10 @@ static int kv_output(void *ctx, const nq_kv_output *kv, nq_error *err)
 
 nq_forward_hooks nq_deploy_hooks(nq_deploy *d)
 {
-    /* Only the hooks that have something to do: on the GPU path every hook
-     * costs a copy of the activations back to the host. */
-    nq_forward_hooks h = {.ctx = d};
+    /* Only the hooks that have something to do (on the GPU path every hook
+     * costs a copy of the activations back to the host); both only read d
+     * and write their own buffers. */
+    nq_forward_hooks h = {.ctx = d, .concurrent = true};
     if (d->n_acts > 0)
         h.rewrite_input = rewrite_input;
     for (int l = 0; l < d->n_layers; l++)
