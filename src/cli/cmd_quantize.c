@@ -65,7 +65,9 @@ static const char *usage =
     "  --auto-formats LIST    candidates, comma-separated from nvfp4,fp8,bf16 (default all)\n"
     "  --auto-cost weight|active-moe  bits per stored weight, or per weight a token reads\n"
     "                         (routed experts count top_k / n_experts)\n"
-    "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n";
+    "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n"
+    "  --auto-scores FILE     reuse the scores in an earlier run's --report JSON instead of\n"
+    "                         measuring (same model, groups and formats)\n";
 
 /* Perplexity and KL of the written checkpoint against its input. */
 static int run_eval(const char *out, const char *in, const char *text_path, int windows,
@@ -257,6 +259,8 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
+            opt.auto_scores_path = v;
         } else if (strcmp(a, "--weights-only") == 0) {
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
@@ -293,15 +297,21 @@ int nq_cmd_quantize(int argc, char **argv)
                          "(use --include/--exclude to pin modules)");
             goto finish;
         }
+        if (!opt.calib_path) {
+            nq_cli_error("quantize: --auto-quantize needs --calib FILE (sensitivities are "
+                         "measured on the model's output over calibration text)");
+            goto finish;
+        }
         if (!auto_formats_given)
             opt.auto_formats[NQ_FORMAT_KEEP] = opt.auto_formats[NQ_FORMAT_NVFP4] =
                 opt.auto_formats[NQ_FORMAT_FP8] = true;
         /* the base plan: every Linear but embeddings, lm_head, routers and
          * conv1d quantizable; the search then sets their formats */
         preset = "nvfp4-aggressive";
-    } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows) {
-        nq_cli_error("quantize: --auto-formats, --auto-cost and --auto-score-samples need "
-                     "--auto-quantize BITS");
+    } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows ||
+               opt.auto_scores_path) {
+        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score-samples and "
+                     "--auto-scores need --auto-quantize BITS");
         goto finish;
     }
     if (!in || (!out && !dry_run) || !preset) {

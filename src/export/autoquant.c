@@ -27,6 +27,59 @@ static double preset_bits(const nq_autoq *aq, const nq_model_config *cfg,
     return b;
 }
 
+/* The scores of an earlier run's report (PATH.json, or its "auto_quantize"
+ * object): every searched group must be there with a score for every
+ * allowed format. */
+static int load_scores(const char *path, nq_autoq *aq, nq_error *err)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root)
+        return nq_fail(err, "--auto-scores %s: %s (line %d)", path, je.text, je.line);
+    json_t *obj = json_object_get(root, "auto_quantize") ? json_object_get(root, "auto_quantize")
+                                                          : root;
+    json_t *groups = json_object_get(obj, "groups");
+    int rc = 0;
+    if (!json_is_array(groups)) {
+        rc = nq_fail(err, "--auto-scores %s: no \"groups\" array (expected the JSON report of "
+                          "an --auto-quantize run)",
+                     path);
+        goto done;
+    }
+    for (size_t j = 0; j < aq->count && rc == 0; j++) {
+        nq_autoq_group *g = &aq->groups[j];
+        if (g->pinned)
+            continue;
+        json_t *found = NULL, *e;
+        size_t i;
+        json_array_foreach(groups, i, e)
+        {
+            const char *name = json_string_value(json_object_get(e, "group"));
+            if (name && strcmp(name, g->name) == 0)
+                found = e;
+        }
+        if (!found) {
+            rc = nq_fail(err, "--auto-scores %s: no scores for group %s", path, g->name);
+            break;
+        }
+        static const char *keys[NQ_AUTOQ_NFORMATS] = {NULL, "kl_nvfp4", "kl_fp8"};
+        for (int f = NQ_FORMAT_NVFP4; f <= NQ_FORMAT_FP8; f++) {
+            if (!g->allowed[f])
+                continue;
+            json_t *v = json_object_get(found, keys[f]);
+            if (!json_is_number(v) || !(json_number_value(v) >= 0)) {
+                rc = nq_fail(err, "--auto-scores %s: group %s has no %s score", path, g->name,
+                             keys[f]);
+                break;
+            }
+            g->score[f] = json_number_value(v);
+        }
+    }
+done:
+    json_decref(root);
+    return rc;
+}
+
 int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck,
                          const nq_model_config *cfg, nq_plan *plan, nq_error *err)
 {
@@ -56,9 +109,13 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                                                       : 16,
                                  .mse_scales = opt->mse_scales, .threads = opt->threads,
                                  .log = opt->log};
-    nq_sensitivity_cost cost;
-    if (nq_sensitivity_measure(ck, cfg, plan, &aq, &so, &cost, err) != 0)
+    nq_sensitivity_cost cost = {0};
+    if (opt->auto_scores_path) {
+        if (load_scores(opt->auto_scores_path, &aq, err) != 0)
+            goto done;
+    } else if (nq_sensitivity_measure(ck, cfg, plan, &aq, &so, &cost, err) != 0) {
         goto done;
+    }
     if (nq_autoq_solve(&aq, opt->auto_bits, err) != 0)
         goto done;
     double eff = nq_autoq_effective_bits(&aq, NULL);
@@ -92,10 +149,13 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
            "groups (for reference on the same scale: nvfp4-conservative %.4f, nvfp4-aggressive "
            "%.4f, fp8-aggressive %.4f); sum of chosen scores %.6f\n",
            opt->auto_bits, eff, searched, b_cons, b_nv, b_fp8, predicted);
-    printf("auto-quantize: sensitivity cost %llu layer evaluations of %d tokens, %.1f s "
-           "(float pass %.1f s)%s\n",
-           (unsigned long long)cost.layer_evals, T, cost.seconds, cost.float_pass_seconds,
-           opt->gptq ? "; note: scores use round-to-nearest weights, not GPTQ" : "");
+    if (opt->auto_scores_path)
+        printf("auto-quantize: scores read from %s\n", opt->auto_scores_path);
+    else
+        printf("auto-quantize: sensitivity cost %llu layer evaluations of %d tokens, %.1f s "
+               "(float pass %.1f s)%s\n",
+               (unsigned long long)cost.layer_evals, T, cost.seconds, cost.float_pass_seconds,
+               opt->gptq ? "; note: scores use round-to-nearest weights, not GPTQ" : "");
     if (opt->auto_report) {
         json_t *groups = json_array();
         for (size_t j = 0; j < aq.count; j++) {
@@ -103,11 +163,15 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
             json_t *members = json_array();
             for (size_t k = 0; k < g->nmembers; k++)
                 json_array_append_new(members, json_string(plan->modules[g->members[k]].name));
+            bool sn = !g->pinned && g->allowed[NQ_FORMAT_NVFP4];
+            bool sf = !g->pinned && g->allowed[NQ_FORMAT_FP8];
             json_array_append_new(
-                groups, json_pack("{s:s, s:i, s:I, s:b, s:f, s:f, s:s, s:f, s:o}", "group",
+                groups, json_pack("{s:s, s:i, s:I, s:b, s:o, s:o, s:s, s:f, s:o}", "group",
                                   g->name, "layer", g->layer, "params", (json_int_t)g->params,
-                                  "pinned", g->pinned, "kl_nvfp4", g->score[NQ_FORMAT_NVFP4],
-                                  "kl_fp8", g->score[NQ_FORMAT_FP8], "choice",
+                                  "pinned", g->pinned, "kl_nvfp4",
+                                  sn ? json_real(g->score[NQ_FORMAT_NVFP4]) : json_null(),
+                                  "kl_fp8", sf ? json_real(g->score[NQ_FORMAT_FP8]) : json_null(),
+                                  "choice",
                                   nq_format_name(g->choice), "bits_per_param",
                                   (double)g->cost[g->choice] /
                                       ((double)g->params * (double)g->weight),
@@ -123,6 +187,9 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
         json_object_set_new(opt->auto_report, "layer_evaluations",
                             json_integer((json_int_t)cost.layer_evals));
         json_object_set_new(opt->auto_report, "seconds", json_real(cost.seconds));
+        json_object_set_new(opt->auto_report, "scores_from",
+                            opt->auto_scores_path ? json_string(opt->auto_scores_path)
+                                                  : json_string("measured"));
         json_object_set_new(opt->auto_report, "preset_bits",
                             json_pack("{s:f, s:f, s:f}", "nvfp4-conservative", b_cons,
                                       "nvfp4-aggressive", b_nv, "fp8-aggressive", b_fp8));

@@ -43,6 +43,7 @@ typedef struct nq_quantize_options {
     bool auto_active_moe;           /* --auto-cost active-moe */
     int auto_score_windows;         /* scoring windows (<= 0: 16) */
     struct json_t *auto_report;     /* optional object: groups, scores, choice, cost */
+    const char *auto_scores_path;   /* reuse the scores of an earlier --report (no measuring) */
     /* Print the plan (with AutoQuantize: its scores) to stdout and stop. */
     bool dry_run;
 } nq_quantize_options;

@@ -324,7 +324,7 @@ int nq_autoq_solve(nq_autoq *aq, double bits, nq_error *err)
         i++;
     }
     /* the budget in the same integer units: floor(bits x weighted params) */
-    int64_t budget = (int64_t)(bits * params);
+    int64_t budget = (int64_t)(bits * params * (1.0 + 1e-12));
     int64_t min_budget = 0;
     int r = nq_mckp_solve(n, NQ_AUTOQ_NFORMATS, cost, value, budget, choice, &min_budget, err);
     if (r < 0)
