@@ -145,10 +145,11 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
     double b_cons = preset_bits(&aq, cfg, ck, "nvfp4-conservative");
     double b_nv = preset_bits(&aq, cfg, ck, "nvfp4-aggressive");
     double b_fp8 = preset_bits(&aq, cfg, ck, "fp8-aggressive");
+    double b_fp8c = preset_bits(&aq, cfg, ck, "fp8-conservative");
     printf("auto-quantize: budget %.4f, chosen %.4f effective bits/param over the %zu searched "
            "groups (for reference on the same scale: nvfp4-conservative %.4f, nvfp4-aggressive "
-           "%.4f, fp8-aggressive %.4f); sum of chosen scores %.6f\n",
-           opt->auto_bits, eff, searched, b_cons, b_nv, b_fp8, predicted);
+           "%.4f, fp8-conservative %.4f, fp8-aggressive %.4f); sum of chosen scores %.6f\n",
+           opt->auto_bits, eff, searched, b_cons, b_nv, b_fp8c, b_fp8, predicted);
     if (opt->auto_scores_path)
         printf("auto-quantize: scores read from %s\n", opt->auto_scores_path);
     else
@@ -191,8 +192,9 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                             opt->auto_scores_path ? json_string(opt->auto_scores_path)
                                                   : json_string("measured"));
         json_object_set_new(opt->auto_report, "preset_bits",
-                            json_pack("{s:f, s:f, s:f}", "nvfp4-conservative", b_cons,
-                                      "nvfp4-aggressive", b_nv, "fp8-aggressive", b_fp8));
+                            json_pack("{s:f, s:f, s:f, s:f}", "nvfp4-conservative", b_cons,
+                                      "nvfp4-aggressive", b_nv, "fp8-conservative", b_fp8c,
+                                      "fp8-aggressive", b_fp8));
         json_object_set_new(opt->auto_report, "groups", groups);
     }
     nq_autoq_apply(&aq, plan);
