@@ -154,7 +154,7 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
     size_t plane = (size_t)T * H;
     nq_plan stats_plan = *plan;
     nq_calib_stats stats = {.plan = &stats_plan};
-    nq_model *model = NULL;
+    nq_model *model = NULL, *qmodel = NULL;
     float *x = NULL, *cache = NULL, *ref = NULL, *work = NULL, *logits = NULL, *scratch = NULL;
     float *amax = NULL;
     int *windows = NULL;
@@ -184,9 +184,18 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
             stats_plan.modules[aq->groups[j].members[k]].format = NQ_FORMAT_NVFP4;
     for (int w = 0; w < W; w++)
         windows[w] = (int)((int64_t)w * S / W);
-    if (!(model = nq_model_open(ck, cfg, err)))
+    if (!(model = nq_model_open(ck, cfg, err)) || !(qmodel = nq_model_open(ck, cfg, err)))
         goto done;
     nq_model_set_threads(model, opt->threads);
+    nq_model_set_threads(qmodel, opt->threads);
+    {
+        /* the float layers after a group run again for every group: keep
+         * their weights when the whole model fits in 2 GB of f32 */
+        uint64_t params = 0;
+        for (size_t i = 0; i < nq_checkpoint_count(ck); i++)
+            params += nq_checkpoint_tensor(ck, i)->numel;
+        nq_model_set_keep_weights(model, params * 4 <= (2ull << 30));
+    }
 
     /* 1. the float pass */
     for (int s = 0; s < S; s++)
@@ -275,15 +284,15 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
             }
             int l0 = g->layer;
             memcpy(work, cache + (size_t)l0 * W * plane, (size_t)W * plane * sizeof *work);
-            nq_model_set_weights(model, (nq_weight_provider){.fetch = group_fetch, .ctx = &gc});
+            /* the group's layer on its own model (new weights each time);
+             * the float model keeps its cached layers */
+            nq_model_set_weights(qmodel, (nq_weight_provider){.fetch = group_fetch, .ctx = &gc});
             nq_forward_hooks hooks = {.rewrite_input = group_rewrite, .ctx = &gc};
-            nq_model_set_hooks(model, &hooks);
+            nq_model_set_hooks(qmodel, &hooks);
             for (int w = 0; w < W; w++)
-                if (nq_model_block(model, l0, work + (size_t)w * plane, T, NULL, err) != 0)
+                if (nq_model_block(qmodel, l0, work + (size_t)w * plane, T, NULL, err) != 0)
                     goto done;
-            nq_model_set_hooks(model, NULL);
-            nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
-                                                             .ctx = (void *)ck});
+            nq_model_set_hooks(qmodel, NULL);
             for (int l = l0 + 1; l < L; l++)
                 for (int w = 0; w < W; w++)
                     if (nq_model_block(model, l, work + (size_t)w * plane, T, NULL, err) != 0)
@@ -311,6 +320,9 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
 done:
     if (model)
         nq_model_set_hooks(model, NULL);
+    if (qmodel)
+        nq_model_set_hooks(qmodel, NULL);
+    nq_model_close(qmodel);
     for (size_t k = 0; gc.m && k < gc.n; k++)
         free(gc.m[k].w);
     free(gc.m);
