@@ -49,6 +49,14 @@ typedef struct nq_quantize_options {
     const char *auto_scores_path;   /* reuse the scores of an earlier --report (no measuring) */
     /* Print the plan (with AutoQuantize: its scores) to stdout and stop. */
     bool dry_run;
+    /* PEFT LoRA adapters merged into the weights as they stream by, in
+     * order (export/lora.h); calibration and GPTQ see the merged weights.
+     * nq_quantize fills merged_adapters itself (config.json records it). */
+    const struct nq_lora_spec *lora;
+    size_t nlora;
+    /* Optional: receives one object per merged adapter, with notes. Borrowed. */
+    struct json_t *lora_report;
+    const struct json_t *merged_adapters;   /* internal: set by nq_quantize / nq_merge */
 } nq_quantize_options;
 
 typedef struct nq_quantize_summary {
@@ -71,6 +79,12 @@ typedef struct nq_quantize_summary {
 } nq_quantize_summary;
 
 int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);
+
+/* `nemoq merge`: the input with opt->lora merged, every tensor in its source
+ * dtype, through the same atomic writer (config.json records the adapters).
+ * Uses in_dir, out_dir, lora, nlora, lora_report, threads, max_shard_bytes,
+ * force, log. */
+int nq_merge(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);
 
 /* Files of the input directory copied verbatim to the output: everything
  * at the top level except weights, the index, config.json (rewritten) and
