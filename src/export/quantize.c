@@ -83,17 +83,23 @@ int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err)
     return nq_fail(err, "internal: module %s has no quantized format", n);
 }
 
-/* Streams a stored tensor's bytes straight from the mapping. */
+/* Streams a stored tensor's bytes straight from the mapping, each chunk
+ * checked for NaN/Inf just before it is written. */
 int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
 {
-    const uint64_t chunk = 64u << 20;
+    size_t es = nq_dtype_size(t->dtype);
+    const uint64_t step = (64u << 20) / (es ? es : 1);
     void *owned;
     const unsigned char *data = nq_tensor_bytes(t, &owned, err);
     if (!data)
         return -1;
-    for (uint64_t off = 0; off < t->nbytes; off += chunk) {
-        uint64_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
-        if (nq_writer_write(w, data + off, (size_t)n, err) != 0) {
+    nq_tensor view = *t; /* the bytes written (LoRA-merged ones included) */
+    view.data = data;
+    view.source = NULL;
+    for (uint64_t first = 0; first < t->numel; first += step) {
+        uint64_t n = t->numel - first < step ? t->numel - first : step;
+        if (nq_tensor_check_finite(&view, first, n, err) != 0 ||
+            nq_writer_write(w, data + first * es, (size_t)(n * es), err) != 0) {
             free(owned);
             return -1;
         }
@@ -103,13 +109,24 @@ int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
     return 0;
 }
 
-/* Queues a tensor's bytes unchanged (or as a LoRA merge produced them). */
+/* Queues a tensor's bytes unchanged (or as a LoRA merge produced them),
+ * checked for NaN/Inf: stored bytes by the writer thread as it writes them,
+ * merged ones (already in memory) here. */
 int nq_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err)
 {
+    if (!t->source)
+        return nq_write_queue_push_tensor(q, t, err);
     void *owned;
     const unsigned char *data = nq_tensor_bytes(t, &owned, err);
     if (!data)
         return -1;
+    nq_tensor view = *t;
+    view.data = data;
+    view.source = NULL;
+    if (nq_tensor_check_finite(&view, 0, t->numel, err) != 0) {
+        free(owned);
+        return -1;
+    }
     nq_write_piece whole = {data, (size_t)t->nbytes, owned != NULL};
     return nq_write_queue_push(q, &whole, 1, owned ? NULL : t, err);
 }
@@ -184,11 +201,7 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
         for (int k = 0; k < n; k++)
             free((void *)pieces[k].data);
         /* the encoders name the problem; make sure the tensor is named too */
-        if (!strstr(err->msg, t->name)) {
-            char inner[sizeof err->msg];
-            snprintf(inner, sizeof inner, "%s", err->msg);
-            snprintf(err->msg, sizeof err->msg, "tensor '%.300s': %.700s", t->name, inner);
-        }
+        nq_error_name(err, "tensor", t->name);
         return -1;
     }
     if (nq_write_queue_push(q, pieces, n, NULL, err) != 0)
@@ -357,6 +370,8 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         reject_quantized_input(ck, opt->in_dir, err) != 0 ||
         nq_plan_build(&cfg, ck, &opt->recipe, &plan, err) != 0)
         goto done;
+    if (nq_plan_refuse_empty(&plan, opt->in_dir, err) != 0)
+        goto done;
     bool needs_act = nq_plan_count(&plan, NQ_FORMAT_NVFP4) + nq_plan_count(&plan, NQ_FORMAT_FP8) > 0;
     if (opt->calib_path && opt->weights_only) {
         nq_fail(err, "--weights-only and --calib exclude each other: calibration exists to write "
@@ -426,13 +441,19 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         if (nq_interrupt_check(err) != 0)
             goto done;
         int r;
-        if (m && m->format != NQ_FORMAT_KEEP) {
+        if (m && m->format != NQ_FORMAT_KEEP)
             r = write_quantized(q, t, m, opt, sum, err);
-        } else {
+        else
             r = nq_push_tensor(q, t, err);
-        }
-        if (r != 0)
+        if (r != 0) {
+            /* The writer thread may already have failed on an earlier tensor
+             * (a NaN in a copied one): that is the first cause to name. */
+            nq_error earlier = {0};
+            if (nq_write_queue_finish(q, &earlier) != 0 && earlier.msg[0])
+                *err = earlier;
+            q = NULL;
             goto done;
+        }
     }
     int qrc = nq_write_queue_finish(q, err);
     q = NULL;
