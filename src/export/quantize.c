@@ -389,6 +389,13 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                 plan.recipe);
         goto done;
     }
+    if (opt->auto_bits > 0 && nq_autoquantize_plan(opt, ck, &cfg, &plan, err) != 0)
+        goto done;
+    if (opt->dry_run) {
+        nq_plan_print(stdout, &plan);
+        rc = 0;
+        goto done;
+    }
     for (int f = 0; f < 4; f++)
         sum->modules[f] = nq_plan_count(&plan, (nq_format)f);
     if (opt->calib_path) {

@@ -26,6 +26,11 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
                             const nq_model_config *cfg, const nq_plan *plan, bool kv_fp8,
                             nq_error *err);
 
+/* AutoQuantize (autoquant.c): measures, searches and rewrites plan's
+ * formats of the searchable modules; prints the table to stdout. */
+int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck,
+                         const nq_model_config *cfg, nq_plan *plan, nq_error *err);
+
 /* The calibrated path (calibrated.c). */
 int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
                            const nq_model_config *cfg, const nq_plan *plan,
