@@ -763,7 +763,9 @@ int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_err
 
 bool nq_model_concurrent_sequences(const nq_model *m)
 {
-    return m->threads > 1 && (!m->has_hooks || m->hooks.concurrent);
+    /* Never with a GPU: its calls share one device context and scratch (and
+     * the GPU runs the sequences of a call together anyway). */
+    return m->threads > 1 && !m->cuda && (!m->has_hooks || m->hooks.concurrent);
 }
 
 typedef struct {
