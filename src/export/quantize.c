@@ -202,11 +202,9 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
         nq_export_info info = {.weights_only = opt->weights_only, .kv_cache_fp8 = kv_fp8};
         json_t *hf = nq_modelopt_quant_config(plan, &info);
         rc = write_json(w, "hf_quant_config.json", hf, err);
-        /* The same dict in config.json with quant_method, as vLLM's
-         * "traditional" branch reads it (export-spec 1.3). */
-        qc = json_pack("{s:s, s:O, s:O}", "quant_method", "modelopt", "producer",
-                       json_object_get(hf, "producer"), "quantization",
-                       json_object_get(hf, "quantization"));
+        /* config.json gets ModelOpt 0.47's flat form of the same content
+         * (export-spec 1.2); vLLM reads it before hf_quant_config.json. */
+        qc = nq_modelopt_config_json_form(hf);
         json_decref(hf);
     }
     if (rc == 0) {
