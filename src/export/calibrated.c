@@ -14,6 +14,8 @@
  * layer's input and its output); per quantized Linear of the current layer
  * NQ_CALIB_SAMPLE_ROWS input rows, and with GPTQ its Hessian (in^2 x 8
  * bytes). */
+#include "export/calibrated.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -25,7 +27,7 @@
 #include "calib/calib.h"
 #include "core/interrupt.h"
 #include "export/encode.h"
-#include "export/quantize_internal.h"
+#include "export/output.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/int4.h"
