@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/int4.h"

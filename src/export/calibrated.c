@@ -26,7 +26,7 @@
 #include "algo/gptq.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "export/output.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"

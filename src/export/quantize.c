@@ -6,7 +6,7 @@
 
 #include "core/interrupt.h"
 #include "export/calibrated.h"
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "export/output.h"
 #include "io/safetensors.h"
 #include "io/prefetch.h"
