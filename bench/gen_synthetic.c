@@ -121,7 +121,16 @@ int main(int argc, char **argv)
     if (!c.tie_word_embeddings)
         add("lm_head.weight", NQ_BF16, 0.02f, 2, c.vocab_size, H, 0);
 
-    nq_writer_options opt = {.out_dir = argv[2], .max_shard_bytes = shard, .force = true};
+    /* the config's directory may be a real checkpoint: never replace it */
+    char cfg_dir[4096];
+    snprintf(cfg_dir, sizeof cfg_dir, "%s", argv[1]);
+    char *slash = strrchr(cfg_dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(cfg_dir, sizeof cfg_dir, ".");
+    nq_writer_options opt = {.out_dir = argv[2], .input_dir = cfg_dir[0] ? cfg_dir : "/",
+                             .max_shard_bytes = shard, .force = true};
     nq_writer *w = nq_writer_create(&opt, &err);
     if (!w) {
         fprintf(stderr, "%s\n", err.msg);

@@ -30,8 +30,10 @@ static void write_file(const char *name, const void *data, size_t len)
 
 static void make_scratch(void)
 {
-    snprintf(scratch, sizeof scratch, "/tmp/nemoq-fuzz-index-%d", (int)getpid());
-    mkdir(scratch, 0700);
+    /* mkdtemp, not a guessable name: never write through someone else's link */
+    snprintf(scratch, sizeof scratch, "/tmp/nemoq-fuzz-index-XXXXXX");
+    if (!mkdtemp(scratch))
+        abort();
     const char h1[] = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
     const char h2[] = "{\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}";
     unsigned char buf[256];

@@ -11,7 +11,10 @@
 #include "core/interrupt.h"
 #include "core/parallel.h"
 #include "export/quantize.h"
+#include "io/outdir.h"
+#include "io/outpath.h"
 #include "io/safetensors.h"
+#include "io/writer.h"
 #include "recipe/plan.h"
 #include "core/file.h"
 #include "eval/loaded.h"
@@ -50,7 +53,8 @@ static const char *usage =
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
-    "  --force                replace a non-empty OUT\n"
+    "  --force                replace a non-empty OUT (atomically)\n"
+    "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
 /* Perplexity and KL of the written checkpoint against its input. */
@@ -87,7 +91,7 @@ int nq_cmd_quantize(int argc, char **argv)
                                .kv_cache_fp8 = true};
     const char *report_path = NULL, *eval_path = NULL;
     int eval_windows = 64;
-    bool dry_run = false, bad = false;
+    bool dry_run = false, bad = false, clean_stale = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -211,6 +215,8 @@ int nq_cmd_quantize(int argc, char **argv)
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
             opt.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (strcmp(a, "--dry-run") == 0) {
             dry_run = true;
         } else if (a[0] == '-') {
@@ -286,6 +292,23 @@ int nq_cmd_quantize(int argc, char **argv)
         free(all);
         goto finish;
     }
+
+    /* Every path is checked before any work: a typo must not cost a long
+     * run, and nothing may be written inside the input. */
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
+    nq_writer_options out_check = {.out_dir = out, .input_dir = in, .force = opt.force};
+    if (nq_writer_check(&out_check, &err) != 0 ||
+        (report_path && nq_report_check(report_path, in, out, &err) != 0) ||
+        (opt.calib_path && nq_inpath_check_file(opt.calib_path, "--calib", &err) != 0) ||
+        (eval_path && (nq_inpath_check_file(eval_path, "--eval", &err) != 0 ||
+                       nq_inpath_check_file(tok_path, "--eval needs", &err) != 0))) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        free(all);
+        goto finish;
+    }
+    nq_outdir_stale(out, clean_stale, stderr);
 
     json_t *report_modules = report_path ? json_array() : NULL;
     opt.report_modules = report_modules;
@@ -372,7 +395,8 @@ int nq_cmd_quantize(int argc, char **argv)
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
             json_object_set(doc, "eval", eval_doc);
-        if (!doc || nq_report_write(report_path, doc, &err) != 0) {
+        if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
+            nq_report_write(report_path, doc, &err) != 0) {
             nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
             rc = 1;
         }

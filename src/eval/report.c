@@ -1,11 +1,14 @@
 #include "eval/report.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "io/outpath.h"
 
 static void html_text(FILE *f, const char *s)
 {
@@ -111,13 +114,28 @@ static int write_html(FILE *f, json_t *doc)
     return ferror(f) ? -1 : 0;
 }
 
+/* Written beside `path` under a name no other run uses (O_EXCL, never
+ * through a symlink, mode 0666 minus the umask), then renamed over it: the
+ * rename replaces the name `path`, never the file a link points to. */
 static int write_atomically(const char *path, json_t *doc, bool html, nq_error *err)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.nemoq-tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return nq_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
+    char tmp[4300];
+    int fd = -1;
+    for (int attempt = 0; fd < 0 && attempt < 1000; attempt++) {
+        snprintf(tmp, sizeof tmp, "%s.nemoq-tmp-%ld-%d", path, (long)getpid(), attempt);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
+        return nq_fail(err, "%s: cannot create: %s", tmp, strerror(e));
+    }
     int rc = html ? write_html(f, doc)
                   : json_dumpf(doc, f, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (rc == 0 && !html)
@@ -139,7 +157,8 @@ static int write_atomically(const char *path, json_t *doc, bool html, nq_error *
     return 0;
 }
 
-int nq_report_write(const char *path, json_t *doc, nq_error *err)
+/* PATH.json and PATH.html ("PATH.json" given: the same two). */
+static int report_paths(const char *path, char *jpath, char *hpath, size_t len, nq_error *err)
 {
     char base[4096];
     size_t n = strlen(path);
@@ -148,10 +167,27 @@ int nq_report_write(const char *path, json_t *doc, nq_error *err)
     snprintf(base, sizeof base, "%s", path);
     if (n > 5 && strcmp(base + n - 5, ".json") == 0)
         base[n - 5] = '\0';
+    snprintf(jpath, len, "%s.json", base);
+    snprintf(hpath, len, "%s.html", base);
+    return 0;
+}
+
+int nq_report_check(const char *path, const char *input_dir, const char *output_dir,
+                    nq_error *err)
+{
     char jpath[4200], hpath[4200];
-    snprintf(jpath, sizeof jpath, "%s.json", base);
-    snprintf(hpath, sizeof hpath, "%s.html", base);
-    if (write_atomically(jpath, doc, false, err) != 0 ||
+    if (report_paths(path, jpath, hpath, sizeof jpath, err) != 0 ||
+        nq_outpath_check_file(jpath, input_dir, output_dir, "--report", err) != 0 ||
+        nq_outpath_check_file(hpath, input_dir, output_dir, "--report", err) != 0)
+        return -1;
+    return 0;
+}
+
+int nq_report_write(const char *path, json_t *doc, nq_error *err)
+{
+    char jpath[4200], hpath[4200];
+    if (report_paths(path, jpath, hpath, sizeof jpath, err) != 0 ||
+        write_atomically(jpath, doc, false, err) != 0 ||
         write_atomically(hpath, doc, true, err) != 0)
         return -1;
     return 0;

@@ -1,16 +1,15 @@
 #include "io/writer.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/outdir.h"
 #include "io/safetensors.h"
 
 typedef struct declared {
@@ -24,10 +23,11 @@ typedef struct declared {
 } declared;
 
 struct nq_writer {
-    char *out_dir;    /* final path */
-    char *tmp_dir;    /* where everything is written */
+    nq_outdir od;
+    const char *out_dir;    /* final path (od's) */
+    const char *tmp_dir;    /* where everything is written (od's) */
     uint64_t max_shard_bytes;
-    bool force, begun, committed;
+    bool begun, committed;
     declared *tensors;
     size_t ntensors, cap;
     int nshards;
@@ -72,133 +72,26 @@ static char *str_printf(const char *fmt, const char *a, const char *b)
     return s;
 }
 
-static int remove_tree(const char *path)
+int nq_writer_check(const nq_writer_options *opt, nq_error *err)
 {
-    DIR *d = opendir(path);
-    if (!d)
-        return errno == ENOENT ? 0 : -1;
-    struct dirent *e;
-    int rc = 0;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char *child = str_printf("%s/%s", path, e->d_name);
-        if (!child) {
-            rc = -1;
-            continue;
-        }
-        struct stat st;
-        if (lstat(child, &st) == 0 && S_ISDIR(st.st_mode))
-            rc |= remove_tree(child);
-        else if (unlink(child) != 0)
-            rc = -1;
-        free(child);
-    }
-    closedir(d);
-    return rmdir(path) == 0 ? rc : -1;
-}
-
-static int dir_is_empty(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    struct dirent *e;
-    int empty = 1;
-    while ((e = readdir(d)) != NULL)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            empty = 0;
-    closedir(d);
-    return empty;
-}
-
-/* Canonical absolute path of `path`, which may not exist yet (its parent must). */
-static char *resolve_maybe_missing(const char *path)
-{
-    char buf[PATH_MAX];
-    if (realpath(path, buf))
-        return strdup(buf);
-    char *copy = strdup(path);
-    if (!copy)
-        return NULL;
-    size_t n = strlen(copy);
-    while (n > 1 && copy[n - 1] == '/')
-        copy[--n] = '\0';
-    char *slash = strrchr(copy, '/');
-    const char *base = slash ? slash + 1 : copy;
-    const char *parent = slash ? (slash == copy ? "/" : copy) : ".";
-    if (slash)
-        *slash = '\0';
-    char *out = NULL;
-    if (realpath(parent, buf))
-        out = str_printf("%s/%s", strcmp(buf, "/") == 0 ? "" : buf, base);
-    free(copy);
-    return out;
-}
-
-static int path_is_within(const char *inner, const char *outer)
-{
-    size_t n = strlen(outer);
-    return strncmp(inner, outer, n) == 0 && (inner[n] == '\0' || inner[n] == '/');
+    return nq_outdir_check(opt->out_dir, opt->input_dir, opt->force, err);
 }
 
 nq_writer *nq_writer_create(const nq_writer_options *opt, nq_error *err)
 {
-    if (!opt->out_dir || !*opt->out_dir) {
-        nq_fail(err, "no output directory given");
-        return NULL;
-    }
-    char *out_abs = resolve_maybe_missing(opt->out_dir);
-    if (!out_abs) {
-        nq_fail(err, "%s: parent directory does not exist", opt->out_dir);
-        return NULL;
-    }
-    if (opt->input_dir) {
-        char in_abs[PATH_MAX];
-        if (realpath(opt->input_dir, in_abs) &&
-            (path_is_within(out_abs, in_abs) || path_is_within(in_abs, out_abs))) {
-            nq_fail(err, "%s: output would %s the input directory %s; choose another output",
-                    opt->out_dir, path_is_within(out_abs, in_abs) ? "be inside" : "contain",
-                    opt->input_dir);
-            free(out_abs);
-            return NULL;
-        }
-    }
-    struct stat st;
-    if (stat(out_abs, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) {
-            nq_fail(err, "%s: exists and is not a directory", opt->out_dir);
-            free(out_abs);
-            return NULL;
-        }
-        if (!dir_is_empty(out_abs) && !opt->force) {
-            nq_fail(err, "%s: directory is not empty (use --force to replace it)", opt->out_dir);
-            free(out_abs);
-            return NULL;
-        }
-    }
     nq_writer *w = calloc(1, sizeof *w);
     if (!w) {
-        free(out_abs);
         nq_fail(err, "out of memory");
         return NULL;
     }
-    w->out_dir = out_abs;
     w->fd = -1;
-    w->force = opt->force;
     w->max_shard_bytes = opt->max_shard_bytes ? opt->max_shard_bytes : NQ_DEFAULT_MAX_SHARD_BYTES;
-    char *slash = strrchr(out_abs, '/');
-    *slash = '\0';
-    w->tmp_dir = str_printf("%s/.%s.nemoq-tmp-XXXXXX", out_abs[0] ? out_abs : "/", slash + 1);
-    *slash = '/';
-    if (!w->tmp_dir || !mkdtemp(w->tmp_dir)) {
-        nq_fail(err, "%s: cannot create a temporary directory beside it: %s", opt->out_dir,
-                strerror(errno));
-        free(w->tmp_dir);
-        w->tmp_dir = NULL;
+    if (nq_outdir_open(&w->od, opt->out_dir, opt->input_dir, opt->force, err) != 0) {
         nq_writer_free(w);
         return NULL;
     }
+    w->out_dir = w->od.out;
+    w->tmp_dir = w->od.tmp;
     return w;
 }
 
@@ -315,7 +208,7 @@ static int open_shard(nq_writer *w, int s, nq_error *err)
     if (!path) {
         rc = nq_fail(err, "out of memory");
     } else {
-        w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        w->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (w->fd < 0 || write_all(w->fd, buf, 8 + padded) != 0)
             rc = fail_io(w, err, "writing", name);
         w->shard_pos = 8 + padded;
@@ -417,7 +310,7 @@ int nq_writer_add_file(nq_writer *w, const char *name, const void *data, size_t 
     char *path = str_printf("%s/%s", w->tmp_dir, name);
     if (!path)
         return nq_fail(err, "out of memory");
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
     free(path);
     int rc = 0;
     if (fd < 0 || write_all(fd, data, len) != 0 || fsync(fd) != 0)
@@ -515,34 +408,8 @@ int nq_writer_commit(nq_writer *w, nq_error *err)
         fail_io(w, err, "flushing", "the temporary directory");
         goto fail;
     }
-    /* Move an existing output aside first: rename() cannot replace a
-     * non-empty directory, and deleting it before the new one is in place
-     * would lose it if we failed in between. */
-    char *aside = NULL;
-    struct stat st;
-    if (stat(w->out_dir, &st) == 0) {
-        aside = str_printf("%s%s", w->tmp_dir, ".old");
-        if (!aside || rename(w->out_dir, aside) != 0) {
-            fail_io(w, err, "moving aside the existing", "output");
-            free(aside);
-            goto fail;
-        }
-    }
-    if (rename(w->tmp_dir, w->out_dir) != 0) {
-        fail_io(w, err, "renaming into place", "the output");
-        if (aside)
-            rename(aside, w->out_dir);
-        free(aside);
+    if (nq_outdir_commit(&w->od, err) != 0)
         goto fail;
-    }
-    if (aside) {
-        remove_tree(aside);
-        free(aside);
-    }
-    char *slash = strrchr(w->out_dir, '/');
-    *slash = '\0';
-    fsync_dir(w->out_dir[0] ? w->out_dir : "/");
-    *slash = '/';
     w->committed = true;
     return 0;
 fail:
@@ -550,11 +417,7 @@ fail:
         close(w->fd);
         w->fd = -1;
     }
-    if (w->tmp_dir) {
-        remove_tree(w->tmp_dir);
-        free(w->tmp_dir);
-        w->tmp_dir = NULL;
-    }
+    nq_remove_tree(w->tmp_dir);
     return -1;
 }
 
@@ -564,13 +427,10 @@ void nq_writer_free(nq_writer *w)
         return;
     if (w->fd >= 0)
         close(w->fd);
-    if (!w->committed && w->tmp_dir)
-        remove_tree(w->tmp_dir);
+    nq_outdir_close(&w->od);
     for (size_t i = 0; i < w->ntensors; i++)
         free(w->tensors[i].name);
     free(w->tensors);
-    free(w->tmp_dir);
-    free(w->out_dir);
     free(w);
 }
 
