@@ -46,6 +46,8 @@ static const char *usage =
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
+    "  --ssm-cache-dtype float32|float16|bfloat16  record mamba_ssm_cache_dtype in config.json\n"
+    "                         (what vLLM uses when --mamba-ssm-cache-dtype is auto)\n"
     "  --report PATH          write PATH.json and PATH.html: per module format, why, errors\n"
     "  --eval FILE            after writing, perplexity and KL vs the input on FILE (emulated\n"
     "                         W4A4/W8A8/FP8 KV), into the summary and the report\n"
@@ -195,6 +197,13 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--propagate '%s': expected float or quantized", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--ssm-cache-dtype", &v, &bad)) {
+            if (!bad && strcmp(v, "float32") != 0 && strcmp(v, "float16") != 0 &&
+                strcmp(v, "bfloat16") != 0) {
+                nq_cli_error("--ssm-cache-dtype '%s': expected float32, float16 or bfloat16", v);
+                bad = true;
+            }
+            opt.ssm_cache_dtype = v;
         } else if (nq_arg_value(argc, argv, &i, "--kv-cache", &v, &bad)) {
             if (!bad && strcmp(v, "none") == 0)
                 opt.kv_cache_fp8 = false;

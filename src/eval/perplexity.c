@@ -22,9 +22,7 @@ int nq_run_layerwise(nq_model *m, const int32_t *ids, int samples, int len, floa
     return 0;
 }
 
-/* log-softmax of one row of logits into lp (double, for the sums of many
- * small terms that KL is). */
-static void log_softmax(const float *logits, int v, double *lp)
+void nq_log_softmax(const float *logits, int v, double *lp)
 {
     double mx = logits[0];
     for (int i = 1; i < v; i++)
@@ -37,7 +35,7 @@ static void log_softmax(const float *logits, int v, double *lp)
         lp[i] = (double)logits[i] - lse;
 }
 
-static int argmax(const float *x, int v)
+int nq_argmax(const float *x, int v)
 {
     int best = 0;
     for (int i = 1; i < v; i++)
@@ -98,17 +96,17 @@ int nq_eval_perplexity(nq_model *model, nq_model *base, const int32_t *ids, size
             goto done;
         for (int t = 0; t < ctx - 1; t++) {
             const float *row = logits + (size_t)t * V;
-            log_softmax(row, V, lp);
+            nq_log_softmax(row, V, lp);
             nll -= lp[wi[t + 1]];
             if (base) {
                 const float *brow = blogits + (size_t)t * V;
-                log_softmax(brow, V, blp);
+                nq_log_softmax(brow, V, blp);
                 bnll -= blp[wi[t + 1]];
                 double k = 0.0;
                 for (int i = 0; i < V; i++)
                     k += exp(blp[i]) * (blp[i] - lp[i]);
                 kl += k;
-                agree += argmax(row, V) == argmax(brow, V);
+                agree += nq_argmax(row, V) == nq_argmax(brow, V);
             }
             preds++;
         }

@@ -47,6 +47,12 @@ typedef struct nq_eval_result {
 int nq_eval_perplexity(nq_model *model, nq_model *base, const int32_t *ids, size_t n_ids,
                        const nq_eval_options *opt, nq_eval_result *res, nq_error *err);
 
+/* log-softmax of one row of v logits into lp (double, for the sums of many
+ * small terms that KL is). */
+void nq_log_softmax(const float *logits, int v, double *lp);
+/* Index of the first maximum of x[v]. */
+int nq_argmax(const float *x, int v);
+
 /* Runs every block of m over `samples` independent sequences of `len`
  * tokens each, layer by layer: x[samples * len * hidden] in = embeddings
  * (filled here from ids), out = the final residual stream (before norm_f). */

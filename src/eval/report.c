@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,90 @@ static void html_kv_table(FILE *f, const char *title, json_t *obj)
     fputs("</table>\n", f);
 }
 
+/* KL by position as an inline SVG line chart: kp = {"bucket": B,
+ * "prefill": P, "series": [{"label", "kl": [per bucket]}]}; bucket i covers
+ * positions [i*B, (i+1)*B), drawn at its middle. */
+static void html_kl_plot(FILE *f, json_t *kp)
+{
+    json_t *series = json_object_get(kp, "series");
+    int bucket = (int)json_integer_value(json_object_get(kp, "bucket"));
+    if (!json_is_array(series) || json_array_size(series) == 0 || bucket < 1)
+        return;
+    static const char *const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
+    const double W = 640, H = 320, L = 70, R = 20, T = 20, B = 45;
+    size_t nb = 0, i, j;
+    double ymax = 0.0, ymin = 0.0;
+    json_t *s, *v;
+    json_array_foreach(series, i, s)
+    {
+        json_t *kl = json_object_get(s, "kl");
+        nb = json_array_size(kl) > nb ? json_array_size(kl) : nb;
+        json_array_foreach(kl, j, v)
+        {
+            double y = json_real_value(v);
+            ymax = y > ymax ? y : ymax;
+            if (y > 0.0 && (ymin == 0.0 || y < ymin))
+                ymin = y;
+        }
+    }
+    if (nb == 0)
+        return;
+    if (ymax <= 0.0)
+        ymax = 1e-12;
+    /* KL of a rounded state spans decades: a log axis (whole decades, zeros
+     * on the bottom edge) when the positive values span more than 100x */
+    bool logy = ymin > 0.0 && ymax / ymin > 100.0;
+    double lo = logy ? floor(log10(ymin)) : 0.0, hi = logy ? ceil(log10(ymax)) : ymax;
+    if (logy && hi <= lo)
+        hi = lo + 1;
+    double xmax = (double)nb * bucket;
+    fprintf(f, "<h2>KL(base || model) by token position</h2>\n<p>Mean KL per prediction in "
+               "buckets of %d positions; prefill %d token(s), then one token per step%s.</p>\n",
+            bucket, (int)json_integer_value(json_object_get(kp, "prefill")),
+            logy ? "; logarithmic KL axis, zeros on the bottom edge" : "");
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "font-size=\"11\">\n<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
+               "fill=\"none\" stroke=\"#888\"/>\n",
+            W, H, L, T, W - L - R, H - T - B);
+    int yt = logy ? (int)(hi - lo) : 4;
+    for (int t = 0; t <= yt; t++) {
+        double y = T + (H - T - B) * (1.0 - (double)t / yt);
+        fprintf(f, "<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", L - 4,
+                y + 4, logy ? pow(10.0, lo + t) : ymax * t / 4.0);
+    }
+    for (int t = 0; t <= 4; t++) {
+        double x = L + (W - L - R) * t / 4.0;
+        fprintf(f, "<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.0f</text>\n", x,
+                H - B + 15, xmax * t / 4.0);
+    }
+    fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">token position</text>\n",
+            L + (W - L - R) / 2, H - 8);
+    fprintf(f, "<text x=\"14\" y=\"%.0f\" transform=\"rotate(-90 14 %.0f)\" "
+               "text-anchor=\"middle\">KL (nats)</text>\n",
+            T + (H - T - B) / 2, T + (H - T - B) / 2);
+    json_array_foreach(series, i, s)
+    {
+        const char *color = colors[i % 5];
+        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", color);
+        json_array_foreach(json_object_get(s, "kl"), j, v)
+        {
+            double x = L + (W - L - R) * ((j + 0.5) * bucket) / xmax;
+            double kv = json_real_value(v);
+            double frac = !logy ? kv / ymax
+                          : kv > 0.0 ? (log10(kv) - lo) / (hi - lo) : 0.0;
+            double y = T + (H - T - B) * (1.0 - (frac < 0.0 ? 0.0 : frac));
+            fprintf(f, "%.1f,%.1f ", x, y);
+        }
+        fputs("\"/>\n", f);
+        fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"12\" height=\"3\" fill=\"%s\"/>"
+                   "<text x=\"%.0f\" y=\"%.0f\">",
+                L + 10, T + 12 + 14.0 * i, color, L + 26, T + 16 + 14.0 * i);
+        html_value(f, json_object_get(s, "label"));
+        fputs("</text>\n", f);
+    }
+    fputs("</svg>\n", f);
+}
+
 static int write_html(FILE *f, json_t *doc)
 {
     fputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>nemoq quantization "
@@ -70,6 +155,7 @@ static int write_html(FILE *f, json_t *doc)
           f);
     html_kv_table(f, "Summary", json_object_get(doc, "summary"));
     html_kv_table(f, "Evaluation", json_object_get(doc, "eval"));
+    html_kl_plot(f, json_object_get(doc, "kl_by_position"));
     json_t *mods = json_object_get(doc, "modules");
     double worst = 0.0;
     size_t i;

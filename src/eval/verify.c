@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/decode.h"
+#include "export/dequant.h"
 #include "export/metadata.h"
 #include "io/safetensors.h"
 #include "model/config.h"

@@ -380,3 +380,156 @@ char *nq_config_with_quantization(const char *text, size_t len, const char *sour
     *out_len = n;
     return out;
 }
+
+char *nq_config_splice(const char *text, size_t len, const char *source_name, const json_t *keys,
+                       size_t *out_len, nq_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        nq_fail(err, "%s: not a JSON object", source_name);
+        return NULL;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)keys, k, v)
+    {
+        if (json_object_get(root, k)) {
+            json_decref(root);
+            nq_fail(err, "%s: already has a key '%s'", source_name, k);
+            return NULL;
+        }
+    }
+    json_decref(root);
+    size_t end = len;
+    while (end > 0 && text[end - 1] != '}')
+        end--;
+    if (end == 0) {
+        nq_fail(err, "%s: no closing brace", source_name);
+        return NULL;
+    }
+    end--;
+    size_t body_end = end;
+    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
+                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
+        body_end--;
+    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
+    char *added = json_dumps(keys, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!added) {
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t ilen = strlen(added) - 2; /* inside the outer braces */
+    const char *inner = added + 1;
+    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
+        ilen--;
+    char *out = malloc(len + ilen + 8);
+    if (!out) {
+        free(added);
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t n = body_end;
+    memcpy(out, text, body_end);
+    if (!empty_object && ilen > 0)
+        out[n++] = ',';
+    memcpy(out + n, inner, ilen);
+    n += ilen;
+    out[n++] = '\n';
+    memcpy(out + n, text + end, len - end);
+    n += len - end;
+    free(added);
+    *out_len = n;
+    return out;
+}
+
+char *nq_config_set_string(const char *text, size_t len, const char *source_name, const char *key,
+                           const char *value, size_t *out_len, nq_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, 0, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        nq_fail(err, "%s: not a JSON object", source_name);
+        return NULL;
+    }
+    json_t *old = json_object_get(root, key);
+    bool present = old != NULL, is_string = json_is_string(old);
+    json_decref(root);
+    if (!present) {
+        json_t *keys = json_pack("{s:s}", key, value);
+        char *out = keys ? nq_config_splice(text, len, source_name, keys, out_len, err) : NULL;
+        if (!keys)
+            nq_fail(err, "out of memory");
+        json_decref(keys);
+        return out;
+    }
+    if (!is_string) {
+        nq_fail(err, "%s: '%s' is not a string", source_name, key);
+        return NULL;
+    }
+    /* Replace the value's text in place: the one `"key"` followed by ':' and
+     * a string.  A second occurrence (a nested object using the same name)
+     * would make the spot ambiguous: refused. */
+    char quoted[128];
+    int ql = snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    if (ql < 0 || (size_t)ql >= sizeof quoted) {
+        nq_fail(err, "%s: key too long", source_name);
+        return NULL;
+    }
+    size_t vstart = 0, vend = 0;
+    int found = 0;
+    for (size_t i = 0; i + (size_t)ql <= len; i++) {
+        if (memcmp(text + i, quoted, (size_t)ql) != 0)
+            continue;
+        size_t j = i + (size_t)ql;
+        while (j < len && strchr(" \t\r\n", text[j]))
+            j++;
+        if (j >= len || text[j] != ':')
+            continue;
+        j++;
+        while (j < len && strchr(" \t\r\n", text[j]))
+            j++;
+        if (j >= len || text[j] != '"')
+            continue;
+        size_t k = j + 1;
+        while (k < len && text[k] != '"')
+            k += text[k] == '\\' ? 2 : 1;
+        if (k >= len)
+            continue;
+        found++;
+        vstart = j;
+        vend = k + 1;
+    }
+    if (found != 1) {
+        nq_fail(err, "%s: cannot locate the value of '%s' unambiguously", source_name, key);
+        return NULL;
+    }
+    json_t *vs = json_string(value);
+    char *enc = vs ? json_dumps(vs, JSON_ENCODE_ANY) : NULL;
+    json_decref(vs);
+    char *out = enc ? malloc(len - (vend - vstart) + strlen(enc) + 1) : NULL;
+    if (!out) {
+        free(enc);
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t el = strlen(enc);
+    memcpy(out, text, vstart);
+    memcpy(out + vstart, enc, el);
+    memcpy(out + vstart + el, text + vend, len - vend);
+    *out_len = len - (vend - vstart) + el;
+    free(enc);
+    /* the result must parse and carry the new value */
+    json_t *check = json_loadb(out, *out_len, 0, &jerr);
+    const char *got = json_string_value(json_object_get(check, key));
+    bool ok = got && strcmp(got, value) == 0;
+    json_decref(check);
+    if (!ok) {
+        free(out);
+        nq_fail(err, "%s: could not rewrite '%s'", source_name, key);
+        return NULL;
+    }
+    return out;
+}

@@ -89,4 +89,16 @@ char *nq_config_with_quantization(const char *config_text, size_t len, const cha
                                   const nq_model_config *cfg, const json_t *quantization_config,
                                   size_t *out_len, nq_error *err);
 
+/* config.json text with the top-level keys of `keys` inserted before its
+ * closing brace, every original byte kept (as above); refuses a key the
+ * input already has.  Returns malloc'd text. */
+char *nq_config_splice(const char *config_text, size_t len, const char *source_name,
+                       const json_t *keys, size_t *out_len, nq_error *err);
+/* config.json text with top-level `key` set to the string `value`: the
+ * value's text replaced in place when the key exists (NVIDIA's configs
+ * already carry "mamba_ssm_cache_dtype": "float32"), spliced in otherwise;
+ * every other byte kept.  Returns malloc'd text. */
+char *nq_config_set_string(const char *config_text, size_t len, const char *source_name,
+                           const char *key, const char *value, size_t *out_len, nq_error *err);
+
 #endif

@@ -140,6 +140,18 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
         }
         if (rc == 0 && !out)
             rc = -1;
+        if (rc == 0 && opt->ssm_cache_dtype) {
+            /* vLLM's NemotronHForCausalLMConfig takes mamba_ssm_cache_dtype
+             * from config.json when --mamba-ssm-cache-dtype is auto */
+            size_t n2 = 0;
+            char *out2 = nq_config_set_string(out, out_len, path, "mamba_ssm_cache_dtype",
+                                              opt->ssm_cache_dtype, &n2, err);
+            free(out);
+            out = out2;
+            out_len = n2;
+            if (!out)
+                rc = -1;
+        }
         if (rc == 0)
             rc = nq_writer_add_file(w, "config.json", out, out_len, err);
         free(text);

@@ -32,6 +32,9 @@ typedef struct nq_quantize_options {
      * scheme), float otherwise (ModelOpt's max calibration). */
     enum { NQ_PROPAGATE_AUTO, NQ_PROPAGATE_FLOAT, NQ_PROPAGATE_QUANTIZED } propagate;
     bool kv_cache_fp8;              /* write FP8 KV scales when the recipe asks (default on) */
+    /* NULL, or "float32"/"float16"/"bfloat16": written to config.json as
+     * mamba_ssm_cache_dtype (vLLM's default for --mamba-ssm-cache-dtype). */
+    const char *ssm_cache_dtype;
     /* Optional: a JSON array that receives one object per quantized module
      * (format, why, errors, activation amax, algorithm). Borrowed. */
     struct json_t *report_modules;

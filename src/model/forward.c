@@ -520,6 +520,17 @@ int nq_state_tokens(const nq_state *s)
     return s->tokens[s->m->cfg.num_layers - 1];
 }
 
+float *nq_state_ssm(nq_state *s, int layer, size_t *n)
+{
+    const nq_model_config *c = &s->m->cfg;
+    *n = 0;
+    if (layer < 0 || layer >= c->num_layers || (nq_block_kind)c->pattern[layer] != NQ_BLOCK_MAMBA ||
+        !s->ssm[layer])
+        return NULL;
+    *n = (size_t)c->mamba_num_heads * c->mamba_head_dim * c->ssm_state_size;
+    return s->ssm[layer];
+}
+
 /* Makes sure block l's part of the state exists and can take n more tokens. */
 static int state_prepare(nq_state *s, int l, int n, nq_error *err)
 {

@@ -18,6 +18,7 @@
 #define NQ_MODEL_FORWARD_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -150,6 +151,11 @@ void nq_state_free(nq_state *s);
 void nq_state_reset(nq_state *s);     /* back to an empty sequence */
 /* Tokens the last block has consumed. */
 int nq_state_tokens(const nq_state *s);
+/* Block `layer`'s SSM state, [heads, head_dim, state] f32, and its element
+ * count in *n; NULL (and *n = 0) if the block is not Mamba-2 or has not run
+ * yet.  Writable, so a caller can emulate how a server stores it between
+ * steps (eval/ssm_cache.h); the next step reads what is there. */
+float *nq_state_ssm(nq_state *s, int layer, size_t *n);
 
 /* Feeds n >= 1 more tokens of the sequence held by st.  Any split of a
  * sequence into steps gives the logits of nq_model_forward (to rounding).

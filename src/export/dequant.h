@@ -1,7 +1,7 @@
 /* Reading quantized modules back (verify, eval): the stored format of a
  * module and its dequantized weight. */
-#ifndef NQ_EXPORT_DECODE_H
-#define NQ_EXPORT_DECODE_H
+#ifndef NQ_EXPORT_DEQUANT_H
+#define NQ_EXPORT_DEQUANT_H
 
 #include <stdint.h>
 

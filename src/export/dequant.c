@@ -1,7 +1,7 @@
-/* Reading a quantized module back from a checkpoint (export/decode.h):
+/* Reading a quantized module back from a checkpoint (export/dequant.h):
  * which format it is stored in, and its dequantized weight, with every
  * companion tensor checked. */
-#include "export/decode.h"
+#include "export/dequant.h"
 
 #include <math.h>
 #include <stdio.h>
