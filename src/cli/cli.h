@@ -5,6 +5,7 @@
 
 int nq_cmd_inspect(int argc, char **argv);
 int nq_cmd_quantize(int argc, char **argv);
+int nq_cmd_merge(int argc, char **argv);
 int nq_cmd_verify(int argc, char **argv);
 int nq_cmd_eval(int argc, char **argv);
 

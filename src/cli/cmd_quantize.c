@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
+#include "export/lora.h"
 #include "export/quantize.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -52,6 +53,10 @@ static const char *usage =
     "  --eval FILE            after writing, perplexity and KL vs the input on FILE (emulated\n"
     "                         W4A4/W8A8/FP8 KV), into the summary and the report\n"
     "  --eval-windows N       windows of 256 tokens for --eval (default 64)\n"
+    "  --lora DIR[:WEIGHT]    merge a PEFT LoRA adapter (adapter_config.json +\n"
+    "                         adapter_model.safetensors) into the weights as they stream,\n"
+    "                         before calibration and quantization; repeatable, applied in\n"
+    "                         order; WEIGHT multiplies its scaling (default 1)\n"
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
@@ -59,9 +64,11 @@ static const char *usage =
     "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n";
 
-/* Perplexity and KL of the written checkpoint against its input. */
-static int run_eval(const char *out, const char *in, const char *text_path, int windows,
-                    int threads, nq_eval_result *r, nq_error *err)
+/* Perplexity and KL of the written checkpoint against its input (with the
+ * same LoRA adapters merged, so that KL measures the quantization only). */
+static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, size_t nloras,
+                    const char *text_path, int windows, int threads, nq_eval_result *r,
+                    nq_error *err)
 {
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
@@ -70,14 +77,17 @@ static int run_eval(const char *out, const char *in, const char *text_path, int 
     char *text = tok ? nq_read_file(text_path, &len, err) : NULL;
     int32_t *ids = NULL;
     nq_loaded_model q = {0}, b = {0};
+    nq_lora *lora = NULL;
     int rc = -1;
     if (text && nq_tokenizer_encode(tok, text, len, false, &ids, &n, err) == 0 &&
-        nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0) {
+        nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0 &&
+        (!nloras || (lora = nq_lora_attach(b.ck, loras, nloras, NULL, threads, err)))) {
         nq_eval_options o = {.ctx = 256, .windows = windows, .progress = nq_cli_progress};
         rc = nq_eval_perplexity(q.model, b.model, ids, n, &o, r, err);
     }
     nq_loaded_close(&q);
     nq_loaded_close(&b);
+    nq_lora_free(lora);
     free(ids);
     free(text);
     nq_tokenizer_free(tok);
@@ -93,6 +103,8 @@ int nq_cmd_quantize(int argc, char **argv)
                                .kv_cache_fp8 = true};
     const char *report_path = NULL, *eval_path = NULL;
     int eval_windows = 64;
+    nq_lora_spec *loras = NULL;
+    size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
@@ -211,6 +223,22 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--kv-cache '%s': expected fp8 or none", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--lora", &v, &bad)) {
+            if (bad)
+                break;
+            nq_lora_spec *g = realloc(loras, (nloras + 1) * sizeof *g);
+            nq_error e = {0};
+            if (!g) {
+                bad = true;
+                break;
+            }
+            loras = g;
+            if (nq_lora_spec_parse(v, &loras[nloras], &e) != 0) {
+                nq_cli_error("%s", e.msg);
+                bad = true;
+                break;
+            }
+            nloras++;
         } else if (nq_arg_value(argc, argv, &i, "--report", &v, &bad)) {
             report_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--eval", &v, &bad)) {
@@ -320,7 +348,11 @@ int nq_cmd_quantize(int argc, char **argv)
     nq_outdir_stale(out, clean_stale, stderr);
 
     json_t *report_modules = report_path ? json_array() : NULL;
+    json_t *lora_report = nloras ? json_array() : NULL;
     opt.report_modules = report_modules;
+    opt.lora = loras;
+    opt.nlora = nloras;
+    opt.lora_report = lora_report;
     nq_quantize_summary sum;
     nq_interrupt_install();
     int qrc = nq_quantize(&opt, &sum, &err);
@@ -330,6 +362,7 @@ int nq_cmd_quantize(int argc, char **argv)
         nq_cli_error("%s", err.msg);
         rc = 1;
         json_decref(report_modules);
+        json_decref(lora_report);
         free(all);
         goto finish;
     }
@@ -337,6 +370,7 @@ int nq_cmd_quantize(int argc, char **argv)
     double bits = sum.params_in ? 8.0 * (double)sum.bytes_out / (double)sum.params_in : 0.0;
     printf("wrote %s: %zu tensors in %d shard(s), %.1f MB (from %.1f MB), %.2f bits/parameter\n",
            out, sum.tensors_out, sum.shards, sum.bytes_out / 1e6, sum.bytes_in / 1e6, bits);
+    nq_lora_print_summary(stdout, lora_report);
     printf("modules: %zu nvfp4, %zu fp8, %zu int4, %zu kept\n", sum.modules[NQ_FORMAT_NVFP4],
            sum.modules[NQ_FORMAT_FP8], sum.modules[NQ_FORMAT_INT4], sum.modules[NQ_FORMAT_KEEP]);
     if (sum.sq_ref > 0) {
@@ -367,7 +401,7 @@ int nq_cmd_quantize(int argc, char **argv)
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;
-        if (run_eval(out, in, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
+        if (run_eval(out, in, loras, nloras, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
             nq_cli_error("--eval: %s", err.msg);
             rc = 1;
         } else {
@@ -404,6 +438,8 @@ int nq_cmd_quantize(int argc, char **argv)
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
             json_object_set(doc, "eval", eval_doc);
+        if (doc && lora_report)
+            json_object_set(doc, "lora_adapters", lora_report);
         if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
             nq_report_write(report_path, doc, &err) != 0) {
             nq_cli_error("--report: %s", doc ? err.msg : "out of memory");
@@ -413,8 +449,12 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     json_decref(eval_doc);
     json_decref(report_modules);
+    json_decref(lora_report);
     free(all);
 finish:
+    for (size_t k = 0; k < nloras; k++)
+        free(loras[k].owned);
+    free(loras);
     free(rules);
     free(file_rules);
     return rc;

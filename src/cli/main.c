@@ -21,8 +21,9 @@ static const struct {
     int (*run)(int, char **);
     const char *summary;
 } commands[] = {
-    {"inspect", nq_cmd_inspect, "describe a checkpoint (roles, dtypes, layers, quantization)"},
+    {"inspect", nq_cmd_inspect, "describe a checkpoint (roles, dtypes, layers, quantization) or a LoRA adapter"},
     {"quantize", nq_cmd_quantize, "quantize a checkpoint with a recipe (NVFP4, FP8, INT4)"},
+    {"merge", nq_cmd_merge, "merge PEFT LoRA adapters into a checkpoint (source dtype)"},
     {"eval", nq_cmd_eval, "perplexity and KL divergence against a base model (quantization emulated)"},
     {"verify", nq_cmd_verify, "check a quantized checkpoint (and its error against the source)"},
 };

@@ -13,7 +13,9 @@
 #include <sys/stat.h>
 
 #include "core/file.h"
+#include "export/lora.h"
 #include "export/metadata.h"
+#include "io/write_queue.h"
 
 static bool ends_with(const char *s, const char *suffix)
 {
@@ -82,11 +84,18 @@ int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err)
 int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
 {
     const uint64_t chunk = 64u << 20;
+    void *owned;
+    const unsigned char *data = nq_tensor_bytes(t, &owned, err);
+    if (!data)
+        return -1;
     for (uint64_t off = 0; off < t->nbytes; off += chunk) {
         uint64_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
-        if (nq_writer_write(w, t->data + off, (size_t)n, err) != 0)
+        if (nq_writer_write(w, data + off, (size_t)n, err) != 0) {
+            free(owned);
             return -1;
+        }
     }
+    free(owned);
     nq_tensor_release(t);
     return 0;
 }
@@ -129,6 +138,11 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
         size_t len, out_len = 0;
         char *text = nq_read_file(path, &len, err);
         char *out = NULL;
+        if (text && opt->merged_adapters) {
+            char *with = nq_lora_config_record(text, len, path, opt->merged_adapters, &len, err);
+            free(text);
+            text = with;
+        }
         if (!text)
             rc = -1;
         else if (qc)
@@ -177,3 +191,13 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
     return rc;
 }
 
+/* Queues a tensor's bytes unchanged (or as a LoRA merge produced them). */
+int nq_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err)
+{
+    void *owned;
+    const unsigned char *data = nq_tensor_bytes(t, &owned, err);
+    if (!data)
+        return -1;
+    nq_write_piece whole = {data, (size_t)t->nbytes, owned != NULL};
+    return nq_write_queue_push(q, &whole, 1, owned ? NULL : t, err);
+}

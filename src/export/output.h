@@ -20,8 +20,12 @@ const nq_plan_module *nq_module_of_weight(const nq_plan *plan, const char *tenso
 /* Declares the stored tensors of a quantized module (weights and weight
  * scales; not input_scale). */
 int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err);
-/* Streams a stored tensor's bytes straight from the mapping. */
+/* Streams a stored tensor's bytes straight from the mapping (or as its
+ * source, a LoRA merge, produces them). */
 int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err);
+/* The same through the write queue. */
+struct nq_write_queue;
+int nq_push_tensor(struct nq_write_queue *q, const nq_tensor *t, nq_error *err);
 /* config.json, hf_quant_config.json / quantize_config.json, and the input
  * directory's auxiliary files. */
 int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,

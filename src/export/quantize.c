@@ -5,9 +5,12 @@
 #include <sys/stat.h>
 
 #include "core/interrupt.h"
+#include "core/parallel.h"
 #include "export/calibrated.h"
-#include "formats/encode.h"
+#include "export/lora.h"
+#include "export/metadata.h"
 #include "export/output.h"
+#include "formats/encode.h"
 #include "io/safetensors.h"
 #include "io/prefetch.h"
 #include "io/write_queue.h"
@@ -22,10 +25,16 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
     /* Encode straight from the mapping (BF16/F16/F32); any other float type
      * is widened to f32 first. */
     float *x = NULL;
-    nq_weight_view v = {t->data, t->dtype, m->out_features, m->in_features};
+    void *merged = NULL;
+    const unsigned char *data = nq_tensor_bytes(t, &merged, err);
+    if (!data)
+        return -1;
+    nq_weight_view v = {data, t->dtype, m->out_features, m->in_features};
     if (t->dtype != NQ_BF16 && t->dtype != NQ_F16 && t->dtype != NQ_F32) {
-        if (!(x = nq_tensor_load_f32(t, true, err)))
+        if (!(x = nq_tensor_load_f32(t, true, err))) {
+            free(merged);
             return -1;
+        }
         v.data = x;
         v.dtype = NQ_F32;
     }
@@ -72,6 +81,7 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
                                      &st, err);
     }
     free(x);
+    free(merged);
     nq_tensor_release(t);
     if (rc != 0) {
         for (int k = 0; k < n; k++)
@@ -112,9 +122,32 @@ static int reject_quantized_input(const nq_checkpoint *ck, const char *dir, nq_e
     return 0;
 }
 
-int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_error *err)
+/* Installs the adapters' merge on ck's tensors (every adapter key checked
+ * before anything is written) and records them for config.json. */
+static nq_lora *attach_lora(nq_checkpoint *ck, nq_quantize_options *o, const char *cfg_path,
+                            json_t **record, nq_error *err)
+{
+    *record = NULL;
+    if (o->nlora == 0)
+        return NULL;
+    nq_lora *l = nq_lora_attach(ck, o->lora, o->nlora, cfg_path, o->threads, err);
+    if (!l)
+        return NULL;
+    *record = nq_lora_describe(l, false);
+    o->merged_adapters = *record;
+    if (o->lora_report) {
+        json_t *d = nq_lora_describe(l, true);
+        json_array_extend(o->lora_report, d);
+        json_decref(d);
+    }
+    return l;
+}
+
+int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_error *err)
 {
     memset(sum, 0, sizeof *sum);
+    nq_quantize_options o = *opt_in;
+    const nq_quantize_options *opt = &o;
     nq_checkpoint *ck = nq_checkpoint_open(opt->in_dir, err);
     if (!ck)
         return -1;
@@ -125,7 +158,11 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
     nq_writer *w = NULL;
     nq_write_queue *q = NULL;
     nq_prefetcher *pf = NULL;
+    json_t *record = NULL;
+    nq_lora *lora = NULL;
     int rc = -1;
+    if (o.nlora && !(lora = attach_lora(ck, &o, cfg_path, &record, err)))
+        goto done;
     if (nq_model_config_load(cfg_path, &cfg, err) != 0 ||
         reject_quantized_input(ck, opt->in_dir, err) != 0 ||
         nq_plan_build(&cfg, ck, &opt->recipe, &plan, err) != 0)
@@ -195,8 +232,7 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *sum, nq_err
         if (m && m->format != NQ_FORMAT_KEEP) {
             r = write_quantized(q, t, m, opt, sum, err);
         } else {
-            nq_write_piece whole = {t->data, (size_t)t->nbytes, false};
-            r = nq_write_queue_push(q, &whole, 1, t, err);
+            r = nq_push_tensor(q, t, err);
         }
         if (r != 0)
             goto done;
@@ -224,5 +260,76 @@ done:
     nq_writer_free(w);
     nq_plan_free(&plan);
     nq_checkpoint_close(ck);
+    nq_lora_free(lora);
+    json_decref(record);
+    return rc;
+}
+
+int nq_merge(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_error *err)
+{
+    memset(sum, 0, sizeof *sum);
+    nq_quantize_options o = *opt_in;
+    if (o.nlora == 0)
+        return nq_fail(err, "merge: no --lora adapter given");
+    nq_checkpoint *ck = nq_checkpoint_open(o.in_dir, err);
+    if (!ck)
+        return -1;
+    char cfg_path[4096];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", o.in_dir);
+    nq_model_config cfg;
+    nq_plan plan = {0};
+    nq_writer *w = NULL;
+    nq_write_queue *q = NULL;
+    json_t *record = NULL;
+    int rc = -1;
+    nq_lora *lora = attach_lora(ck, &o, cfg_path, &record, err);
+    if (!lora || nq_model_config_load(cfg_path, &cfg, err) != 0)
+        goto done;
+    nq_writer_options wo = {.out_dir = o.out_dir, .input_dir = o.in_dir,
+                            .max_shard_bytes = o.max_shard_bytes, .force = o.force};
+    if (!(w = nq_writer_create(&wo, err)))
+        goto done;
+    size_t n = nq_checkpoint_count(ck);
+    sum->tensors_in = n;
+    for (size_t i = 0; i < n; i++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, i);
+        sum->bytes_in += t->nbytes;
+        sum->params_in += t->numel;
+        if (nq_writer_declare(w, t->name, t->dtype, t->ndim, t->shape, err) != 0)
+            goto done;
+    }
+    if (nq_writer_begin(w, err) != 0 || !(q = nq_write_queue_start(w, err)))
+        goto done;
+    for (size_t i = 0; i < n; i++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, i);
+        if (o.log)
+            fprintf(o.log, "\r[%zu/%zu] %-70.70s", i + 1, n, t->name);
+        if (nq_interrupt_check(err) != 0 || nq_push_tensor(q, t, err) != 0)
+            goto done;
+    }
+    int qrc = nq_write_queue_finish(q, err);
+    q = NULL;
+    if (qrc != 0)
+        goto done;
+    if (o.log)
+        fprintf(o.log, "\r%-90s\r", "");
+    /* an empty plan: config.json gets only the adapters' record */
+    if (nq_write_metadata_files(w, &o, &cfg, &plan, false, err) != 0)
+        goto done;
+    sum->shards = nq_writer_shard_count(w);
+    sum->tensors_out = nq_writer_tensor_count(w);
+    sum->bytes_out = nq_writer_total_bytes(w);
+    if (nq_writer_commit(w, err) != 0)
+        goto done;
+    rc = 0;
+done:
+    if (q) {
+        nq_error ignored = {0};
+        nq_write_queue_finish(q, &ignored);
+    }
+    nq_writer_free(w);
+    nq_checkpoint_close(ck);
+    nq_lora_free(lora);
+    json_decref(record);
     return rc;
 }

@@ -38,6 +38,14 @@ typedef struct nq_quantize_options {
     /* Optional: a JSON array that receives one object per quantized module
      * (format, why, errors, activation amax, algorithm). Borrowed. */
     struct json_t *report_modules;
+    /* PEFT LoRA adapters merged into the weights as they stream by, in
+     * order (export/lora.h); calibration and GPTQ see the merged weights.
+     * nq_quantize fills merged_adapters itself (config.json records it). */
+    const struct nq_lora_spec *lora;
+    size_t nlora;
+    /* Optional: receives one object per merged adapter, with notes. Borrowed. */
+    struct json_t *lora_report;
+    const struct json_t *merged_adapters;   /* internal: set by nq_quantize / nq_merge */
 } nq_quantize_options;
 
 typedef struct nq_quantize_summary {
@@ -60,5 +68,11 @@ typedef struct nq_quantize_summary {
 } nq_quantize_summary;
 
 int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);
+
+/* `nemoq merge`: the input with opt->lora merged, every tensor in its source
+ * dtype, through the same atomic writer (config.json records the adapters).
+ * Uses in_dir, out_dir, lora, nlora, lora_report, threads, max_shard_bytes,
+ * force, log. */
+int nq_merge(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);
 
 #endif

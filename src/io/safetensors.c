@@ -636,6 +636,35 @@ void nq_tensor_release(const nq_tensor *t)
 
 /* ---- conversion --------------------------------------------------------- */
 
+int nq_checkpoint_set_source(nq_checkpoint *ck, const char *name, const nq_tensor_source *src,
+                             nq_error *err)
+{
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t)
+        return nq_fail(err, "%s: no tensor '%s'", ck->dir, name);
+    ck->tensors[t - ck->tensors].source = src;
+    return 0;
+}
+
+const unsigned char *nq_tensor_bytes(const nq_tensor *t, void **owned, nq_error *err)
+{
+    *owned = NULL;
+    if (!t->source)
+        return t->data;
+    unsigned char *buf = malloc(t->nbytes ? t->nbytes : 1);
+    if (!buf) {
+        nq_fail(err, "tensor '%s': out of memory for %llu bytes", t->name,
+                (unsigned long long)t->nbytes);
+        return NULL;
+    }
+    if (t->source->produce(t->source->ctx, t, buf, err) != 0) {
+        free(buf);
+        return NULL;
+    }
+    *owned = buf;
+    return buf;
+}
+
 int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float *out,
                        nq_error *err)
 {
@@ -643,6 +672,17 @@ int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float
         return nq_fail(err, "tensor '%s': read of elements [%llu, +%llu) outside its %llu", t->name,
                        (unsigned long long)first, (unsigned long long)count,
                        (unsigned long long)t->numel);
+    if (t->source) {
+        void *owned;
+        if (!nq_tensor_bytes(t, &owned, err))
+            return -1;
+        nq_tensor view = *t;
+        view.data = owned;
+        view.source = NULL;
+        int rc = nq_tensor_read_f32(&view, first, count, out, err);
+        free(owned);
+        return rc;
+    }
     const unsigned char *p = t->data + first * nq_dtype_size(t->dtype);
     switch (t->dtype) {
     case NQ_F32:

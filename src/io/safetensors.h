@@ -17,6 +17,16 @@
 
 #define NQ_MAX_DIMS 8
 
+struct nq_tensor;
+/* Where a tensor's bytes come from when they are not the mapping's: a
+ * transform applied while the tensor streams by (LoRA merging, export/lora.h).
+ * produce writes t->nbytes bytes in t->dtype to out; it may read the
+ * mapping's bytes through a copy of *t with source = NULL. */
+typedef struct nq_tensor_source {
+    void *ctx;
+    int (*produce)(void *ctx, const struct nq_tensor *t, void *out, struct nq_error *err);
+} nq_tensor_source;
+
 typedef struct nq_tensor {
     const char *name;           /* owned by the checkpoint */
     nq_dtype dtype;
@@ -27,6 +37,10 @@ typedef struct nq_tensor {
     const unsigned char *data;  /* inside the mapping; valid until close */
     int shard;                  /* index of the file that holds it */
     uint64_t file_offset;       /* absolute offset of data in that file */
+    /* NULL: the bytes are `data`.  Else they are produced on each read
+     * (nq_tensor_bytes, nq_tensor_read_f32, nq_tensor_load_f32); `data`
+     * then still points at the stored (unmerged) bytes. */
+    const nq_tensor_source *source;
 } nq_tensor;
 
 typedef struct nq_checkpoint nq_checkpoint;
@@ -50,6 +64,16 @@ const char *nq_checkpoint_shard_path(const nq_checkpoint *ck, int shard);
 uint64_t nq_checkpoint_shard_size(const nq_checkpoint *ck, int shard);
 /* A __metadata__ string value of the first shard, or NULL. */
 const char *nq_checkpoint_metadata(const nq_checkpoint *ck, const char *key);
+
+/* Makes tensor `name`'s bytes come from src (borrowed; must outlive the
+ * checkpoint's use).  -1 if there is no such tensor. */
+int nq_checkpoint_set_source(nq_checkpoint *ck, const char *name, const nq_tensor_source *src,
+                             nq_error *err);
+
+/* The tensor's bytes (t->nbytes, in t->dtype): the mapping, or, for a
+ * produced tensor, a malloc'd buffer returned in *owned too (caller frees
+ * *owned; NULL when the mapping was returned).  NULL on error. */
+const unsigned char *nq_tensor_bytes(const nq_tensor *t, void **owned, nq_error *err);
 
 /* Converts elements [first, first+count) of a float tensor (any float dtype)
  * to f32 into out[count].  -1 for a non-float dtype or a range outside the
