@@ -20,12 +20,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/blas.h"
 #include "core/parallel.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/forward.h"
 
-void openblas_set_num_threads(int num_threads);
 
 static double now(void)
 {
@@ -220,7 +220,7 @@ int main(int argc, char **argv)
     char path[4096];
     nq_error err = {0};
 
-    openblas_set_num_threads(1);
+    nq_blas_init(); /* the kernels the forward pass uses */
     printf("%s; sgemm peak = best of 8 products 1536^3 cut in 64-row chunks like nq_linear\n",
            openblas_get_config());
 

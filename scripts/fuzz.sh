@@ -2,15 +2,31 @@
 # Builds the libFuzzer targets with clang (ASan+UBSan) and runs each for
 # SECONDS (default 600) from the seed corpus in fuzz/seeds/.
 #   ./scripts/fuzz.sh [SECONDS] [TARGET...]
+#   ./scripts/fuzz.sh --seeds      build, then run every target once over its
+#                                  seeds and stop (what ./scripts/test.sh does)
 # Findings land in fuzz/crash-* ; the grown corpus in fuzz/corpus-TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --fuzz
+seeds_only=false
+[ "${1:-}" = "--seeds" ] && { seeds_only=true; shift; }
 seconds=${1:-600}; shift || true
 CC=clang cmake -S . -B build-fuzz -DNEMOQ_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz -j"$(nproc)" >/dev/null
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=($(cd build-fuzz && ls fuzz_* 2>/dev/null | grep -v '\.'))
+[ ${#targets[@]} -eq 0 ] && { echo "fuzz: no targets were built" >&2; exit 1; }
+if $seeds_only; then
+  for t in "${targets[@]}"; do
+    seeds="fuzz/seeds/${t#fuzz_}"
+    [ -d "$seeds" ] || { echo "fuzz: $t has no seed corpus in $seeds" >&2; exit 1; }
+    # -runs=0: execute the given inputs once each, no mutation
+    ./build-fuzz/"$t" -runs=0 "$seeds" >/dev/null 2>"build-fuzz/$t.log" ||
+      { cat "build-fuzz/$t.log" >&2; echo "fuzz: $t failed on its seeds" >&2; exit 1; }
+    echo "$t: $(ls "$seeds" | wc -l) seeds ok"
+  done
+  exit 0
+fi
 for t in "${targets[@]}"; do
   name=${t#fuzz_}
   mkdir -p "fuzz/corpus-$name"

@@ -232,12 +232,31 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
         rows % 8 != 0)
         return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
                        (long long)rows, (long long)cols, group);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float a = fabsf(w[i]);
+        if (!(a <= amax)) {
+            if (!isfinite(a))
+                return nq_fail(err, "gptq int4: element %lld is %s", (long long)i,
+                               a != a ? "NaN" : "infinite");
+            amax = a;
+        }
+    }
+    if (nq_int4_check_amax(amax, err) != 0)
+        return -1;
     uint8_t *codes = malloc((size_t)(rows * cols));
     if (!codes)
         return nq_fail(err, "gptq int4: out of memory");
     gptq_job j = {.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
                   .mse = mse, .codes = codes, .scales16 = scales};
     int rc = run(&j, hessian, percdamp, threads, st, err);
+    /* error feedback moves weights: a group may end up past what amax/7
+     * in F16 can hold even when the input did not */
+    for (int64_t k = 0; rc == 0 && k < (cols / group) * rows; k++)
+        if ((scales[k] & 0x7fffu) >= 0x7c00u)
+            rc = nq_fail(err, "gptq int4: the scale of group %lld of row %lld overflows F16 after "
+                              "error feedback; keep the module in BF16 (--exclude MODULE)",
+                         (long long)(k / rows), (long long)(k % rows));
     if (rc == 0)
         nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
     free(codes);

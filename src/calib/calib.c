@@ -118,6 +118,44 @@ static bool is_jsonl(const char *path, const char *text, size_t len)
     return i < len && text[i] == '{';
 }
 
+/* Offset of the first byte that is not part of valid UTF-8 (overlongs,
+ * surrogates and code points past U+10FFFF included) or is a NUL, or len. */
+static size_t first_bad_utf8(const unsigned char *s, size_t len, bool *nul)
+{
+    size_t i = 0;
+    *nul = false;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c == 0) {
+            *nul = true;
+            return i;
+        }
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+        if (n == 0 || i + n > len)
+            return i;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c == 0xe0)
+            lo = 0xa0;
+        else if (c == 0xed)
+            hi = 0x9f;
+        else if (c == 0xf0)
+            lo = 0x90;
+        else if (c == 0xf4)
+            hi = 0x8f;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t k = 2; k < n; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+                return i;
+        i += n;
+    }
+    return len;
+}
+
 int nq_calib_tokens(const char *path, const nq_tokenizer *tok, int samples, int len,
                     int32_t **ids_out, int *out_samples, int *out_len, size_t *stream_tokens,
                     nq_error *err)
@@ -164,8 +202,19 @@ int nq_calib_tokens(const char *path, const nq_tokenizer *tok, int samples, int 
             }
             p += ll + 1;
         }
-    } else if (append_tokens(tok, text, text_len, &ids, &n, &cap, -1, err) != 0) {
-        goto done;
+    } else {
+        /* Calibration on a binary file or the wrong encoding still runs
+         * (the tokenizer keeps raw bytes), but the scales it gives describe
+         * that data, not text: say so. */
+        bool nul;
+        size_t bad = first_bad_utf8((const unsigned char *)text, text_len, &nul);
+        if (bad < text_len)
+            nq_warn("%s: byte %zu (0x%02x) %s: calibrating on it as raw bytes (is this a text "
+                    "file?)",
+                    path, bad, (unsigned char)text[bad],
+                    nul ? "is a NUL byte, which text does not contain" : "is not valid UTF-8");
+        if (append_tokens(tok, text, text_len, &ids, &n, &cap, -1, err) != 0)
+            goto done;
     }
     if (n < 2) {
         nq_fail(err, "%s: calibration text holds %zu tokens; need at least 2", path, n);
@@ -243,9 +292,15 @@ static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
     for (size_t i = 0; i < count; i++) {
         float a = fabsf(in->x[i]);
         if (!(a <= amax)) {
-            if (a != a)
-                return nq_fail(err, "%s: NaN in the input of this Linear during calibration",
-                               name);
+            /* the layer's weights were checked finite when it was loaded,
+             * so this is the float model's own arithmetic overflowing */
+            if (!isfinite(a))
+                return nq_fail(err, "%s: the float model's activation entering this Linear is %s "
+                                    "(row %zu, feature %zu) during calibration; every weight and "
+                                    "config value was finite, so layer %d overflows on this "
+                                    "calibration text",
+                               name, a != a ? "NaN" : "infinite", i / (size_t)d, i % (size_t)d,
+                               in->layer);
             amax = a;
         }
     }
@@ -279,11 +334,16 @@ static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
 
 static int on_kv(void *ctx, const nq_kv_output *kv, nq_error *err)
 {
-    (void)err;
     nq_calib_stats *s = ctx;
     size_t count = (size_t)kv->n * kv->kv_dim;
     for (size_t i = 0; i < count; i++) {
         float a = fabsf(kv->k[i]), b = fabsf(kv->v[i]);
+        if (!isfinite(a) || !isfinite(b))
+            return nq_fail(err, "layer %d: the attention %s is %s during calibration (token %zu); "
+                                "no FP8 KV-cache scale can be derived",
+                           kv->layer, isfinite(a) ? "value" : "key",
+                           (isfinite(a) ? b : a) != (isfinite(a) ? b : a) ? "NaN" : "infinite",
+                           i / (size_t)kv->kv_dim);
         s->k_amax = a > s->k_amax ? a : s->k_amax;
         s->v_amax = b > s->v_amax ? b : s->v_amax;
     }

@@ -163,22 +163,22 @@ int nq_cmd_eval(int argc, char **argv)
             tok_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--ctx", &v, &bad)) {
             if (nq_parse_int(v, 2, 1 << 20, &ctx) != 0) {
-                nq_cli_error("eval: --ctx '%s': expected an integer >= 2", v);
+                nq_cli_error("eval: --ctx '%s': expected an integer from 2 to %d", v, 1 << 20);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--windows", &v, &bad)) {
             if (nq_parse_int(v, 1, 1 << 30, &windows) != 0) {
-                nq_cli_error("eval: --windows '%s': expected a positive integer", v);
+                nq_cli_error("eval: --windows '%s': expected an integer from 1 to %d", v, 1 << 30);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--skip-windows", &v, &bad)) {
             if (nq_parse_int(v, 0, 1 << 30, &skip) != 0) {
-                nq_cli_error("eval: --skip-windows '%s': expected an integer >= 0", v);
+                nq_cli_error("eval: --skip-windows '%s': expected an integer from 0 to %d", v, 1 << 30);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
             if (nq_parse_int(v, 1, 1024, &threads) != 0) {
-                nq_cli_error("eval: --threads '%s': expected 1..1024", v);
+                nq_cli_error("eval: --threads '%s': expected an integer from 1 to 1024", v);
                 bad = true;
             }
         } else if (argv[i][0] == '-') {

@@ -178,12 +178,12 @@ int nq_cmd_quantize(int argc, char **argv)
             opt.calib_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--calib-samples", &v, &bad)) {
             if (!bad && nq_parse_int(v, 1, 1 << 20, &opt.calib_samples) != 0) {
-                nq_cli_error("--calib-samples '%s': expected a positive integer", v);
+                nq_cli_error("--calib-samples '%s': expected an integer from 1 to %d", v, 1 << 20);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--calib-len", &v, &bad)) {
             if (!bad && nq_parse_int(v, 2, 1 << 20, &opt.calib_len) != 0) {
-                nq_cli_error("--calib-len '%s': expected an integer >= 2", v);
+                nq_cli_error("--calib-len '%s': expected an integer from 2 to %d", v, 1 << 20);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--algo", &v, &bad)) {
@@ -245,7 +245,7 @@ int nq_cmd_quantize(int argc, char **argv)
             eval_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--eval-windows", &v, &bad)) {
             if (!bad && nq_parse_int(v, 1, 1 << 20, &eval_windows) != 0) {
-                nq_cli_error("--eval-windows '%s': expected a positive integer", v);
+                nq_cli_error("--eval-windows '%s': expected an integer from 1 to %d", v, 1 << 20);
                 bad = true;
             }
         } else if (strcmp(a, "--weights-only") == 0) {
@@ -319,8 +319,8 @@ int nq_cmd_quantize(int argc, char **argv)
             nq_plan plan;
             if (nq_plan_build(&cfg, ck, &opt.recipe, &plan, &err) == 0) {
                 nq_plan_print(stdout, &plan);
+                rc = nq_plan_refuse_empty(&plan, in, &err) == 0 ? 0 : 1;
                 nq_plan_free(&plan);
-                rc = 0;
             }
         }
         nq_checkpoint_close(ck);
@@ -395,9 +395,17 @@ int nq_cmd_quantize(int argc, char **argv)
                    "layer's input scale (the max over its experts)\n",
                    sum.experts_without_tokens);
     }
-    if (opt.weights_only && sum.modules[NQ_FORMAT_NVFP4] + sum.modules[NQ_FORMAT_FP8] > 0)
+    if (opt.weights_only && sum.modules[NQ_FORMAT_NVFP4] + sum.modules[NQ_FORMAT_FP8] > 0) {
+        /* say only what is true of the formats this checkpoint holds */
+        bool nv = sum.modules[NQ_FORMAT_NVFP4] > 0, f8 = sum.modules[NQ_FORMAT_FP8] > 0;
         printf("note: --weights-only: no activation scales were written, so this checkpoint "
-               "is NOT servable as W4A4/W8A8 (NVFP4 is declared W4A16_NVFP4)\n");
+               "is NOT servable as %s%s\n",
+               nv && f8 ? "W4A4/W8A8" : nv ? "W4A4" : "W8A8",
+               nv && !f8 ? " (it is declared W4A16_NVFP4, vLLM's weight-only NVFP4)"
+                         : f8 ? " (FP8 weights need an input_scale per module: calibrate with "
+                                "--calib)"
+                              : "");
+    }
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;

@@ -21,4 +21,14 @@ int nq_fail(nq_error *err, const char *fmt, ...)
 
 void nq_error_clear(nq_error *err);
 
+/* Makes sure an error names what failed: unless the message already
+ * contains `name`, it becomes "WHAT 'NAME': message" (e.g. an encoder's
+ * "element 5 is NaN" becomes "tensor 'x.weight': element 5 is NaN"). */
+void nq_error_name(nq_error *err, const char *what, const char *name);
+
+/* One "warning: ..." line on stderr, whatever the progress log: warnings
+ * about the input (text that is not UTF-8, ...) must reach the user even
+ * when stderr is not a terminal. */
+void nq_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

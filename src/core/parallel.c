@@ -34,9 +34,16 @@ static void run_chunks(loop_state *s, int worker)
     }
 }
 
+/* Set while a thread runs items of a loop: a loop started from inside an
+ * item runs inline on that thread (the outer loop already occupies the
+ * threads), so nesting never multiplies threads.  The partition stays the
+ * same either way, so results do not change. */
+static _Thread_local int in_loop;
+
 static void *worker_main(void *p)
 {
     worker_arg *a = p;
+    in_loop = 1;
     run_chunks(a->loop, a->worker);
     return NULL;
 }
@@ -53,7 +60,7 @@ int nq_parallel_for(size_t n, size_t chunk, int threads, nq_range_fn fn, void *c
     loop_state s = {.n = n, .chunk = chunk, .fn = fn, .ctx = ctx};
     atomic_init(&s.next_chunk, 0);
     atomic_init(&s.failed, 0);
-    if (threads <= 1) {
+    if (threads <= 1 || in_loop) {
         run_chunks(&s, 0);
         return atomic_load(&s.failed) ? -1 : 0;
     }
@@ -72,7 +79,9 @@ int nq_parallel_for(size_t n, size_t chunk, int threads, nq_range_fn fn, void *c
             break;
         started = t;
     }
+    in_loop = 1;
     run_chunks(&s, 0);
+    in_loop = 0;
     for (int t = 1; t <= started; t++)
         pthread_join(tids[t], NULL);
     free(tids);

@@ -14,7 +14,8 @@
 typedef int (*nq_range_fn)(void *ctx, size_t begin, size_t end, int worker);
 
 /* Runs fn over [0, n) in chunks of `chunk` items (chunk >= 1) using up to
- * `threads` threads (<= 1: inline on the caller's thread). Returns -1 if any
+ * `threads` threads (<= 1: inline on the caller's thread; a loop started
+ * from inside another loop's fn also runs inline). Returns -1 if any
  * call returned -1 (the first failing chunk in item order is the one whose
  * error the caller should report; fn stores errors per chunk if it needs
  * them). */

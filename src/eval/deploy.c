@@ -253,5 +253,7 @@ static int kv_output(void *ctx, const nq_kv_output *kv, nq_error *err)
 
 nq_forward_hooks nq_deploy_hooks(nq_deploy *d)
 {
-    return (nq_forward_hooks){.rewrite_input = rewrite_input, .kv_output = kv_output, .ctx = d};
+    /* both only read d and write their own buffers */
+    return (nq_forward_hooks){.rewrite_input = rewrite_input, .kv_output = kv_output, .ctx = d,
+                              .concurrent = true};
 }

@@ -12,8 +12,13 @@
  * over the same predictions.
  *
  * Models run layer by layer over all windows at once (one block's weights in
- * memory at a time): peak memory is 2 x windows x ctx x hidden floats of
- * activations per model plus one block and the vocabulary projection. */
+ * memory at a time), the windows of a layer in parallel (nq_model_blocks),
+ * then the windows are scored in parallel: peak memory is windows x ctx x
+ * hidden floats of activations per model, each thread's temporaries for one
+ * window, one block (a MoE layer with all its experts), and one ctx x vocab
+ * logits buffer per thread.  Per-window
+ * sums are added in window order: the result is the same for any thread
+ * count. */
 #ifndef NQ_EVAL_PERPLEXITY_H
 #define NQ_EVAL_PERPLEXITY_H
 

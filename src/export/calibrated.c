@@ -439,6 +439,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
             int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
                         : nq_fail(err, "%s: out of memory", m->name);
+            if (r != 0)
+                nq_error_name(err, "tensor", t->name);
             if (r == 0)
                 r = dequantize(&e, deq, err);
             if (r == 0)

@@ -115,8 +115,18 @@ float *nq_decode_module(const nq_checkpoint *ck, const char *module, int gptq_gr
             nq_fail(err, "%s: out of memory", module);
             return NULL;
         }
-        for (uint64_t k = 0; k < w->numel; k++)
+        for (uint64_t k = 0; k < w->numel; k++) {
+            if ((w->data[k] & 0x7f) == 0x7f) { /* E4M3's only NaN encoding */
+                free(out);
+                nq_fail(err, "tensor '%s.weight': element %llu (row %llu, column %llu) is NaN "
+                             "(E4M3 code 0x%02x)",
+                        module, (unsigned long long)k,
+                        (unsigned long long)(k / (uint64_t)w->shape[1]),
+                        (unsigned long long)(k % (uint64_t)w->shape[1]), w->data[k]);
+                return NULL;
+            }
             out[k] = nq_e4m3_to_f32(w->data[k]) * scale;
+        }
         *rows = w->shape[0];
         *cols = w->shape[1];
     } else if (f == NQ_STORED_GPTQ) {
@@ -147,6 +157,7 @@ float *nq_decode_module(const nq_checkpoint *ck, const char *module, int gptq_gr
             return NULL;
         }
         if (nq_int4_unpack_gptq(qw->data, qz->data, sc->data, gi->data, o, i, g, out, err) != 0) {
+            nq_error_name(err, "module", module);
             free(out);
             return NULL;
         }

@@ -286,6 +286,29 @@ json_t *nq_gptq_quant_config(const nq_plan *plan)
             regex_escape(key, sizeof key, tail);
             strncat(key, "$", sizeof key - strlen(key) - 1);
             json_object_set_new(dynamic, key, json_pack("{s:i}", "group_size", m->group_size));
+        } else if (m->format == NQ_FORMAT_KEEP &&
+                   (m->role == NQ_ROLE_MAMBA_PROJ || m->role == NQ_ROLE_SHARED_EXPERTS ||
+                    m->role == NQ_ROLE_DENSE_MLP ||
+                    (m->role == NQ_ROLE_ATTENTION_PROJ && strstr(m->name, ".o_proj")))) {
+            /* vLLM builds a GPTQ layer for every Linear no "-:" rule skips
+             * and would look for its qweight */
+            snprintf(key, sizeof key, "-:.*\\.");
+            regex_escape(key, sizeof key, tail);
+            strncat(key, "$", sizeof key - strlen(key) - 1);
+            json_object_set_new(dynamic, key, json_object());
+        } else if (m->format == NQ_FORMAT_KEEP && m->role == NQ_ROLE_ATTENTION_PROJ &&
+                   strstr(m->name, ".q_proj")) {
+            /* q/k/v are kept together (plan.c) and fused into qkv_proj by
+             * vLLM, which checks the fused name or each shard's */
+            char layer_part[256];
+            snprintf(layer_part, sizeof layer_part, "%s", tail);
+            char *e = strstr(layer_part, ".q_proj");
+            if (e)
+                *e = '\0';
+            snprintf(key, sizeof key, "-:.*\\.");
+            regex_escape(key, sizeof key, layer_part);
+            strncat(key, "\\.(qkv|q|k|v)_proj$", sizeof key - strlen(key) - 1);
+            json_object_set_new(dynamic, key, json_object());
         } else if (m->format == NQ_FORMAT_KEEP && m->role == NQ_ROLE_ROUTED_EXPERTS &&
                    strstr(m->name, ".experts.0.up_proj")) {
             /* one rule per fused MoE layer (vLLM: model.layers.N.mixer.experts) */

@@ -80,17 +80,23 @@ int nq_declare_quantized(nq_writer *w, const nq_plan_module *m, nq_error *err)
     return nq_fail(err, "internal: module %s has no quantized format", n);
 }
 
-/* Streams a stored tensor's bytes straight from the mapping. */
+/* Streams a stored tensor's bytes straight from the mapping, each chunk
+ * checked for NaN/Inf just before it is written. */
 int nq_copy_tensor(nq_writer *w, const nq_tensor *t, nq_error *err)
 {
-    const uint64_t chunk = 64u << 20;
+    size_t es = nq_dtype_size(t->dtype);
+    const uint64_t step = (64u << 20) / (es ? es : 1);
     void *owned;
     const unsigned char *data = nq_tensor_bytes(t, &owned, err);
     if (!data)
         return -1;
-    for (uint64_t off = 0; off < t->nbytes; off += chunk) {
-        uint64_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
-        if (nq_writer_write(w, data + off, (size_t)n, err) != 0) {
+    nq_tensor view = *t; /* the bytes written (LoRA-merged ones included) */
+    view.data = data;
+    view.source = NULL;
+    for (uint64_t first = 0; first < t->numel; first += step) {
+        uint64_t n = t->numel - first < step ? t->numel - first : step;
+        if (nq_tensor_check_finite(&view, first, n, err) != 0 ||
+            nq_writer_write(w, data + first * es, (size_t)(n * es), err) != 0) {
             free(owned);
             return -1;
         }
@@ -191,13 +197,24 @@ int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
     return rc;
 }
 
-/* Queues a tensor's bytes unchanged (or as a LoRA merge produced them). */
+/* Queues a tensor's bytes unchanged (or as a LoRA merge produced them),
+ * checked for NaN/Inf: stored bytes by the writer thread as it writes them,
+ * merged ones (already in memory) here. */
 int nq_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err)
 {
+    if (!t->source)
+        return nq_write_queue_push_tensor(q, t, err);
     void *owned;
     const unsigned char *data = nq_tensor_bytes(t, &owned, err);
     if (!data)
         return -1;
+    nq_tensor view = *t;
+    view.data = data;
+    view.source = NULL;
+    if (nq_tensor_check_finite(&view, 0, t->numel, err) != 0) {
+        free(owned);
+        return -1;
+    }
     nq_write_piece whole = {data, (size_t)t->nbytes, owned != NULL};
     return nq_write_queue_push(q, &whole, 1, owned ? NULL : t, err);
 }

@@ -87,11 +87,7 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
         for (int k = 0; k < n; k++)
             free((void *)pieces[k].data);
         /* the encoders name the problem; make sure the tensor is named too */
-        if (!strstr(err->msg, t->name)) {
-            char inner[sizeof err->msg];
-            snprintf(inner, sizeof inner, "%s", err->msg);
-            snprintf(err->msg, sizeof err->msg, "tensor '%.300s': %.700s", t->name, inner);
-        }
+        nq_error_name(err, "tensor", t->name);
         return -1;
     }
     if (nq_write_queue_push(q, pieces, n, NULL, err) != 0)
@@ -167,6 +163,8 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         reject_quantized_input(ck, opt->in_dir, err) != 0 ||
         nq_plan_build(&cfg, ck, &opt->recipe, &plan, err) != 0)
         goto done;
+    if (nq_plan_refuse_empty(&plan, opt->in_dir, err) != 0)
+        goto done;
     bool needs_act = nq_plan_count(&plan, NQ_FORMAT_NVFP4) + nq_plan_count(&plan, NQ_FORMAT_FP8) > 0;
     if (opt->calib_path && opt->weights_only) {
         nq_fail(err, "--weights-only and --calib exclude each other: calibration exists to write "
@@ -229,13 +227,19 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         if (nq_interrupt_check(err) != 0)
             goto done;
         int r;
-        if (m && m->format != NQ_FORMAT_KEEP) {
+        if (m && m->format != NQ_FORMAT_KEEP)
             r = write_quantized(q, t, m, opt, sum, err);
-        } else {
+        else
             r = nq_push_tensor(q, t, err);
-        }
-        if (r != 0)
+        if (r != 0) {
+            /* The writer thread may already have failed on an earlier tensor
+             * (a NaN in a copied one): that is the first cause to name. */
+            nq_error earlier = {0};
+            if (nq_write_queue_finish(q, &earlier) != 0 && earlier.msg[0])
+                *err = earlier;
+            q = NULL;
             goto done;
+        }
     }
     int qrc = nq_write_queue_finish(q, err);
     q = NULL;

@@ -15,6 +15,16 @@ uint16_t nq_int4_group_scale_max(const float *x, int n)
 }
 
 
+int nq_int4_check_amax(float amax, nq_error *err)
+{
+    if ((nq_int4_scale_for_amax(amax) & 0x7fffu) < 0x7c00u)
+        return 0;
+    return nq_fail(err, "largest |w| is %g, but INT4 with F16 scales holds at most about 458633 "
+                        "(7 x 65504 after rounding): its scale would be infinite; keep the "
+                        "module in BF16 (--exclude MODULE)",
+                   (double)amax);
+}
+
 static uint8_t code_of(float x, float s)
 {
     float q = nearbyintf(x / s) + 8.0f;
@@ -125,7 +135,9 @@ int nq_int4_unpack_gptq(const void *qweight, const void *qzeros, const void *sca
         memcpy(&h, sc + 2 * k, 2);
         float s = nq_f16_to_f32(h);
         if (!(isfinite(s) && s > 0))
-            return nq_fail(err, "scales element %lld is %g", (long long)k, s);
+            return nq_fail(err, "scales[%lld, %lld] (group, output column) is %g, not a finite "
+                                "positive scale",
+                           (long long)(k / out), (long long)(k % out), s);
     }
     for (int64_t i = 0; i < in; i++) {
         int64_t g = i / group;

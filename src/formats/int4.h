@@ -19,6 +19,10 @@ static inline uint16_t nq_int4_scale_for_amax(float m)
     /* a scale that underflows f16 would decode every weight to 0 */
     return nq_f16_to_f32_inline(s) > 0 ? s : 0x0001;
 }
+/* GPTQ stores scales as F16: a group whose amax / 7 rounds past 65504
+ * (amax above about 7 x 65519 = 458633) would get an infinite scale.
+ * Fails with the amax and the limit; the caller names the module. */
+int nq_int4_check_amax(float amax, nq_error *err);
 double nq_int4_group_sq_error(const float *x, int n, uint16_t scale);
 /* Best of the scales amax/7 * f, f = 1, 31/32, ..., 16/32 (rounded to f16),
  * by squared error; ties keep the larger scale. */

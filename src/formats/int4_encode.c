@@ -227,7 +227,7 @@ int nq_encode_int4_view(const nq_weight_view *w, int group, bool mse, int thread
         return nq_fail(err, "shape [%lld, %lld] does not fit int4 group %d", (long long)rows,
                        (long long)cols, group);
     float amax;
-    if (nq_enc_view_amax(w, threads, &amax, err) != 0)
+    if (nq_enc_view_amax(w, threads, &amax, err) != 0 || nq_int4_check_amax(amax, err) != 0)
         return -1;
     size_t nchunks = ((size_t)rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
     chunk_stats *cs = calloc(nchunks ? nchunks : 1, sizeof *cs);

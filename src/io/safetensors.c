@@ -723,6 +723,98 @@ int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count, float
     }
 }
 
+/* The first element of [first, first+count) whose magnitude bits reach
+ * `limit` (an all-ones exponent), or count when none does.  Blocks keep the
+ * common all-finite case a branch-free integer max the compiler vectorizes. */
+#define FIRST_NONFINITE(NAME, T, BYTES, MASK, LIMIT)                                                    \
+    static uint64_t first_nonfinite_##NAME(const unsigned char *p, uint64_t count)            \
+    {                                                                                          \
+        for (uint64_t b = 0; b < count; b += 4096) {                                           \
+            uint64_t n = count - b < 4096 ? count - b : 4096;                                  \
+            T m = 0;                                                                           \
+            for (uint64_t i = 0; i < n; i++) {                                                 \
+                T v;                                                                           \
+                memcpy(&v, p + (b + i) * BYTES, BYTES);                                        \
+                v &= (T)(MASK);                                                                \
+                m = v > m ? v : m;                                                             \
+            }                                                                                  \
+            if (m < (T)(LIMIT))                                                                \
+                continue;                                                                      \
+            for (uint64_t i = 0; i < n; i++) {                                                 \
+                T v;                                                                           \
+                memcpy(&v, p + (b + i) * BYTES, BYTES);                                        \
+                if ((T)(v & (T)(MASK)) >= (T)(LIMIT))                                          \
+                    return b + i;                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        return count;                                                                          \
+    }
+FIRST_NONFINITE(bf16, uint16_t, 2, 0x7fffu, 0x7f80u)
+FIRST_NONFINITE(f16, uint16_t, 2, 0x7fffu, 0x7c00u)
+FIRST_NONFINITE(f32, uint32_t, 4, 0x7fffffffu, 0x7f800000u)
+FIRST_NONFINITE(f64, uint64_t, 8, 0x7fffffffffffffffull, 0x7ff0000000000000ull)
+#undef FIRST_NONFINITE
+
+static uint64_t first_nonfinite_bytes(const unsigned char *p, uint64_t count, unsigned limit)
+{
+    for (uint64_t i = 0; i < count; i++)
+        if ((p[i] & 0x7fu) >= limit)
+            return i;
+    return count;
+}
+
+static int nonfinite_error(const nq_tensor *t, uint64_t e, bool nan, nq_error *err);
+
+int nq_tensor_check_finite(const nq_tensor *t, uint64_t first, uint64_t count, nq_error *err)
+{
+    if (first > t->numel || count > t->numel - first)
+        return nq_fail(err, "tensor '%s': internal: range outside the tensor", t->name);
+    size_t es = nq_dtype_size(t->dtype);
+    const unsigned char *p = t->data + first * es;
+    uint64_t k;
+    switch (t->dtype) {
+    case NQ_BF16:
+        k = first_nonfinite_bf16(p, count);
+        break;
+    case NQ_F16:
+        k = first_nonfinite_f16(p, count);
+        break;
+    case NQ_F32:
+        k = first_nonfinite_f32(p, count);
+        break;
+    case NQ_F64:
+        k = first_nonfinite_f64(p, count);
+        break;
+    case NQ_F8_E4M3: /* no Inf; S.1111.111 is NaN */
+        k = first_nonfinite_bytes(p, count, 0x7fu);
+        break;
+    case NQ_F8_E5M2:
+        k = first_nonfinite_bytes(p, count, 0x7cu);
+        break;
+    default:
+        return 0;
+    }
+    if (k == count)
+        return 0;
+    float v;
+    nq_error ignored = {0};
+    nq_tensor view = *t; /* the bytes just tested, not a source's */
+    view.source = NULL;
+    nq_tensor_read_f32(&view, first + k, 1, &v, &ignored);
+    return nonfinite_error(t, first + k, isnan(v), err);
+}
+
+static int nonfinite_error(const nq_tensor *t, uint64_t e, bool nan, nq_error *err)
+{
+    char where[64] = "";
+    if (t->ndim == 2)
+        snprintf(where, sizeof where, " (row %llu, column %llu)",
+                 (unsigned long long)(e / (uint64_t)t->shape[1]),
+                 (unsigned long long)(e % (uint64_t)t->shape[1]));
+    return nq_fail(err, "tensor '%s': element %llu is %s%s", t->name, (unsigned long long)e,
+                   nan ? "NaN" : "infinite", where);
+}
+
 float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *err)
 {
     float *buf = malloc((t->numel ? t->numel : 1) * sizeof *buf);
@@ -735,15 +827,12 @@ float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *e
         free(buf);
         return NULL;
     }
-    if (reject_nonfinite) {
-        for (uint64_t i = 0; i < t->numel; i++) {
-            if (!isfinite(buf[i])) {
-                nq_fail(err, "tensor '%s': element %llu is %s", t->name, (unsigned long long)i,
-                        isnan(buf[i]) ? "NaN" : "infinite");
-                free(buf);
-                return NULL;
-            }
+    /* after conversion: covers LoRA-merged values and F64 beyond f32 */
+    for (uint64_t i = 0; reject_nonfinite && i < t->numel; i++)
+        if (!isfinite(buf[i])) {
+            nonfinite_error(t, i, isnan(buf[i]), err);
+            free(buf);
+            return NULL;
         }
-    }
     return buf;
 }

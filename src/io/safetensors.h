@@ -84,6 +84,15 @@ int nq_tensor_read_f32(const nq_tensor *t, uint64_t first, uint64_t count,
  * the tensor, if any element is NaN or Inf when reject_nonfinite is set. */
 float *nq_tensor_load_f32(const nq_tensor *t, bool reject_nonfinite, nq_error *err);
 
+/* Fails, naming the tensor and the element ("tensor 'X': element N [r, c]
+ * is NaN"), if an element of [first, first+count) is NaN or infinite.  Reads
+ * the stored bits (an exponent test, no conversion), so it runs at memory
+ * speed; integer and packed dtypes always pass.  Every tensor nemoq writes
+ * goes through it or through an encoder that makes the same test.  It tests
+ * t->data, the stored bytes: for a tensor with a source (LoRA), test a copy
+ * of *t whose data are the produced bytes. */
+int nq_tensor_check_finite(const nq_tensor *t, uint64_t first, uint64_t count, nq_error *err);
+
 /* Drops the tensor's pages from this process's mapping (they stay in the
  * page cache). Streaming passes call it after each tensor so that resident
  * memory stays a few tensors, not the model. Reading the tensor again after

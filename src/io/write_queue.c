@@ -8,6 +8,7 @@ typedef struct item {
     nq_write_piece pieces[NQ_WRITE_PIECES];
     int n;
     const nq_tensor *release;
+    const nq_tensor *copy; /* a whole stored tensor, checked for NaN/Inf as it is written */
 } item;
 
 struct nq_write_queue {
@@ -28,6 +29,22 @@ static void free_owned(item *it)
             free((void *)it->pieces[i].data);
 }
 
+/* 4 MB at a time: checked, then written while still in cache. */
+static int copy_checked(nq_writer *w, const nq_tensor *t, nq_error *err)
+{
+    size_t es = nq_dtype_size(t->dtype);
+    uint64_t step = es ? (4u << 20) / es : 0;
+    if (!es || !step)
+        return nq_writer_write(w, t->data, (size_t)t->nbytes, err);
+    for (uint64_t first = 0; first < t->numel; first += step) {
+        uint64_t n = t->numel - first < step ? t->numel - first : step;
+        if (nq_tensor_check_finite(t, first, n, err) != 0 ||
+            nq_writer_write(w, t->data + first * es, (size_t)(n * es), err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static void *run(void *arg)
 {
     nq_write_queue *q = arg;
@@ -45,6 +62,8 @@ static void *run(void *arg)
         int rc = 0;
         for (int i = 0; i < it.n && rc == 0 && !skip; i++)
             rc = nq_writer_write(q->w, it.pieces[i].data, it.pieces[i].len, &e);
+        if (it.copy && !skip)
+            rc = copy_checked(q->w, it.copy, &e);
         free_owned(&it);
         if (it.release)
             nq_tensor_release(it.release);
@@ -81,25 +100,36 @@ nq_write_queue *nq_write_queue_start(nq_writer *w, nq_error *err)
     return q;
 }
 
-int nq_write_queue_push(nq_write_queue *q, const nq_write_piece *pieces, int n,
-                        const nq_tensor *release, nq_error *err)
+static int enqueue(nq_write_queue *q, item *it, nq_error *err)
 {
-    item it = {.n = n, .release = release};
-    memcpy(it.pieces, pieces, (size_t)n * sizeof *pieces);
     pthread_mutex_lock(&q->lock);
     while (q->count == NQ_WRITE_QUEUE_DEPTH && !q->failed)
         pthread_cond_wait(&q->changed, &q->lock);
     if (q->failed) {
         *err = q->error;
         pthread_mutex_unlock(&q->lock);
-        free_owned(&it);
+        free_owned(it);
         return -1;
     }
-    q->ring[(q->head + q->count) % NQ_WRITE_QUEUE_DEPTH] = it;
+    q->ring[(q->head + q->count) % NQ_WRITE_QUEUE_DEPTH] = *it;
     q->count++;
     pthread_cond_broadcast(&q->changed);
     pthread_mutex_unlock(&q->lock);
     return 0;
+}
+
+int nq_write_queue_push(nq_write_queue *q, const nq_write_piece *pieces, int n,
+                        const nq_tensor *release, nq_error *err)
+{
+    item it = {.n = n, .release = release};
+    memcpy(it.pieces, pieces, (size_t)n * sizeof *pieces);
+    return enqueue(q, &it, err);
+}
+
+int nq_write_queue_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err)
+{
+    item it = {.n = 0, .release = t, .copy = t};
+    return enqueue(q, &it, err);
 }
 
 int nq_write_queue_finish(nq_write_queue *q, nq_error *err)

@@ -37,6 +37,12 @@ nq_write_queue *nq_write_queue_start(nq_writer *w, nq_error *err);
 int nq_write_queue_push(nq_write_queue *q, const nq_write_piece *pieces, int n,
                         const nq_tensor *release, nq_error *err);
 
+/* Queues a stored tensor to be copied whole into the output, then released.
+ * The queue's thread checks each chunk for NaN/Inf (nq_tensor_check_finite)
+ * just before writing it, while the bytes are in cache: a non-finite
+ * element fails the queue naming the tensor and the element. */
+int nq_write_queue_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err);
+
 /* Waits for every queued write, stops the thread and frees the queue (NULL
  * is a no-op).  Returns -1 with the first write failure's message. */
 int nq_write_queue_finish(nq_write_queue *q, nq_error *err);

@@ -157,6 +157,86 @@ static int check_divides(parse_ctx *p, int a, const char *an, int b, const char 
     return 0;
 }
 
+/* Sizes far beyond any released model are refused here, at parse time: the
+ * plan and the forward pass size their allocations from these fields, and
+ * a typo (or a hostile file) must not make them allocate gigabytes before
+ * the checkpoint's tensors disagree.  The caps leave a wide margin over
+ * today's largest models (hidden 16384, 256 routed experts, 262144-token
+ * vocabularies). */
+static int check_ranges(parse_ctx *p, const nq_model_config *c, bool has_moe)
+{
+    const struct {
+        const char *key;
+        long long value, max;
+    } caps[] = {
+        {"hidden_size", c->hidden_size, 1 << 16},
+        {"vocab_size", c->vocab_size, 1 << 24},
+        {"num_attention_heads", c->num_attention_heads, 1 << 12},
+        {"num_key_value_heads", c->num_key_value_heads, 1 << 12},
+        {"head_dim", c->head_dim, 1 << 12},
+        {"mamba_num_heads", c->mamba_num_heads, 1 << 12},
+        {"mamba_head_dim", c->mamba_head_dim, 1 << 12},
+        {"ssm_state_size", c->ssm_state_size, 1 << 12},
+        {"n_groups", c->n_groups, 1 << 12},
+        {"conv_kernel", c->conv_kernel, 64},
+        {"chunk_size", c->chunk_size, 1 << 16},
+        {"n_routed_experts", c->n_routed_experts, 1 << 12},
+        {"n_shared_experts", c->n_shared_experts, 64},
+        {"moe_intermediate_size", c->moe_intermediate_size, 1 << 18},
+        {"moe_shared_expert_intermediate_size", c->moe_shared_expert_intermediate_size, 1 << 18},
+        {"intermediate_size", c->intermediate_size, 1 << 20},
+        {"num_experts_per_tok", c->num_experts_per_tok, 1 << 12},
+        {"n_group", c->n_group, 1 << 12},
+        {"topk_group", c->topk_group, 1 << 12},
+    };
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        if (caps[i].value > caps[i].max)
+            return nq_fail(p->err, "%s: field \"%s\" is %lld, beyond what any Nemotron-H model "
+                                   "uses (nemoq accepts up to %lld)",
+                           p->source, caps[i].key, caps[i].value, caps[i].max);
+    long long experts = (long long)nq_model_config_count(c, NQ_BLOCK_MOE) * c->n_routed_experts;
+    if (has_moe && experts > (1 << 18))
+        return nq_fail(p->err, "%s: %d MoE layers x %d routed experts = %lld expert modules, "
+                               "beyond what nemoq accepts (%d)",
+                       p->source, nq_model_config_count(c, NQ_BLOCK_MOE), c->n_routed_experts,
+                       experts, 1 << 18);
+    if (!(isfinite(c->layer_norm_epsilon) && c->layer_norm_epsilon > 0))
+        return nq_fail(p->err, "%s: layer_norm_epsilon is %g; RMSNorm needs a finite epsilon > 0 "
+                               "(0 divides by zero on an all-zero row)",
+                       p->source, (double)c->layer_norm_epsilon);
+    if (!(isfinite(c->routed_scaling_factor) && c->routed_scaling_factor > 0))
+        return nq_fail(p->err, "%s: routed_scaling_factor is %g; it must be finite and > 0",
+                       p->source, (double)c->routed_scaling_factor);
+    if (!isfinite(c->time_step_limit[0]) || c->time_step_limit[0] < 0)
+        return nq_fail(p->err, "%s: time_step_limit minimum is %g; it must be finite and >= 0",
+                       p->source, (double)c->time_step_limit[0]);
+    return 0;
+}
+
+/* Token ids config.json names must be rows of the embedding table. */
+static int check_token_ids(parse_ctx *p, const nq_model_config *c)
+{
+    static const char *keys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+    for (size_t k = 0; k < 3; k++) {
+        json_t *v = json_object_get(p->root, keys[k]);
+        size_t n = json_is_array(v) ? json_array_size(v) : 1;
+        for (size_t i = 0; i < n && c->vocab_size > 0; i++) {
+            json_t *e = json_is_array(v) ? json_array_get(v, i) : v;
+            if (!e || json_is_null(e))
+                continue;
+            if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                json_integer_value(e) >= c->vocab_size) {
+                char at[32] = "";
+                if (json_is_array(v))
+                    snprintf(at, sizeof at, "[%zu]", i);
+                return nq_fail(p->err, "%s: %s%s is not a token id below vocab_size (%d)",
+                               p->source, keys[k], at, c->vocab_size);
+            }
+        }
+    }
+    return 0;
+}
+
 int nq_model_config_parse(const char *text, size_t len, const char *source_name,
                           nq_model_config *cfg, nq_error *err)
 {
@@ -253,6 +333,10 @@ int nq_model_config_parse(const char *text, size_t len, const char *source_name,
     snprintf(cfg->mlp_hidden_act, sizeof cfg->mlp_hidden_act, "%s", act ? act : "relu2");
     cfg->mlp_bias = get_bool(&p, "mlp_bias", false);
 
+    if (!p.failed)
+        p.failed = check_ranges(&p, cfg, has_moe);
+    if (!p.failed)
+        p.failed = check_token_ids(&p, cfg);
     if (!p.failed && has_attn) {
         p.failed = check_divides(&p, cfg->num_attention_heads, "num_attention_heads",
                                  cfg->num_key_value_heads, "num_key_value_heads");

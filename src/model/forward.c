@@ -9,11 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/blas.h"
 #include "core/parallel.h"
 #include "model/layers.h"
-
-/* Declared here because the reference cblas.h lacks it; OpenBLAS exports it. */
-void openblas_set_num_threads(int num_threads);
 
 typedef struct block_weights {
     nq_block_kind kind;
@@ -103,6 +101,15 @@ static int fetch(nq_model *m, float **out, const char *name, int layer, bool opt
                        (unsigned long long)req.numel);
     int rc = m->provider.fetch(m->provider.ctx, &req, buf, err);
     if (rc == 0) {
+        /* A NaN or Inf weight would surface layers later as a NaN activation
+         * somewhere else: name it here, before the block runs. */
+        for (uint64_t i = 0; i < req.numel; i++)
+            if (!isfinite(buf[i])) {
+                bool nan = isnan(buf[i]);
+                free(buf);
+                return nq_fail(err, "tensor '%s': element %llu is %s", name,
+                               (unsigned long long)i, nan ? "NaN" : "infinite");
+            }
         *out = buf;
         return 0;
     }
@@ -407,9 +414,9 @@ nq_model *nq_model_open(const nq_checkpoint *ck, const nq_model_config *cfg, nq_
     m->provider = (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch, .ctx = (void *)ck};
     m->threads = nq_default_threads();
     m->dt_min = read_dt_min(ck);
-    /* Parallelism is ours (fixed chunks); a multi-threaded BLAS would make
-     * the per-chunk products depend on its own thread count. */
-    openblas_set_num_threads(1);
+    /* one-thread BLAS (parallelism is ours, in fixed chunks) with the
+     * kernels this CPU can run */
+    nq_blas_init();
     if (ck && !nq_checkpoint_find(ck, "backbone.embeddings.weight") &&
         !nq_checkpoint_find(ck, "model.embeddings.weight")) {
         nq_fail(err, "backbone.embeddings.weight: tensor not found in the checkpoint");
@@ -695,6 +702,76 @@ int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_err
         return -1;
     int rc = run_block(m, layer, x, n, st ? st : own, err);
     nq_state_free(own);
+    return rc;
+}
+
+bool nq_model_concurrent_sequences(const nq_model *m)
+{
+    return m->threads > 1 && (!m->has_hooks || m->hooks.concurrent);
+}
+
+typedef struct {
+    nq_model *m;
+    int layer, len;
+    float *x;
+    nq_error *errs;   /* one per sequence */
+} blocks_job;
+
+static int blocks_run(void *ctx, size_t begin, size_t end, int worker)
+{
+    (void)worker;
+    blocks_job *j = ctx;
+    size_t plane = (size_t)j->len * j->m->cfg.hidden_size;
+    for (size_t s = begin; s < end; s++) {
+        nq_state *st = nq_state_new(j->m, &j->errs[s]);
+        int rc = st ? run_block(j->m, j->layer, j->x + s * plane, j->len, st, &j->errs[s]) : -1;
+        nq_state_free(st);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_error *err)
+{
+    if (layer < 0 || layer >= m->cfg.num_layers)
+        return nq_fail(err, "layer %d: outside 0..%d", layer, m->cfg.num_layers - 1);
+    if (len <= 0 || samples <= 0)
+        return nq_fail(err, "layer %d: %d sequences of %d tokens", layer, samples, len);
+    size_t plane = (size_t)len * m->cfg.hidden_size;
+    bool parallel = samples > 1 && nq_model_concurrent_sequences(m);
+    if (!parallel) {
+        for (int s = 0; s < samples; s++)
+            if (nq_model_block(m, layer, x + s * plane, len, NULL, err) != 0)
+                return -1;
+        return 0;
+    }
+    /* Everything the sequences could ask the provider for is fetched first:
+     * the provider is never called concurrently, and afterwards the threads
+     * only read the weights.  (A MoE layer is loaded whole, as calibration
+     * does anyway; one sequence at a time loads only the routed experts.) */
+    block_weights *b = get_block(m, layer, err);
+    if (!b)
+        return -1;
+    if (b->kind == NQ_BLOCK_MOE)
+        for (int e = 0; e < m->cfg.n_routed_experts; e++)
+            if (!b->moe.experts[e].up && load_expert(m, layer, b, e, err) != 0)
+                return -1;
+    nq_error *errs = calloc((size_t)samples, sizeof *errs);
+    if (!errs)
+        return nq_fail(err, "layer %d: out of memory", layer);
+    blocks_job job = {.m = m, .layer = layer, .len = len, .x = x, .errs = errs};
+    /* One sequence per item, each computed whole by one thread (the loops
+     * inside run inline): the same arithmetic as one sequence at a time. */
+    int rc = nq_parallel_for((size_t)samples, 1, m->threads, blocks_run, &job);
+    if (rc != 0) {
+        for (int s = 0; s < samples; s++)
+            if (errs[s].msg[0]) {
+                *err = errs[s];
+                break;
+            }
+    }
+    free(errs);
     return rc;
 }
 

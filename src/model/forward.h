@@ -99,6 +99,10 @@ typedef struct nq_forward_hooks {
     /* Observes (and may rewrite) new keys/values before attention uses them. */
     int (*kv_output)(void *ctx, const nq_kv_output *kv, nq_error *err);
     void *ctx;
+    /* The functions may run on several threads at once, for different
+     * sequences (nq_model_blocks); false: always one call at a time, in
+     * execution order. */
+    bool concurrent;
 } nq_forward_hooks;
 
 /* ---- model ----------------------------------------------------------- */
@@ -172,6 +176,17 @@ int nq_model_embed(nq_model *m, const int32_t *ids, int n, float *x, nq_error *e
  * blocks of one step may run in any interleaving as long as each block sees
  * the tokens in order), or NULL for a fresh sequence of n tokens. */
 int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_error *err);
+/* Runs block `layer` in place on `samples` independent fresh sequences of
+ * len tokens each (x: [samples, len, hidden]), as nq_model_block on each in
+ * turn would, with the same results bit for bit.  With several threads and
+ * no hooks (or hooks marked concurrent) the sequences run in parallel, one
+ * per thread, after the block's weights (a MoE layer: all its experts) are
+ * loaded. */
+int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_error *err);
+/* Whether independent sequences may run on several threads at once: more
+ * than one thread, and no hooks or concurrent ones.  (The weights a call
+ * needs must be loaded before; the provider is never called concurrently.) */
+bool nq_model_concurrent_sequences(const nq_model *m);
 /* normed_out[n, hidden] (may be NULL) = norm_f(x); logits[n, vocab] (may be
  * NULL) = lm_head(norm_f(x)). */
 int nq_model_final(nq_model *m, const float *x, int n, float *normed_out, float *logits,

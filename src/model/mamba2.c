@@ -50,6 +50,57 @@ typedef struct {
     int n;
 } scan_job;
 
+/* The state update and readout of one token for one head, with the state
+ * transposed to [state, head_dim] so that the loops over p (the head's
+ * channels) vectorize: lane p computes exactly what the scalar loop
+ *     s[p][k] = s[p][k] * dA + xdt[p] * B[k];  y[p] += s[p][k] * C[k]
+ * computes, in the same order over k (no reassociation, no contraction:
+ * the build does not fuse a*b+c), so every clone gives the same bits. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+static void scan_token(float *restrict st, int hd, int ns, const float *restrict xh,
+                       const float *restrict B, const float *restrict C, float dt, float dA,
+                       float D, float *restrict xdt, float *restrict acc, float *restrict yh)
+{
+    for (int p = 0; p < hd; p++) {
+        xdt[p] = xh[p] * dt;
+        acc[p] = 0.0f;
+    }
+    for (int k = 0; k < ns; k++) {
+        float b = B[k], c = C[k];
+        float *sk = st + (size_t)k * hd;
+        for (int p = 0; p < hd; p++) {
+            float v = sk[p] * dA;
+            float u = xdt[p] * b;
+            v = v + u;
+            sk[p] = v;
+            float w = v * c;
+            acc[p] = acc[p] + w;
+        }
+    }
+    for (int p = 0; p < hd; p++) {
+        float d = D * xh[p];
+        yh[p] = acc[p] + d;
+    }
+}
+
+/* The causal conv of one token over every channel (before the SiLU), with
+ * the weights transposed to [kernel, channel]: the same sum per channel,
+ * bias first and then k = 0..K-1 in order, vectorized across channels. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+static void conv_token(float *restrict out, const float *restrict win, const float *restrict wt,
+                       const float *restrict bias, int conv_dim, int K)
+{
+    for (int ch = 0; ch < conv_dim; ch++)
+        out[ch] = bias ? bias[ch] : 0.0f;
+    for (int k = 0; k < K; k++) {
+        const float *wk = wt + (size_t)k * conv_dim, *xk = win + (size_t)k * conv_dim;
+        for (int ch = 0; ch < conv_dim; ch++) {
+            float v = wk[ch] * xk[ch];
+            out[ch] = out[ch] + v;
+        }
+    }
+}
+
 /* One head over all tokens: heads are independent, so they are the work
  * items; each head's arithmetic order is fixed. */
 static int scan_heads(void *ctx, size_t begin, size_t end, int worker)
@@ -60,10 +111,17 @@ static int scan_heads(void *ctx, size_t begin, size_t end, int worker)
     int hd = c->mamba_head_dim, ns = c->ssm_state_size;
     int inter = nq_mamba_intermediate(c), conv_dim = nq_mamba_conv_dim(c);
     int heads_per_group = c->mamba_num_heads / c->n_groups;
+    float *st = malloc(((size_t)hd * ns + 2 * (size_t)hd) * sizeof *st);
+    if (!st)
+        return -1;
+    float *xdt = st + (size_t)hd * ns, *acc = xdt + hd;
     for (size_t h = begin; h < end; h++) {
         int g = (int)h / heads_per_group;
         float A = j->w->A[h], D = j->w->D[h];
-        float *s = j->ssm + h * (size_t)hd * ns;
+        float *s = j->ssm + h * (size_t)hd * ns;   /* [head_dim, state] */
+        for (int p = 0; p < hd; p++)
+            for (int k = 0; k < ns; k++)
+                st[(size_t)k * hd + p] = s[(size_t)p * ns + k];
         for (int t = 0; t < j->n; t++) {
             const float *row = j->xbc + (size_t)t * conv_dim;
             const float *xh = row + h * (size_t)hd;
@@ -71,19 +129,14 @@ static int scan_heads(void *ctx, size_t begin, size_t end, int worker)
             const float *C = row + inter + (size_t)c->n_groups * ns + (size_t)g * ns;
             float dt = j->dt[(size_t)t * c->mamba_num_heads + h];
             float dA = expf(dt * A);
-            float *yh = j->y + (size_t)t * inter + h * (size_t)hd;
-            for (int p = 0; p < hd; p++) {
-                float xdt = xh[p] * dt;
-                float *sp = s + (size_t)p * ns;
-                float acc = 0.0f;
-                for (int k = 0; k < ns; k++) {
-                    sp[k] = sp[k] * dA + xdt * B[k];
-                    acc += sp[k] * C[k];
-                }
-                yh[p] = acc + D * xh[p];
-            }
+            scan_token(st, hd, ns, xh, B, C, dt, dA, D, xdt, acc,
+                       j->y + (size_t)t * inter + h * (size_t)hd);
         }
+        for (int p = 0; p < hd; p++)
+            for (int k = 0; k < ns; k++)
+                s[(size_t)p * ns + k] = st[(size_t)k * hd + p];
     }
+    free(st);
     return 0;
 }
 
@@ -102,7 +155,8 @@ int nq_mamba2_forward(const nq_exec *ex, const nq_model_config *cfg, const nq_ma
     float *xbc = malloc((size_t)n * conv_dim * sizeof *xbc);
     float *dt = malloc((size_t)n * nh * sizeof *dt);
     float *scan = malloc((size_t)n * inter * sizeof *scan);
-    if (!proj || !win || !xbc || !dt || !scan) {
+    float *wt = malloc((size_t)K * conv_dim * sizeof *wt);
+    if (!proj || !win || !xbc || !dt || !scan || !wt) {
         nq_fail(ex->err, "%smamba: out of memory for %d tokens", ex->prefix, n);
         goto done;
     }
@@ -115,15 +169,14 @@ int nq_mamba2_forward(const nq_exec *ex, const nq_model_config *cfg, const nq_ma
     for (int t = 0; t < n; t++)
         memcpy(win + (size_t)(K - 1 + t) * conv_dim, proj + (size_t)t * proj_dim + inter,
                (size_t)conv_dim * sizeof *win);
+    for (int k = 0; k < K; k++)
+        for (int ch = 0; ch < conv_dim; ch++)
+            wt[(size_t)k * conv_dim + ch] = w->conv_w[(size_t)ch * K + k];
     for (int t = 0; t < n; t++) {
         float *out = xbc + (size_t)t * conv_dim;
-        for (int ch = 0; ch < conv_dim; ch++) {
-            const float *wk = w->conv_w + (size_t)ch * K;
-            float acc = w->conv_b ? w->conv_b[ch] : 0.0f;
-            for (int k = 0; k < K; k++)
-                acc += wk[k] * win[(size_t)(t + k) * conv_dim + ch];
-            out[ch] = silu(acc);
-        }
+        conv_token(out, win + (size_t)t * conv_dim, wt, w->conv_b, conv_dim, K);
+        for (int ch = 0; ch < conv_dim; ch++)
+            out[ch] = silu(out[ch]);
     }
     memcpy(conv_state, win + (size_t)n * conv_dim, (size_t)(K - 1) * conv_dim * sizeof *win);
 
@@ -135,8 +188,10 @@ int nq_mamba2_forward(const nq_exec *ex, const nq_model_config *cfg, const nq_ma
 
     scan_job job = {.cfg = cfg, .w = w, .xbc = xbc, .dt = dt, .ssm = ssm_state, .y = scan, .n = n};
     double macs = 2.0 * n * inter * cfg->ssm_state_size;
-    if (nq_parallel_for((size_t)nh, 1, nq_exec_threads(ex, macs), scan_heads, &job) != 0)
+    if (nq_parallel_for((size_t)nh, 1, nq_exec_threads(ex, macs), scan_heads, &job) != 0) {
+        nq_fail(ex->err, "%smamba: out of memory for the scan", ex->prefix);
         goto done;
+    }
 
     /* Gated RMSNorm, gate first (Zamba2RMSNormGated, norm_before_gate off). */
     for (int t = 0; t < n; t++) {
@@ -162,5 +217,6 @@ done:
     free(xbc);
     free(dt);
     free(scan);
+    free(wt);
     return rc;
 }

@@ -1,5 +1,6 @@
 #include "model/roles.h"
 
+#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,4 +93,10 @@ bool nq_is_quant_companion(const char *name)
 bool nq_is_buffer(const char *name)
 {
     return ends_with(name, ".e_score_correction_bias");
+}
+
+bool nq_exclude_matches(const char *entry, const char *module)
+{
+    /* "" is a substring of every name: vLLM skips everything for it too */
+    return strstr(module, entry) != NULL || fnmatch(entry, module, 0) == 0;
 }

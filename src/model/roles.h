@@ -39,4 +39,13 @@ bool nq_is_quant_companion(const char *name);
 /* Registered buffers of transformers' module (not counted as parameters). */
 bool nq_is_buffer(const char *name);
 
+/* Whether a ModelOpt `exclude_modules` entry (hf_quant_config.json; the
+ * `ignore` list of the flat quantization_config) covers `module`, as vLLM's
+ * ModelOpt loader decides it: the entry is a substring of the module name
+ * (its is_layer_skipped with skip_with_substr), else the entry is an fnmatch
+ * pattern matching the whole name ("backbone.layers.1*" covers layers 1 and
+ * 10-19; '*' crosses dots).  The one matcher every reader of exclude lists
+ * uses (verify, inspect). */
+bool nq_exclude_matches(const char *entry, const char *module);
+
 #endif

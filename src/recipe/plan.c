@@ -345,6 +345,47 @@ static int check_fused_groups(const nq_plan *p, nq_error *err)
     return 0;
 }
 
+static int cmp_module_name(const void *a, const void *b)
+{
+    return strcmp(((const nq_plan_module *)a)->name, ((const nq_plan_module *)b)->name);
+}
+
+/* The converse of the missing-tensor check: nothing in the checkpoint may
+ * lie outside the model config.json describes.  A tensor of a layer past
+ * the block pattern, or a Linear the pattern does not give its layer (an
+ * expert beyond n_routed_experts, a Mamba projection in an attention
+ * layer), would otherwise be quantized or copied into a checkpoint that
+ * servers load with the config's shapes. */
+static int check_no_extra(const nq_model_config *cfg, const nq_checkpoint *ck,
+                          const module_list *have, module_list *want, nq_error *err)
+{
+    for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, i);
+        int layer = nq_layer_of(t->name);
+        if (layer >= cfg->num_layers)
+            return nq_fail(err, "%s: tensor '%s' belongs to layer %d, but config.json's block "
+                                "pattern has %d layers (0..%d): the checkpoint and its config "
+                                "disagree",
+                           nq_checkpoint_dir(ck), t->name, layer, cfg->num_layers,
+                           cfg->num_layers - 1);
+    }
+    qsort(want->items, want->count, sizeof *want->items, cmp_module_name);
+    for (size_t i = 0; i < have->count; i++) {
+        const nq_plan_module *m = &have->items[i];
+        /* lm_head may be stored even when tied to the embeddings */
+        if ((!m->quantizable && m->role != NQ_ROLE_ROUTER && m->role != NQ_ROLE_CONV1D) ||
+            m->role == NQ_ROLE_LM_HEAD)
+            continue;
+        if (!bsearch(m, want->items, want->count, sizeof *want->items, cmp_module_name))
+            return nq_fail(err, "%s: tensor '%s.weight' is a %s that config.json's block pattern "
+                                "does not have (layer %d is %s)",
+                           nq_checkpoint_dir(ck), m->name, nq_role_name(m->role), m->layer,
+                           m->layer >= 0 ? nq_block_kind_name((nq_block_kind)cfg->pattern[m->layer])
+                                         : "outside the layer stack");
+    }
+    return 0;
+}
+
 int nq_plan_build(const nq_model_config *cfg, const nq_checkpoint *ck,
                   const nq_recipe_options *opt, nq_plan *plan, nq_error *err)
 {
@@ -390,6 +431,8 @@ int nq_plan_build(const nq_model_config *cfg, const nq_checkpoint *ck,
                              (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)w->out_features,
                              (long long)w->in_features);
         }
+        if (rc == 0)
+            rc = check_no_extra(cfg, ck, &l, &want, err);
         free(want.items);
     }
     plan->modules = l.items;
@@ -411,15 +454,26 @@ int nq_plan_build(const nq_model_config *cfg, const nq_checkpoint *ck,
             if (rule->keep) {
                 matched++;
                 m->format = NQ_FORMAT_KEEP;
-                REASON(m, "--exclude %.120s", rule->glob);
+                if (rule->origin)
+                    REASON(m, "recipe file %.60s: exclude %.100s", rule->origin, rule->glob);
+                else
+                    REASON(m, "--exclude %.120s", rule->glob);
             } else if (m->quantizable) {
                 matched++;
                 m->format = rule->format;
-                REASON(m, "--include %.120s=%s", rule->glob, nq_format_name(rule->format));
+                if (rule->origin)
+                    REASON(m, "recipe file %.60s: include %.100s=%s", rule->origin, rule->glob,
+                           nq_format_name(rule->format));
+                else
+                    REASON(m, "--include %.120s=%s", rule->glob, nq_format_name(rule->format));
             }
         }
         if (matched == 0) {
             nq_plan_free(plan);
+            if (rule->origin)
+                return nq_fail(err, "%s: %s pattern '%s' matches no %smodule of this checkpoint",
+                               rule->origin, rule->keep ? "exclude" : "include", rule->glob,
+                               rule->keep ? "" : "quantizable ");
             return nq_fail(err, "%s '%s' matches no %smodule of this checkpoint",
                            rule->keep ? "--exclude" : "--include", rule->glob,
                            rule->keep ? "" : "quantizable ");
@@ -485,6 +539,22 @@ size_t nq_plan_count(const nq_plan *plan, nq_format f)
     return n;
 }
 
+int nq_plan_refuse_empty(const nq_plan *plan, const char *source, nq_error *err)
+{
+    if (plan->count > nq_plan_count(plan, NQ_FORMAT_KEEP))
+        return 0;
+    const nq_plan_module *example = NULL;
+    for (size_t i = 0; i < plan->count && !example; i++)
+        if (plan->modules[i].quantizable)
+            example = &plan->modules[i];
+    if (!example)
+        return nq_fail(err, "%s: recipe %s: the checkpoint has no Linear that can be quantized; "
+                            "nothing written", source, plan->recipe);
+    return nq_fail(err, "%s: recipe %s quantizes none of the %zu modules (e.g. %s: %s); nothing "
+                        "written", source, plan->recipe, plan->count, example->name,
+                   example->reason);
+}
+
 void nq_plan_print(FILE *out, const nq_plan *plan)
 {
     fprintf(out, "recipe %s: %zu modules\n", plan->recipe, plan->count);
@@ -522,6 +592,7 @@ static int append_rule(nq_recipe_rule **rules, size_t *n, const char *glob, bool
     snprintf(g[*n].glob, sizeof g[*n].glob, "%s", glob);
     g[*n].keep = keep;
     g[*n].format = f;
+    g[*n].origin = path;
     (*n)++;
     return 0;
 }

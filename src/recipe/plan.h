@@ -53,6 +53,7 @@ typedef struct nq_recipe_rule {
     char glob[256];     /* fnmatch pattern over module names */
     bool keep;          /* --exclude: keep in source precision */
     nq_format format;   /* --include GLOB=FORMAT */
+    const char *origin; /* the recipe file it came from (borrowed), NULL for a flag */
 } nq_recipe_rule;
 
 typedef struct nq_recipe_options {
@@ -83,6 +84,11 @@ int nq_recipe_file_load(const char *path, const char **preset, nq_recipe_rule **
 const nq_plan_module *nq_plan_find(const nq_plan *plan, const char *module);
 /* Counts by format. */
 size_t nq_plan_count(const nq_plan *plan, nq_format f);
+/* Fails when the plan quantizes nothing (every Linear kept: too small for
+ * the recipe's blocks, or excluded by rules): such an output would be a
+ * copy of the input declared as a quantized checkpoint.  The message gives
+ * the reason of the first quantizable module. */
+int nq_plan_refuse_empty(const nq_plan *plan, const char *source, nq_error *err);
 /* The plan as a table: every module, its format, why. */
 void nq_plan_print(FILE *out, const nq_plan *plan);
 
