@@ -10,6 +10,6 @@ mkdir -p "$out"
 cc -std=c11 -O3 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter \
    -I"$root/src" $(pkg-config --cflags openblas jansson libpcre2-8) \
    "$root/bench/bench_forward.c" "$root"/src/core/*.c "$root"/src/io/*.c \
-   "$root"/src/formats/*.c "$root"/src/model/*.c \
+   "$root"/src/formats/*.c "$root"/src/model/*.c "$root"/src/cuda/cuda_none.c \
    $(pkg-config --libs openblas jansson libpcre2-8) -lpthread -lm -o "$out/bench_forward"
 exec "$out/bench_forward" "$root" "${1:-3}" "${2:-2}"

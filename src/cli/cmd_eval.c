@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "core/file.h"
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "eval/loaded.h"
 #include "eval/decode.h"
 #include "eval/perplexity.h"
@@ -18,6 +19,7 @@
 static const char *usage =
     "usage: nemoq eval MODEL --text FILE [--ctx 256] [--windows N] [--skip-windows K]\n"
     "                  [--against BASE] [--tokenizer tokenizer.json] [--threads N] [--json]\n"
+    "                  [--device auto|cpu|cuda[:N]]\n"
     "  Perplexity of MODEL on FILE: the whole text tokenized as one string (no BOS/EOS),\n"
     "  cut into consecutive non-overlapping windows of --ctx tokens from the start\n"
     "  (after skipping K windows), each window run on its own and scored on its\n"
@@ -29,6 +31,8 @@ static const char *usage =
     "  --against BASE also runs BASE on the same windows and reports the mean\n"
     "  KL(base || model) per prediction, top-1 agreement and both perplexities.\n"
     "  The tokenizer is MODEL/tokenizer.json unless --tokenizer is given.\n"
+    "  --device: where the forward pass runs (default cpu; auto = the first CUDA GPU\n"
+    "  when this build and machine have one, else the CPU).\n"
     "  --decode [--prefill P]: score each window as a server decodes it: P tokens\n"
     "  (default 1) in one prefill step, then one token per step carrying the Mamba\n"
     "  conv/SSM state and the KV cache.\n"
@@ -106,6 +110,7 @@ void nq_cli_progress(void *ctx, const char *stage, int done, int total)
 int nq_cmd_eval(int argc, char **argv)
 {
     const char *dir = NULL, *text_path = NULL, *against = NULL, *tok_path = NULL;
+    const char *device = "cpu";
     const char *report_path = NULL;
     int ctx = 256, windows = 0, skip = 0, threads = 0, prefill = 1, bucket = 0;
     bool json = false, bad = false, decode = false, modes_given = false, sr_given = false;
@@ -161,6 +166,8 @@ int nq_cmd_eval(int argc, char **argv)
             against = v;
         } else if (nq_arg_value(argc, argv, &i, "--tokenizer", &v, &bad)) {
             tok_path = v;
+        } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
+            device = v;
         } else if (nq_arg_value(argc, argv, &i, "--ctx", &v, &bad)) {
             if (nq_parse_int(v, 2, 1 << 20, &ctx) != 0) {
                 nq_cli_error("eval: --ctx '%s': expected an integer from 2 to %d", v, 1 << 20);
@@ -214,17 +221,23 @@ int nq_cmd_eval(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n_ids = 0, text_len = 0;
     int rc = 1;
+    nq_cuda *gpu = NULL;
+    char device_desc[384];
     nq_decode_result dres[NQ_DECODE_MAX_MODES] = {0};
     json_t *doc = NULL;
     /* a report may not land inside either checkpoint; checked before any work */
     if ((report_path && (nq_report_check(report_path, dir, NULL, &err) != 0 ||
                          (against && nq_report_check(report_path, against, NULL, &err) != 0))) ||
+        nq_device_open(device, &gpu, device_desc, sizeof device_desc, &err) != 0 ||
         !(tok = nq_tokenizer_load(tok_path ? tok_path : tok_default, &err)) ||
         !(text = nq_read_file(text_path, &text_len, &err)) ||
         nq_tokenizer_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0 ||
         nq_loaded_open(dir, threads, &model, &err) != 0 ||
         (against && nq_loaded_open(against, threads, &base, &err) != 0))
         goto done;
+    nq_model_set_cuda(model.model, gpu);
+    if (against)
+        nq_model_set_cuda(base.model, gpu);
     nq_eval_result r;
     if (decode) {
         dopt.ctx = ctx;
@@ -262,6 +275,8 @@ int nq_cmd_eval(int argc, char **argv)
         json_object_set_new(doc, "kl", json_real(r.kl));
         json_object_set_new(doc, "top1_agreement", json_real(r.top1));
     }
+    if (doc)
+        json_object_set_new(doc, "device", json_string(device_desc));
     if (doc && decode)
         json_object_set_new(doc, "decode", decode_json(&dopt, dres, r.has_base));
     if (!doc) {
@@ -272,6 +287,7 @@ int nq_cmd_eval(int argc, char **argv)
         json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
         printf("\n");
     } else {
+        printf("device: %s\n", device_desc);
         printf("text: %s, %zu tokens; %d windows of %d (skipped %d), %llu predictions\n",
                text_path, n_ids, r.windows, r.ctx, skip, (unsigned long long)r.predictions);
         if (di.nvfp4 + di.fp8 + di.gptq)
@@ -347,6 +363,7 @@ done:
         nq_decode_result_free(&dres[k]);
     nq_loaded_close(&model);
     nq_loaded_close(&base);
+    nq_cuda_close(gpu);
     nq_tokenizer_free(tok);
     free(text);
     free(ids);

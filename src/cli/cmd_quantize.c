@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "export/lora.h"
 #include "export/quantize.h"
 #include "io/outdir.h"
@@ -26,6 +27,7 @@
 static const char *usage =
     "usage: nemoq quantize IN OUT --recipe NAME [options]\n"
     "       nemoq quantize IN --recipe NAME --dry-run     (IN may be a config.json)\n"
+    "       nemoq quantize IN OUT --auto-quantize BITS --calib FILE [options]\n"
     "\n"
     "  --recipe NAME          nvfp4-conservative | nvfp4-aggressive | fp8-conservative |\n"
     "                         fp8-aggressive | int4\n"
@@ -59,16 +61,29 @@ static const char *usage =
     "                         order; WEIGHT multiplies its scaling (default 1)\n"
     "  --weights-only         write NVFP4/FP8 weights without activation scales\n"
     "  --threads N            worker threads (default: all cores); output is identical\n"
+    "  --device auto|cpu|cuda[:N]  where calibration (and --eval) forward passes run\n"
+    "                         (default cpu; auto: a CUDA GPU when there is one)\n"
     "  --max-shard-size SIZE  e.g. 5GB (default), 500MB\n"
     "  --force                replace a non-empty OUT (atomically)\n"
     "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
-    "  --dry-run              print the plan (every module, its format, why) and exit\n";
+    "  --dry-run              print the plan (every module, its format, why) and exit\n"
+    "\n"
+    "AutoQuantize (instead of --recipe; needs --calib):\n"
+    "  --auto-quantize BITS   per group of modules servers fuse, pick nvfp4, fp8 or bf16 to\n"
+    "                         minimise the summed measured KL under BITS effective bits per\n"
+    "                         parameter of the searchable modules (exact knapsack)\n"
+    "  --auto-formats LIST    candidates, comma-separated from nvfp4,fp8,bf16 (default all)\n"
+    "  --auto-cost weight|active-moe  bits per stored weight, or per weight a token reads\n"
+    "                         (routed experts count top_k / n_experts)\n"
+    "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n"
+    "  --auto-scores FILE     reuse the scores in an earlier run's --report JSON instead of\n"
+    "                         measuring (same model, groups and formats)\n";
 
 /* Perplexity and KL of the written checkpoint against its input (with the
  * same LoRA adapters merged, so that KL measures the quantization only). */
 static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, size_t nloras,
-                    const char *text_path, int windows, int threads, nq_eval_result *r,
-                    nq_error *err)
+                    const char *text_path, int windows, int threads, nq_cuda *gpu,
+                    nq_eval_result *r, nq_error *err)
 {
     char tok_path[4096];
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", in);
@@ -82,6 +97,8 @@ static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, 
     if (text && nq_tokenizer_encode(tok, text, len, false, &ids, &n, err) == 0 &&
         nq_loaded_open(out, threads, &q, err) == 0 && nq_loaded_open(in, threads, &b, err) == 0 &&
         (!nloras || (lora = nq_lora_attach(b.ck, loras, nloras, NULL, threads, err)))) {
+        nq_model_set_cuda(q.model, gpu);
+        nq_model_set_cuda(b.model, gpu);
         nq_eval_options o = {.ctx = 256, .windows = windows, .progress = nq_cli_progress};
         rc = nq_eval_perplexity(q.model, b.model, ids, n, &o, r, err);
     }
@@ -101,11 +118,11 @@ int nq_cmd_quantize(int argc, char **argv)
     size_t nrules = 0, nfile_rules = 0;
     nq_quantize_options opt = {.threads = 0, .log = isatty(2) ? stderr : NULL,
                                .kv_cache_fp8 = true};
-    const char *report_path = NULL, *eval_path = NULL;
+    const char *report_path = NULL, *eval_path = NULL, *device = "cpu";
     int eval_windows = 64;
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
-    bool dry_run = false, bad = false, clean_stale = false;
+    bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -164,6 +181,8 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--group-size '%s': expected 32, 64 or 128", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
+            device = v;
         } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
             if (!bad && nq_parse_int(v, 1, 1024, &opt.threads) != 0) {
                 nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);
@@ -248,6 +267,44 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--eval-windows '%s': expected an integer from 1 to %d", v, 1 << 20);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-quantize", &v, &bad)) {
+            char *end = NULL;
+            opt.auto_bits = bad ? 0 : strtod(v, &end);
+            if (!bad && (!end || *end || !(opt.auto_bits > 0 && opt.auto_bits <= 16))) {
+                nq_cli_error("--auto-quantize '%s': expected bits per parameter in (0, 16]", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-formats", &v, &bad)) {
+            if (bad)
+                break;
+            auto_formats_given = true;
+            memset(opt.auto_formats, 0, sizeof opt.auto_formats);
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", v);
+            for (char *tokp = strtok(buf, ","); tokp && !bad; tokp = strtok(NULL, ",")) {
+                nq_format f;
+                if (nq_format_from_name(tokp, &f) != 0 || f == NQ_FORMAT_INT4) {
+                    nq_cli_error("--auto-formats '%s': '%s' is not one of nvfp4, fp8, bf16", v,
+                                 tokp);
+                    bad = true;
+                } else {
+                    opt.auto_formats[f] = true;
+                }
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-cost", &v, &bad)) {
+            if (!bad && strcmp(v, "active-moe") == 0)
+                opt.auto_active_moe = true;
+            else if (!bad && strcmp(v, "weight") != 0) {
+                nq_cli_error("--auto-cost '%s': expected weight or active-moe", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-score-samples", &v, &bad)) {
+            if (!bad && nq_parse_int(v, 1, 1 << 20, &opt.auto_score_windows) != 0) {
+                nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
+            opt.auto_scores_path = v;
         } else if (strcmp(a, "--weights-only") == 0) {
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
@@ -278,6 +335,34 @@ int nq_cmd_quantize(int argc, char **argv)
         rc = 2;
         goto finish;
     }
+    if (opt.auto_bits > 0) {
+        if (preset) {
+            nq_cli_error("quantize: --auto-quantize chooses the formats itself; drop --recipe "
+                         "(use --include/--exclude to pin modules)");
+            goto finish;
+        }
+        if (nloras) {
+            nq_cli_error("quantize: --lora with --auto-quantize is not supported: the "
+                         "sensitivities would be measured on the weights without the adapter");
+            goto finish;
+        }
+        if (!opt.calib_path) {
+            nq_cli_error("quantize: --auto-quantize needs --calib FILE (sensitivities are "
+                         "measured on the model's output over calibration text)");
+            goto finish;
+        }
+        if (!auto_formats_given)
+            opt.auto_formats[NQ_FORMAT_KEEP] = opt.auto_formats[NQ_FORMAT_NVFP4] =
+                opt.auto_formats[NQ_FORMAT_FP8] = true;
+        /* the base plan: every Linear but embeddings, lm_head, routers and
+         * conv1d quantizable; the search then sets their formats */
+        preset = "nvfp4-aggressive";
+    } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows ||
+               opt.auto_scores_path) {
+        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score-samples and "
+                     "--auto-scores need --auto-quantize BITS");
+        goto finish;
+    }
     if (!in || (!out && !dry_run) || !preset) {
         nq_cli_error("quantize: %s", !in ? "no input checkpoint given"
                                      : !preset ? "no --recipe given"
@@ -302,6 +387,17 @@ int nq_cmd_quantize(int argc, char **argv)
     if (opt.threads <= 0)
         opt.threads = nq_default_threads();
 
+    if (dry_run && opt.auto_bits > 0) {
+        /* AutoQuantize measures on the weights: the full pipeline up to the plan */
+        opt.dry_run = true;
+        nq_interrupt_install();
+        rc = nq_quantize(&opt, &(nq_quantize_summary){0}, &err) == 0 ? 0 : 1;
+        nq_interrupt_uninstall();
+        if (rc != 0)
+            nq_cli_error("%s", err.msg);
+        free(all);
+        goto finish;
+    }
     if (dry_run) {
         nq_model_config cfg;
         struct stat st;
@@ -345,11 +441,22 @@ int nq_cmd_quantize(int argc, char **argv)
         free(all);
         goto finish;
     }
+    char device_desc[384];
+    if (nq_device_open(device, &opt.cuda, device_desc, sizeof device_desc, &err) != 0) {
+        nq_cli_error("%s", err.msg);
+        rc = 1;
+        free(all);
+        goto finish;
+    }
+    if (opt.cuda || strcmp(device, "cpu") != 0)
+        printf("device: %s\n", device_desc);
     nq_outdir_stale(out, clean_stale, stderr);
 
     json_t *report_modules = report_path ? json_array() : NULL;
+    json_t *auto_report = report_path && opt.auto_bits > 0 ? json_object() : NULL;
     json_t *lora_report = nloras ? json_array() : NULL;
     opt.report_modules = report_modules;
+    opt.auto_report = auto_report;
     opt.lora = loras;
     opt.nlora = nloras;
     opt.lora_report = lora_report;
@@ -362,6 +469,7 @@ int nq_cmd_quantize(int argc, char **argv)
         nq_cli_error("%s", err.msg);
         rc = 1;
         json_decref(report_modules);
+        json_decref(auto_report);
         json_decref(lora_report);
         free(all);
         goto finish;
@@ -409,7 +517,8 @@ int nq_cmd_quantize(int argc, char **argv)
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;
-        if (run_eval(out, in, loras, nloras, eval_path, eval_windows, opt.threads, &r, &err) != 0) {
+        if (run_eval(out, in, loras, nloras, eval_path, eval_windows, opt.threads, opt.cuda, &r,
+                     &err) != 0) {
             nq_cli_error("--eval: %s", err.msg);
             rc = 1;
         } else {
@@ -426,7 +535,7 @@ int nq_cmd_quantize(int argc, char **argv)
     if (report_path && rc == 0) {
         json_t *summary = json_pack(
             "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
-            "output", out, "recipe", preset, "algorithm", opt.gptq ? "gptq" : "rtn",
+            "output", out, "recipe", opt.auto_bits > 0 ? "auto-quantize" : preset, "algorithm", opt.gptq ? "gptq" : "rtn",
             "weight_scale", opt.mse_scales ? "mse" : "max", "bytes_in", (json_int_t)sum.bytes_in,
             "bytes_out", (json_int_t)sum.bytes_out, "bits_per_parameter", bits,
             "nvfp4_modules", (json_int_t)sum.modules[NQ_FORMAT_NVFP4], "fp8_modules",
@@ -446,6 +555,8 @@ int nq_cmd_quantize(int argc, char **argv)
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
             json_object_set(doc, "eval", eval_doc);
+        if (doc && auto_report)
+            json_object_set(doc, "auto_quantize", auto_report);
         if (doc && lora_report)
             json_object_set(doc, "lora_adapters", lora_report);
         if (!doc || nq_report_check(report_path, in, out, &err) != 0 ||
@@ -456,10 +567,12 @@ int nq_cmd_quantize(int argc, char **argv)
         json_decref(doc);
     }
     json_decref(eval_doc);
+    json_decref(auto_report);
     json_decref(report_modules);
     json_decref(lora_report);
     free(all);
 finish:
+    nq_cuda_close(opt.cuda);
     for (size_t k = 0; k < nloras; k++)
         free(loras[k].owned);
     free(loras);

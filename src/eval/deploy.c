@@ -253,7 +253,14 @@ static int kv_output(void *ctx, const nq_kv_output *kv, nq_error *err)
 
 nq_forward_hooks nq_deploy_hooks(nq_deploy *d)
 {
-    /* both only read d and write their own buffers */
-    return (nq_forward_hooks){.rewrite_input = rewrite_input, .kv_output = kv_output, .ctx = d,
-                              .concurrent = true};
+    /* Only the hooks that have something to do (on the GPU path every hook
+     * costs a copy of the activations back to the host); both only read d
+     * and write their own buffers. */
+    nq_forward_hooks h = {.ctx = d, .concurrent = true};
+    if (d->n_acts > 0)
+        h.rewrite_input = rewrite_input;
+    for (int l = 0; l < d->n_layers; l++)
+        if (d->k_scale[l] > 0)
+            h.kv_output = kv_output;
+    return h;
 }

@@ -15,7 +15,8 @@ int nq_run_layerwise(nq_model *m, const int32_t *ids, int samples, int len, floa
         if (nq_model_embed(m, ids + (size_t)s * len, len, x + s * plane, err) != 0)
             return -1;
     for (int l = 0; l < c->num_layers; l++) {
-        if (nq_model_blocks(m, l, x, samples, len, err) != 0)
+        if (nq_model_blocks_resident(m, l, x, samples, len, l == 0, l == c->num_layers - 1,
+                                     err) != 0)
             return -1;
         if (opt && opt->progress)
             opt->progress(opt->progress_ctx, stage, l + 1, c->num_layers);

@@ -296,6 +296,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     if (!(model = nq_model_open(ck, cfg, err)))
         goto done;
     nq_model_set_threads(model, opt->threads);
+    nq_model_set_cuda(model, opt->cuda);
     size_t plane = (size_t)T * H;
     x = malloc((size_t)S * plane * sizeof *x);
     x_in = malloc((size_t)S * plane * sizeof *x_in);
@@ -366,9 +367,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
         nq_forward_hooks hooks = nq_calib_hooks(&stats);
         nq_model_set_hooks(model, &hooks);
-        for (int s = 0; s < S; s++)
-            if (nq_model_block(model, l, x + s * plane, T, NULL, err) != 0)
-                goto done;
+        if (nq_model_blocks(model, l, x, S, T, err) != 0)
+            goto done;
         nq_model_set_hooks(model, NULL);
         uint64_t stat_bytes = 0;
         for (size_t i = 0; i < stats.count; i++)
@@ -522,9 +522,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             memcpy(x, x_in, (size_t)S * plane * sizeof *x);
             nq_model_set_weights(model,
                                  (nq_weight_provider){.fetch = override_fetch, .ctx = &ov});
-            for (int s = 0; s < S; s++)
-                if (nq_model_block(model, l, x + s * plane, T, NULL, err) != 0)
-                    goto done;
+            if (nq_model_blocks(model, l, x, S, T, err) != 0)
+                goto done;
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
         }

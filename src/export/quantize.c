@@ -6,6 +6,7 @@
 
 #include "core/interrupt.h"
 #include "core/parallel.h"
+#include "export/autoquant.h"
 #include "export/calibrated.h"
 #include "export/lora.h"
 #include "export/metadata.h"
@@ -180,6 +181,13 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                      "(text or JSONL), or add --weights-only to write only the quantized weights "
                      "(not servable as W4A4/W8A8)",
                 plan.recipe);
+        goto done;
+    }
+    if (opt->auto_bits > 0 && nq_autoquantize_plan(opt, ck, &cfg, &plan, err) != 0)
+        goto done;
+    if (opt->dry_run) {
+        nq_plan_print(stdout, &plan);
+        rc = 0;
         goto done;
     }
     for (int f = 0; f < 4; f++)

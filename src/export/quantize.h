@@ -38,6 +38,17 @@ typedef struct nq_quantize_options {
     /* Optional: a JSON array that receives one object per quantized module
      * (format, why, errors, activation amax, algorithm). Borrowed. */
     struct json_t *report_modules;
+    /* AutoQuantize (export/autoquant.c): auto_bits > 0 replaces the preset's
+     * formats of the searchable modules by the measured-sensitivity choice
+     * under that many effective bits per parameter. */
+    double auto_bits;
+    bool auto_formats[3];           /* indexed by nq_format: bf16, nvfp4, fp8 */
+    bool auto_active_moe;           /* --auto-cost active-moe */
+    int auto_score_windows;         /* scoring windows (<= 0: 16) */
+    struct json_t *auto_report;     /* optional object: groups, scores, choice, cost */
+    const char *auto_scores_path;   /* reuse the scores of an earlier --report (no measuring) */
+    /* Print the plan (with AutoQuantize: its scores) to stdout and stop. */
+    bool dry_run;
     /* PEFT LoRA adapters merged into the weights as they stream by, in
      * order (export/lora.h); calibration and GPTQ see the merged weights.
      * nq_quantize fills merged_adapters itself (config.json records it). */
@@ -46,6 +57,9 @@ typedef struct nq_quantize_options {
     /* Optional: receives one object per merged adapter, with notes. Borrowed. */
     struct json_t *lora_report;
     const struct json_t *merged_adapters;   /* internal: set by nq_quantize / nq_merge */
+    /* The GPU that runs the calibration forward passes (cuda/cuda.h;
+     * borrowed), or NULL for the CPU. */
+    struct nq_cuda *cuda;
 } nq_quantize_options;
 
 typedef struct nq_quantize_summary {

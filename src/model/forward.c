@@ -11,9 +11,11 @@
 
 #include "core/blas.h"
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "model/layers.h"
 
 typedef struct block_weights {
+    uint64_t id;        /* unique per load: the CUDA backend's cache key */
     nq_block_kind kind;
     float *norm;
     nq_mamba2_weights mamba;
@@ -35,8 +37,17 @@ struct nq_model {
     float *embed;       /* [vocab, hidden], loaded on first use */
     float *norm_f;      /* [hidden] */
     float *lm_head;     /* [vocab, hidden]; == embed when tied */
+    uint64_t head_id;   /* unique per load of norm_f / lm_head */
     block_weights **blocks;
+    nq_cuda *cuda;      /* borrowed; NULL: the CPU runs everything */
 };
+
+/* Process-wide, so that models sharing one GPU never share a cache key. */
+static uint64_t next_weights_id(void)
+{
+    static uint64_t counter;
+    return __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
+}
 
 struct nq_state {
     const nq_model *m;
@@ -203,6 +214,7 @@ static block_weights *load_block(nq_model *m, int l, nq_error *err)
         return NULL;
     }
     b->kind = (nq_block_kind)c->pattern[l];
+    b->id = next_weights_id();
     char p[96], name[320];
     snprintf(p, sizeof p, "backbone.layers.%d.", l);
 #define NAME(suffix) (snprintf(name, sizeof name, "%s%s", p, suffix), name)
@@ -304,9 +316,11 @@ static int ensure_head(nq_model *m, bool need_embed, bool need_head, nq_error *e
         fetch(m, &m->embed, "backbone.embeddings.weight", -1, false, 2, c->vocab_size,
               c->hidden_size, 0, err) != 0)
         return -1;
-    if (need_head && !m->norm_f &&
-        fetch(m, &m->norm_f, "backbone.norm_f.weight", -1, false, 1, c->hidden_size, 0, 0, err))
-        return -1;
+    if (need_head && !m->norm_f) {
+        if (fetch(m, &m->norm_f, "backbone.norm_f.weight", -1, false, 1, c->hidden_size, 0, 0, err))
+            return -1;
+        m->head_id = next_weights_id();
+    }
     if (need_head && !m->lm_head) {
         /* transformers 5.17 never ties NemotronH's lm_head
          * (_tied_weights_keys = {}), so a checkpoint that has lm_head.weight
@@ -454,6 +468,8 @@ float nq_model_dt_min(const nq_model *m) { return m->dt_min; }
 void nq_model_set_dt_min(nq_model *m, float dt_min) { m->dt_min = dt_min; }
 const nq_model_config *nq_model_cfg(const nq_model *m) { return &m->cfg; }
 
+void nq_model_set_cuda(nq_model *m, nq_cuda *g) { m->cuda = g; }
+
 void nq_model_set_hooks(nq_model *m, const nq_forward_hooks *hooks)
 {
     m->has_hooks = hooks != NULL;
@@ -589,6 +605,38 @@ static nq_exec make_exec(nq_model *m, int layer, char *prefix, size_t prefix_siz
                      .hooks = m->has_hooks ? &m->hooks : NULL, .err = err};
 }
 
+typedef struct expert_loader {
+    nq_model *m;
+    int layer;
+    block_weights *b;
+} expert_loader;
+
+static int load_expert_cb(void *ctx, int e, nq_error *err)
+{
+    expert_loader *el = ctx;
+    return load_expert(el->m, el->layer, el->b, e, err);
+}
+
+/* The same block on the GPU (cuda/cuda.h), for a fresh sequence; the state
+ * it leaves is the one the CPU path would, so decoding can continue on
+ * the CPU. */
+static int run_block_cuda(nq_model *m, int l, block_weights *b, const nq_exec *ex, float *x,
+                          int n, nq_state *st)
+{
+    expert_loader el = {.m = m, .layer = l, .b = b};
+    nq_cuda_block cb = {
+        .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
+        .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
+        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+        .conv_state = st->conv[l], .ssm_state = st->ssm[l], .k_cache = st->k[l],
+        .v_cache = st->v[l],
+    };
+    if (nq_cuda_run_block(m->cuda, ex, &m->cfg, &cb, x, 1, n, NQ_CUDA_X_IN | NQ_CUDA_X_OUT) != 0)
+        return -1;
+    st->tokens[l] += n;
+    return 0;
+}
+
 static int run_block(nq_model *m, int l, float *x, int n, nq_state *st, nq_error *err)
 {
     const nq_model_config *c = &m->cfg;
@@ -600,6 +648,8 @@ static int run_block(nq_model *m, int l, float *x, int n, nq_state *st, nq_error
         return -1;
     char prefix[96];
     nq_exec ex = make_exec(m, l, prefix, sizeof prefix, err);
+    if (m->cuda && st->tokens[l] == 0)
+        return run_block_cuda(m, l, b, &ex, x, n, st);
     int rc = -1;
     float *xn = malloc((size_t)n * H * sizeof *xn);
     float *y = malloc((size_t)n * H * sizeof *y);
@@ -675,6 +725,12 @@ int nq_model_final(nq_model *m, const float *x, int n, float *normed_out, float 
     if (ensure_head(m, false, true, err) != 0)
         return -1;
     int H = m->cfg.hidden_size;
+    if (m->cuda) {
+        char prefix[8];
+        nq_exec ex = make_exec(m, -1, prefix, sizeof prefix, err);
+        return nq_cuda_run_final(m->cuda, &ex, &m->cfg, m->head_id, m->norm_f, m->lm_head, x, n,
+                                 normed_out, logits);
+    }
     float *xn = normed_out ? normed_out : malloc((size_t)n * H * sizeof *xn);
     if (!xn)
         return nq_fail(err, "norm_f: out of memory for %d tokens", n);
@@ -732,12 +788,9 @@ static int blocks_run(void *ctx, size_t begin, size_t end, int worker)
     return 0;
 }
 
-int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_error *err)
+/* The CPU path of nq_model_blocks. */
+static int blocks_cpu(nq_model *m, int layer, float *x, int samples, int len, nq_error *err)
 {
-    if (layer < 0 || layer >= m->cfg.num_layers)
-        return nq_fail(err, "layer %d: outside 0..%d", layer, m->cfg.num_layers - 1);
-    if (len <= 0 || samples <= 0)
-        return nq_fail(err, "layer %d: %d sequences of %d tokens", layer, samples, len);
     size_t plane = (size_t)len * m->cfg.hidden_size;
     bool parallel = samples > 1 && nq_model_concurrent_sequences(m);
     if (!parallel) {
@@ -773,6 +826,35 @@ int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_e
     }
     free(errs);
     return rc;
+}
+
+int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_error *err)
+{
+    return nq_model_blocks_resident(m, layer, x, samples, len, true, true, err);
+}
+
+int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int len, bool first,
+                             bool last, nq_error *err)
+{
+    if (layer < 0 || layer >= m->cfg.num_layers)
+        return nq_fail(err, "layer %d: outside 0..%d", layer, m->cfg.num_layers - 1);
+    if (len <= 0 || samples <= 0)
+        return nq_fail(err, "layer %d: %d sequences of %d tokens", layer, samples, len);
+    if (!m->cuda)
+        return blocks_cpu(m, layer, x, samples, len, err);
+    block_weights *b = get_block(m, layer, err);
+    if (!b)
+        return -1;
+    char prefix[96];
+    nq_exec ex = make_exec(m, layer, prefix, sizeof prefix, err);
+    expert_loader el = {.m = m, .layer = layer, .b = b};
+    nq_cuda_block cb = {
+        .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
+        .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
+        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+    };
+    return nq_cuda_run_block(m->cuda, &ex, &m->cfg, &cb, x, samples, len,
+                             (first ? NQ_CUDA_X_IN : 0u) | (last ? NQ_CUDA_X_OUT : 0u));
 }
 
 /* Embeds, runs every block and the head on a state; hidden_out as in

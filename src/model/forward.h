@@ -128,6 +128,12 @@ int nq_model_threads(const nq_model *m);
  * memory.  true: keep every block's weights once loaded (fast decoding of
  * models that fit in memory). */
 void nq_model_set_keep_weights(nq_model *m, bool keep);
+/* Runs blocks of fresh sequences (and the head) on this GPU from now on
+ * (cuda/cuda.h; borrowed, NULL: back to the CPU).  Continuing a sequence
+ * that already has state (nq_model_step after the first call) runs on the
+ * CPU, from the state the GPU left. */
+struct nq_cuda;
+void nq_model_set_cuda(nq_model *m, struct nq_cuda *g);
 /* Hooks (copied; ctx borrowed).  NULL removes them. */
 void nq_model_set_hooks(nq_model *m, const nq_forward_hooks *hooks);
 /* The dt lower clamp of the Mamba-2 mixers (config.json time_step_min,
@@ -177,12 +183,21 @@ int nq_model_embed(nq_model *m, const int32_t *ids, int n, float *x, nq_error *e
  * the tokens in order), or NULL for a fresh sequence of n tokens. */
 int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_error *err);
 /* Runs block `layer` in place on `samples` independent fresh sequences of
- * len tokens each (x: [samples, len, hidden]), as nq_model_block on each in
- * turn would, with the same results bit for bit.  With several threads and
- * no hooks (or hooks marked concurrent) the sequences run in parallel, one
- * per thread, after the block's weights (a MoE layer: all its experts) are
- * loaded. */
+ * len tokens each (x: [samples, len, hidden]).  On the CPU: as
+ * nq_model_block on each in turn would, with the same results bit for bit;
+ * with several threads and no hooks (or hooks marked concurrent) the
+ * sequences run in parallel, one per thread, after the block's weights (a
+ * MoE layer: all its experts) are loaded.  On a GPU (nq_model_set_cuda):
+ * all of them together, so the hooks then see many sequences' rows in one
+ * call (routed experts: token_index counts rows of x). */
 int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_error *err);
+/* The same for a run of consecutive layers over one x: on a GPU the
+ * residual stream stays in device memory from the call with first = true
+ * (which copies x up) to the one with last = true (which copies it back);
+ * x on the host is stale in between.  On the CPU the flags change
+ * nothing. */
+int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int len, bool first,
+                             bool last, nq_error *err);
 /* Whether independent sequences may run on several threads at once: more
  * than one thread, and no hooks or concurrent ones.  (The weights a call
  * needs must be loaded before; the provider is never called concurrently.) */

@@ -1,0 +1,342 @@
+#include "algo/sensitivity.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "calib/calib.h"
+#include "core/interrupt.h"
+#include "eval/deploy.h"
+#include "export/dequant.h"
+#include "formats/encode.h"
+#include "formats/floatconv.h"
+#include "formats/nvfp4.h"
+#include "model/forward.h"
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- the quantized group: weights and input emulation ----------------- */
+
+typedef struct member {
+    char weight_name[300];  /* "...weight" */
+    float *w;               /* dequantized [out, in] */
+    nq_format format;
+    float input_scale;
+} member;
+
+typedef struct group_ctx {
+    const nq_checkpoint *ck;
+    member *m;
+    size_t n;
+} group_ctx;
+
+static int group_fetch(void *ctx, const nq_weight_request *req, float *out, nq_error *err)
+{
+    group_ctx *g = ctx;
+    for (size_t i = 0; i < g->n; i++)
+        if (strcmp(g->m[i].weight_name, req->name) == 0) {
+            memcpy(out, g->m[i].w, req->numel * sizeof *out);
+            return 0;
+        }
+    return nq_checkpoint_weight_fetch((void *)g->ck, req, out, err);
+}
+
+static int group_rewrite(void *ctx, const nq_linear_input *in, float *x_out, nq_error *err)
+{
+    (void)err;
+    group_ctx *g = ctx;
+    for (size_t i = 0; i < g->n; i++)
+        if (strcmp(g->m[i].weight_name, in->weight_name) == 0) {
+            int64_t n = (int64_t)in->rows * in->in_features;
+            memcpy(x_out, in->x, (size_t)n * sizeof *x_out);
+            if (g->m[i].format == NQ_FORMAT_NVFP4)
+                nq_fake_quant_nvfp4(x_out, n, g->m[i].input_scale);
+            else
+                nq_fake_quant_fp8(x_out, n, g->m[i].input_scale);
+            return 1;
+        }
+    return 0;
+}
+
+/* The weight a loader reconstructs after the export's encoder. */
+static float *quantized_weight(const nq_checkpoint *ck, const nq_plan_module *pm, nq_format f,
+                               bool mse, int threads, nq_error *err)
+{
+    char name[300];
+    snprintf(name, sizeof name, "%s.weight", pm->name);
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t) {
+        nq_fail(err, "%s: tensor '%s' not found", nq_checkpoint_dir(ck), name);
+        return NULL;
+    }
+    float *w = nq_tensor_load_f32(t, true, err);
+    if (!w)
+        return NULL;
+    nq_tensor_release(t);
+    int64_t o = pm->out_features, i = pm->in_features;
+    nq_encode_stats st;
+    int rc = -1;
+    if (f == NQ_FORMAT_NVFP4) {
+        uint8_t *packed = malloc((size_t)(o * i / 2)), *scales = malloc((size_t)(o * i / 16));
+        float gs;
+        if (!packed || !scales)
+            nq_fail(err, "%s: out of memory", pm->name);
+        else if ((rc = nq_encode_nvfp4(w, o, i, mse, threads, packed, scales, &gs, &st, err)) == 0)
+            for (int64_t r = 0; r < o; r++)
+                nq_nvfp4_decode_row(packed + r * i / 2, scales + r * i / 16, gs, i, w + r * i);
+        free(packed);
+        free(scales);
+    } else {
+        uint8_t *q = malloc((size_t)(o * i));
+        float s;
+        if (!q)
+            nq_fail(err, "%s: out of memory", pm->name);
+        else if ((rc = nq_encode_fp8(w, o, i, threads, q, &s, &st, err)) == 0)
+            for (int64_t k = 0; k < o * i; k++)
+                w[k] = nq_e4m3_to_f32(q[k]) * s;
+        free(q);
+    }
+    if (rc != 0) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* ---- the measurement --------------------------------------------------- */
+
+static void log_softmax_row(const float *logits, int v, float *out)
+{
+    float mx = logits[0];
+    for (int j = 1; j < v; j++)
+        mx = logits[j] > mx ? logits[j] : mx;
+    double s = 0.0;
+    for (int j = 0; j < v; j++)
+        s += exp((double)logits[j] - mx);
+    float lse = mx + (float)log(s);
+    for (int j = 0; j < v; j++)
+        out[j] = logits[j] - lse;
+}
+
+/* Sum over positions of KL(ref || q), ref given as log-probabilities. */
+static double kl_sum(const float *ref_lp, const float *logits, int n, int v, float *scratch)
+{
+    double total = 0.0;
+    for (int t = 0; t < n; t++) {
+        const float *r = ref_lp + (size_t)t * v;
+        log_softmax_row(logits + (size_t)t * v, v, scratch);
+        double kl = 0.0;
+        for (int j = 0; j < v; j++) {
+            double p = exp((double)r[j]);
+            kl += p * ((double)r[j] - scratch[j]);
+        }
+        total += kl;
+    }
+    return total;
+}
+
+int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
+                           const nq_plan *plan, nq_autoq *aq, const nq_sensitivity_options *opt,
+                           nq_sensitivity_cost *cost, nq_error *err)
+{
+    double t0 = now_seconds();
+    memset(cost, 0, sizeof *cost);
+    int L = cfg->num_layers, H = cfg->hidden_size, V = cfg->vocab_size;
+    int S = opt->samples, T = opt->len;
+    int W = opt->score_windows < S ? opt->score_windows : S;
+    if (W < 1)
+        W = 1;
+    size_t plane = (size_t)T * H;
+    nq_plan stats_plan = *plan;
+    nq_calib_stats stats = {.plan = &stats_plan};
+    nq_model *model = NULL, *qmodel = NULL;
+    float *x = NULL, *cache = NULL, *ref = NULL, *work = NULL, *logits = NULL, *scratch = NULL;
+    float *amax = NULL;
+    int *windows = NULL;
+    group_ctx gc = {.ck = ck};
+    int rc = -1;
+
+    /* statistics for every searchable module, whatever the plan says */
+    stats_plan.modules = malloc((plan->count ? plan->count : 1) * sizeof *stats_plan.modules);
+    amax = calloc(plan->count ? plan->count : 1, sizeof *amax);
+    windows = malloc((size_t)W * sizeof *windows);
+    x = malloc((size_t)S * plane * sizeof *x);
+    cache = malloc((size_t)L * W * plane * sizeof *cache);
+    ref = malloc((size_t)W * T * V * sizeof *ref);
+    work = malloc((size_t)W * plane * sizeof *work);
+    logits = malloc((size_t)T * V * sizeof *logits);
+    scratch = malloc((size_t)V * sizeof *scratch);
+    if (!stats_plan.modules || !amax || !windows || !x || !cache || !ref || !work || !logits ||
+        !scratch) {
+        nq_fail(err, "auto-quantize: out of memory for %d x %d activations cached over %d "
+                     "layers and %d x %d reference distributions",
+                W, T, L, W, V);
+        goto done;
+    }
+    memcpy(stats_plan.modules, plan->modules, plan->count * sizeof *plan->modules);
+    for (size_t j = 0; j < aq->count; j++)
+        for (size_t k = 0; k < aq->groups[j].nmembers; k++)
+            stats_plan.modules[aq->groups[j].members[k]].format = NQ_FORMAT_NVFP4;
+    for (int w = 0; w < W; w++)
+        windows[w] = (int)((int64_t)w * S / W);
+    if (!(model = nq_model_open(ck, cfg, err)) || !(qmodel = nq_model_open(ck, cfg, err)))
+        goto done;
+    nq_model_set_threads(model, opt->threads);
+    nq_model_set_threads(qmodel, opt->threads);
+    {
+        /* the float layers after a group run again for every group: keep
+         * their weights when the whole model fits in 2 GB of f32 */
+        uint64_t params = 0;
+        for (size_t i = 0; i < nq_checkpoint_count(ck); i++)
+            params += nq_checkpoint_tensor(ck, i)->numel;
+        nq_model_set_keep_weights(model, params * 4 <= (2ull << 30));
+    }
+
+    /* 1. the float pass */
+    for (int s = 0; s < S; s++)
+        if (nq_model_embed(model, opt->ids + (size_t)s * T, T, x + s * plane, err) != 0)
+            goto done;
+    for (int l = 0; l < L; l++) {
+        if (nq_interrupt_check(err) != 0)
+            goto done;
+        if (opt->log)
+            fprintf(opt->log, "\rauto-quantize: float pass, layer %d/%d   ", l + 1, L);
+        for (int w = 0; w < W; w++)
+            memcpy(cache + ((size_t)l * W + w) * plane, x + (size_t)windows[w] * plane,
+                   plane * sizeof *x);
+        nq_forward_hooks hooks = nq_calib_hooks(&stats);
+        nq_model_set_hooks(model, &hooks);
+        for (int s = 0; s < S; s++)
+            if (nq_model_block(model, l, x + s * plane, T, NULL, err) != 0)
+                goto done;
+        nq_model_set_hooks(model, NULL);
+        for (size_t i = 0; i < stats.count; i++)
+            amax[stats.items[i].module - stats_plan.modules] = stats.items[i].amax;
+        nq_calib_stats_reset(&stats);
+    }
+    for (int w = 0; w < W; w++) {
+        if (nq_model_final(model, x + (size_t)windows[w] * plane, T, NULL, logits, err) != 0)
+            goto done;
+        for (int t = 0; t < T; t++)
+            log_softmax_row(logits + (size_t)t * V, V, ref + ((size_t)w * T + t) * V);
+    }
+    cost->float_pass_seconds = now_seconds() - t0;
+    free(x);
+    x = NULL;
+
+    /* 2. one group at a time */
+    size_t total = 0, done_n = 0;
+    for (size_t j = 0; j < aq->count; j++)
+        if (!aq->groups[j].pinned)
+            total += aq->groups[j].allowed[NQ_FORMAT_NVFP4] + aq->groups[j].allowed[NQ_FORMAT_FP8];
+    for (size_t j = 0; j < aq->count; j++) {
+        nq_autoq_group *g = &aq->groups[j];
+        if (g->pinned)
+            continue;
+        for (int f = NQ_FORMAT_NVFP4; f <= NQ_FORMAT_FP8; f++) {
+            if (!g->allowed[f])
+                continue;
+            if (nq_interrupt_check(err) != 0)
+                goto done;
+            if (opt->log)
+                fprintf(opt->log, "\rauto-quantize: scoring %zu/%zu %-60.60s", ++done_n, total,
+                        g->name);
+            gc.m = calloc(g->nmembers, sizeof *gc.m);
+            if (!gc.m) {
+                nq_fail(err, "auto-quantize: out of memory");
+                goto done;
+            }
+            gc.n = g->nmembers;
+            /* routed experts share their layer's input scale (as exported) */
+            float fam_amax = 0.0f;
+            for (size_t k = 0; k < g->nmembers; k++) {
+                const nq_plan_module *pm = &plan->modules[g->members[k]];
+                if (pm->role == NQ_ROLE_ROUTED_EXPERTS && amax[g->members[k]] > fam_amax)
+                    fam_amax = amax[g->members[k]];
+            }
+            for (size_t k = 0; k < g->nmembers; k++) {
+                size_t mi = g->members[k];
+                const nq_plan_module *pm = &plan->modules[mi];
+                member *mb = &gc.m[k];
+                snprintf(mb->weight_name, sizeof mb->weight_name, "%s.weight", pm->name);
+                mb->format = (nq_format)f;
+                float a = amax[mi];
+                if (pm->role == NQ_ROLE_ROUTED_EXPERTS) {
+                    /* up and down share nothing: the family is per projection */
+                    const char *proj = strstr(pm->name, "up_proj") ? "up_proj" : "down_proj";
+                    a = 0.0f;
+                    for (size_t q = 0; q < g->nmembers; q++)
+                        if (strstr(plan->modules[g->members[q]].name, proj) &&
+                            amax[g->members[q]] > a)
+                            a = amax[g->members[q]];
+                }
+                if (!(a > 0.0f))
+                    a = fam_amax > 0.0f ? fam_amax : 1.0f;
+                mb->input_scale = f == NQ_FORMAT_NVFP4 ? a / (6.0f * 448.0f) : a / 448.0f;
+                if (!(mb->w = quantized_weight(ck, pm, (nq_format)f, opt->mse_scales,
+                                               opt->threads, err)))
+                    goto done;
+            }
+            int l0 = g->layer;
+            memcpy(work, cache + (size_t)l0 * W * plane, (size_t)W * plane * sizeof *work);
+            /* the group's layer on its own model (new weights each time);
+             * the float model keeps its cached layers */
+            nq_model_set_weights(qmodel, (nq_weight_provider){.fetch = group_fetch, .ctx = &gc});
+            nq_forward_hooks hooks = {.rewrite_input = group_rewrite, .ctx = &gc};
+            nq_model_set_hooks(qmodel, &hooks);
+            for (int w = 0; w < W; w++)
+                if (nq_model_block(qmodel, l0, work + (size_t)w * plane, T, NULL, err) != 0)
+                    goto done;
+            nq_model_set_hooks(qmodel, NULL);
+            for (int l = l0 + 1; l < L; l++)
+                for (int w = 0; w < W; w++)
+                    if (nq_model_block(model, l, work + (size_t)w * plane, T, NULL, err) != 0)
+                        goto done;
+            cost->layer_evals += (uint64_t)(L - l0) * W;
+            double kl = 0.0;
+            for (int w = 0; w < W; w++) {
+                if (nq_model_final(model, work + (size_t)w * plane, T, NULL, logits, err) != 0)
+                    goto done;
+                kl += kl_sum(ref + (size_t)w * T * V, logits, T, V, scratch);
+            }
+            g->score[f] = kl / ((double)W * T);
+            for (size_t k = 0; k < gc.n; k++)
+                free(gc.m[k].w);
+            free(gc.m);
+            gc.m = NULL;
+            gc.n = 0;
+        }
+    }
+    if (opt->log)
+        fprintf(opt->log, "\r%-100s\r", "");
+    cost->score_tokens = (uint64_t)W * T;
+    cost->seconds = now_seconds() - t0;
+    rc = 0;
+done:
+    if (model)
+        nq_model_set_hooks(model, NULL);
+    if (qmodel)
+        nq_model_set_hooks(qmodel, NULL);
+    nq_model_close(qmodel);
+    for (size_t k = 0; gc.m && k < gc.n; k++)
+        free(gc.m[k].w);
+    free(gc.m);
+    nq_calib_stats_reset(&stats);
+    nq_model_close(model);
+    free(stats_plan.modules);
+    free(amax);
+    free(windows);
+    free(x);
+    free(cache);
+    free(ref);
+    free(work);
+    free(logits);
+    free(scratch);
+    return rc;
+}

@@ -1,0 +1,55 @@
+/* AutoQuantize, the measuring half: for every searchable group and candidate
+ * format, the KL divergence KL(float || quantized) of the next-token
+ * distribution, averaged over the scoring tokens, when only that group is
+ * quantized (ModelOpt auto_quantize's forward-only kl_div method).
+ *
+ * "Quantized" is what the export writes and a server computes: weights
+ * encoded with the export's round-to-nearest encoder (max or mse scales) and
+ * dequantized; the group's inputs fake-quantized with the input scales the
+ * calibration would write (NVFP4 per 16-block with the global scale
+ * amax / (6 x 448), FP8 per tensor amax / 448; routed experts: the max over
+ * the layer's experts), through eval/deploy's emulation.  The KV cache is
+ * left in float so that only the group's effect is measured.
+ *
+ * Layer by layer: one float pass over all calibration windows records every
+ * searchable Linear's input amax and caches each layer's input for the
+ * scoring windows, and the float log-probabilities.  A group at layer L is
+ * then scored by running layer L with the group quantized and layers
+ * L+1..end in float from the cached input: (num_layers - L) layer
+ * evaluations per window and format. */
+#ifndef NQ_ALGO_SENSITIVITY_H
+#define NQ_ALGO_SENSITIVITY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "recipe/autoq.h"
+#include "recipe/plan.h"
+
+typedef struct nq_sensitivity_options {
+    const int32_t *ids;      /* calibration windows [samples, len] */
+    int samples, len;
+    int score_windows;       /* scoring subset: this many windows, evenly spread */
+    bool mse_scales;
+    int threads;
+    FILE *log;               /* progress; NULL: quiet */
+} nq_sensitivity_options;
+
+typedef struct nq_sensitivity_cost {
+    uint64_t layer_evals;    /* block evaluations of one window */
+    uint64_t score_tokens;   /* tokens whose next-token distributions are compared */
+    double seconds;          /* everything, float pass included */
+    double float_pass_seconds;
+} nq_sensitivity_cost;
+
+/* Fills aq->groups[*].score[NVFP4 / FP8] for every searchable group whose
+ * format is allowed (others and bf16 stay 0). */
+int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
+                           const nq_plan *plan, nq_autoq *aq, const nq_sensitivity_options *opt,
+                           nq_sensitivity_cost *cost, nq_error *err);
+
+#endif

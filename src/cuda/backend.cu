@@ -1,0 +1,786 @@
+/* The CUDA backend: device, weight upload, the blocks and the head (cuda.h).
+ * The structure of every mixer follows its CPU twin in model/ line by line;
+ * the comments there say where each detail comes from in transformers. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "cuda/kernels.cuh"
+
+/* ---- errors ------------------------------------------------------------ */
+
+static int cuda_fail(nq_error *err, const char *what, cudaError_t e)
+{
+    cudaGetLastError(); /* clear a non-sticky error */
+    return nq_fail(err, "cuda: %s: %s", what, cudaGetErrorString(e));
+}
+
+#define CK(call, err)                                                      \
+    do {                                                                   \
+        cudaError_t e_ = (call);                                           \
+        if (e_ != cudaSuccess)                                             \
+            return cuda_fail(err, #call, e_);                              \
+    } while (0)
+
+#define CK_LAUNCH(err) CK(cudaGetLastError(), err)
+
+#define CKB(call, err)                                                     \
+    do {                                                                   \
+        cublasStatus_t s_ = (call);                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                   \
+            return nq_fail(err, "cublas: %s: status %d", #call, (int)s_);  \
+    } while (0)
+
+static unsigned blocks_for(size_t count, unsigned threads)
+{
+    return (unsigned)((count + threads - 1) / threads);
+}
+
+/* ---- the device object ------------------------------------------------- */
+
+/* Device allocations that live until the weights they hold change. */
+typedef struct alloc_list {
+    void **ptr;
+    size_t *bytes;
+    int n, cap;
+} alloc_list;
+
+typedef struct dev_mlp {
+    float *up, *up_b, *down, *down_b;
+    int inter;
+} dev_mlp;
+
+typedef struct dev_block {
+    float *norm;
+    float *in_proj, *in_proj_b, *conv_w, *conv_b, *dt_bias, *A, *D, *norm_w, *out_proj, *out_proj_b;
+    float *q, *k, *v, *o;
+    dev_mlp mlp, shared;
+    float *gate;
+    dev_mlp *experts; /* host array [n_experts] of device pointers */
+    int n_experts;
+} dev_block;
+
+/* Grow-only scratch buffers, one per role. */
+enum {
+    S_X, S_XN, S_Y, S_PROJ, S_XBC, S_DT, S_SCAN, S_STATE, S_Q, S_K, S_V, S_ATT, S_H, S_XIN,
+    S_OUT, S_SHARED, S_REWRITE, S_LOGITS, S_IDX, S_ROWS, S_W, S_RESIDENT, S_COUNT
+};
+
+struct nq_cuda {
+    int device;
+    char desc[320];
+    cublasHandle_t blas;
+    size_t cur_bytes, peak_bytes;
+    size_t shared_max;          /* opt-in shared memory per block */
+    bool have_block;
+    uint64_t block_id;
+    dev_block blk;
+    alloc_list blk_allocs;
+    bool have_head;
+    uint64_t head_id;
+    float *norm_f, *lm_head;
+    alloc_list head_allocs;
+    void *scratch[S_COUNT];
+    size_t scratch_bytes[S_COUNT];
+};
+
+static int dalloc(nq_cuda *g, void **p, size_t bytes, nq_error *err)
+{
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        cudaGetLastError();
+        return nq_fail(err, "cuda: out of GPU memory for %zu bytes (%zu in use): %s", bytes,
+                       g->cur_bytes, cudaGetErrorString(e));
+    }
+    g->cur_bytes += bytes;
+    if (g->cur_bytes > g->peak_bytes)
+        g->peak_bytes = g->cur_bytes;
+    return 0;
+}
+
+static void dfree(nq_cuda *g, void *p, size_t bytes)
+{
+    if (p) {
+        cudaFree(p);
+        g->cur_bytes -= bytes;
+    }
+}
+
+static void list_free(nq_cuda *g, alloc_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        dfree(g, l->ptr[i], l->bytes[i]);
+    free(l->ptr);
+    free(l->bytes);
+    memset(l, 0, sizeof *l);
+}
+
+/* Uploads count floats of host h into a new device array recorded in l;
+ * h == NULL gives *out = NULL. */
+static int upload(nq_cuda *g, alloc_list *l, const float *h, size_t count, float **out, nq_error *err)
+{
+    *out = NULL;
+    if (!h)
+        return 0;
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 32;
+        void **p = (void **)realloc(l->ptr, (size_t)cap * sizeof *p);
+        if (p)
+            l->ptr = p;
+        size_t *b = p ? (size_t *)realloc(l->bytes, (size_t)cap * sizeof *b) : NULL;
+        if (b)
+            l->bytes = b;
+        if (!p || !b)
+            return nq_fail(err, "cuda: out of host memory");
+        l->cap = cap;
+    }
+    void *d;
+    if (dalloc(g, &d, count * sizeof(float), err) != 0)
+        return -1;
+    l->ptr[l->n] = d;
+    l->bytes[l->n] = count * sizeof(float);
+    l->n++;
+    CK(cudaMemcpy(d, h, count * sizeof(float), cudaMemcpyHostToDevice), err);
+    *out = (float *)d;
+    return 0;
+}
+
+static void *scratch(nq_cuda *g, int slot, size_t bytes, nq_error *err)
+{
+    if (g->scratch_bytes[slot] < bytes) {
+        dfree(g, g->scratch[slot], g->scratch_bytes[slot]);
+        g->scratch[slot] = NULL;
+        g->scratch_bytes[slot] = 0;
+        if (dalloc(g, &g->scratch[slot], bytes, err) != 0)
+            return NULL;
+        g->scratch_bytes[slot] = bytes;
+    }
+    return g->scratch[slot];
+}
+
+/* Rows (tokens) per chunk of a block's input. */
+#define NQ_CUDA_CHUNK_ROWS 32768
+
+#define SCRATCH_F(g, slot, count, err) ((float *)scratch(g, slot, (size_t)(count) * sizeof(float), err))
+
+extern "C" bool nq_cuda_built(void) { return true; }
+
+extern "C" int nq_cuda_device_count(nq_error *err)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        nq_fail(err, "%s", cudaGetErrorString(e));
+        return 0;
+    }
+    if (count == 0)
+        nq_fail(err, "the CUDA driver reports no device");
+    return count;
+}
+
+extern "C" nq_cuda *nq_cuda_open(int device, nq_error *err)
+{
+    cudaDeviceProp prop;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess)
+        e = cudaGetDeviceProperties(&prop, device);
+    if (e == cudaSuccess)
+        e = cudaFree(0); /* creates the context now, so failures show here */
+    if (e != cudaSuccess) {
+        cuda_fail(err, "opening the device", e);
+        return NULL;
+    }
+    nq_cuda *g = (nq_cuda *)calloc(1, sizeof *g);
+    if (!g) {
+        nq_fail(err, "cuda: out of host memory");
+        return NULL;
+    }
+    g->device = device;
+    g->shared_max = prop.sharedMemPerBlockOptin;
+    snprintf(g->desc, sizeof g->desc, "cuda:%d (%s, %.1f GiB)", device, prop.name,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    if (cublasCreate(&g->blas) != CUBLAS_STATUS_SUCCESS) {
+        nq_fail(err, "cuda:%d: cuBLAS could not be initialized", device);
+        free(g);
+        return NULL;
+    }
+    /* Plain FP32 products (no TF32) and no atomics: reference-grade and
+     * reproducible. */
+    cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH);
+    cublasSetAtomicsMode(g->blas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    /* the dynamic part may take what the kernel's static shared memory
+     * leaves of the opt-in maximum */
+    cudaFuncAttributes fa;
+    e = cudaFuncGetAttributes(&fa, nqk_attention);
+    if (e == cudaSuccess) {
+        g->shared_max = prop.sharedMemPerBlockOptin > fa.sharedSizeBytes
+                            ? prop.sharedMemPerBlockOptin - fa.sharedSizeBytes
+                            : 0;
+        e = cudaFuncSetAttribute(nqk_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)g->shared_max);
+    }
+    if (e != cudaSuccess) {
+        cuda_fail(err, "attention kernel shared memory", e);
+        nq_cuda_close(g);
+        return NULL;
+    }
+    return g;
+}
+
+static void drop_block(nq_cuda *g)
+{
+    list_free(g, &g->blk_allocs);
+    free(g->blk.experts);
+    memset(&g->blk, 0, sizeof g->blk);
+    g->have_block = false;
+}
+
+extern "C" void nq_cuda_close(nq_cuda *g)
+{
+    if (!g)
+        return;
+    drop_block(g);
+    list_free(g, &g->head_allocs);
+    for (int i = 0; i < S_COUNT; i++)
+        dfree(g, g->scratch[i], g->scratch_bytes[i]);
+    cublasDestroy(g->blas);
+    free(g);
+}
+
+extern "C" const char *nq_cuda_describe(const nq_cuda *g) { return g->desc; }
+extern "C" size_t nq_cuda_peak_bytes(const nq_cuda *g) { return g->peak_bytes; }
+
+/* ---- weights ------------------------------------------------------------ */
+
+static int upload_mlp(nq_cuda *g, const nq_mlp_weights *w, int hidden, dev_mlp *d, nq_error *err)
+{
+    alloc_list *l = &g->blk_allocs;
+    d->inter = w->inter;
+    size_t n = (size_t)w->inter * hidden;
+    return upload(g, l, w->up, n, &d->up, err) || upload(g, l, w->up_b, w->inter, &d->up_b, err) ||
+           upload(g, l, w->down, n, &d->down, err) ||
+           upload(g, l, w->down_b, hidden, &d->down_b, err)
+               ? -1
+               : 0;
+}
+
+static int ensure_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block *b, nq_error *err)
+{
+    if (g->have_block && g->block_id == b->weights_id)
+        return 0;
+    drop_block(g);
+    alloc_list *l = &g->blk_allocs;
+    dev_block *d = &g->blk;
+    int H = c->hidden_size;
+    if (upload(g, l, b->norm, H, &d->norm, err) != 0)
+        return -1;
+    switch (b->kind) {
+    case NQ_BLOCK_MAMBA: {
+        const nq_mamba2_weights *w = b->mamba;
+        size_t P = nq_mamba_in_proj_dim(c), inter = nq_mamba_intermediate(c);
+        size_t conv_dim = nq_mamba_conv_dim(c), nh = c->mamba_num_heads;
+        if (upload(g, l, w->in_proj, P * H, &d->in_proj, err) ||
+            upload(g, l, w->in_proj_b, P, &d->in_proj_b, err) ||
+            upload(g, l, w->conv_w, conv_dim * c->conv_kernel, &d->conv_w, err) ||
+            upload(g, l, w->conv_b, conv_dim, &d->conv_b, err) ||
+            upload(g, l, w->dt_bias, nh, &d->dt_bias, err) || upload(g, l, w->A, nh, &d->A, err) ||
+            upload(g, l, w->D, nh, &d->D, err) || upload(g, l, w->norm_w, inter, &d->norm_w, err) ||
+            upload(g, l, w->out_proj, (size_t)H * inter, &d->out_proj, err) ||
+            upload(g, l, w->out_proj_b, H, &d->out_proj_b, err))
+            return -1;
+        break;
+    }
+    case NQ_BLOCK_ATTENTION: {
+        const nq_attention_weights *w = b->attn;
+        size_t qd = (size_t)c->num_attention_heads * c->head_dim;
+        size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
+        if (upload(g, l, w->q, qd * H, &d->q, err) || upload(g, l, w->k, kvd * H, &d->k, err) ||
+            upload(g, l, w->v, kvd * H, &d->v, err) || upload(g, l, w->o, qd * H, &d->o, err))
+            return -1;
+        break;
+    }
+    case NQ_BLOCK_MLP:
+        if (upload_mlp(g, b->mlp, H, &d->mlp, err) != 0)
+            return -1;
+        break;
+    case NQ_BLOCK_MOE: {
+        const nq_moe_weights *w = b->moe;
+        if (upload(g, l, w->gate, (size_t)c->n_routed_experts * H, &d->gate, err) != 0)
+            return -1;
+        if (w->shared.up && upload_mlp(g, &w->shared, H, &d->shared, err) != 0)
+            return -1;
+        d->experts = (dev_mlp *)calloc((size_t)c->n_routed_experts, sizeof *d->experts);
+        if (!d->experts)
+            return nq_fail(err, "cuda: out of host memory");
+        d->n_experts = c->n_routed_experts;
+        break;
+    }
+    }
+    g->have_block = true;
+    g->block_id = b->weights_id;
+    return 0;
+}
+
+/* ---- Linear with the host hooks ------------------------------------------ */
+
+static int download(void *h, const void *d, size_t bytes, nq_error *err)
+{
+    CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), err);
+    return 0;
+}
+
+/* dy[n, out] = dx[n, in] W^T (+ b), firing the hooks on a host copy of dx
+ * exactly as nq_linear does (linear_input, then rewrite_input). */
+static int linear(nq_cuda *g, const nq_exec *ex, const char *suffix, int expert,
+                  const int32_t *token_index, const float *dx, int n, int in, const float *dW,
+                  const float *db, int out, float *dy)
+{
+    nq_error *err = ex->err;
+    if (n <= 0)
+        return 0;
+    const nq_forward_hooks *hk = ex->hooks;
+    if (hk && (hk->linear_input || hk->rewrite_input)) {
+        char name[256];
+        snprintf(name, sizeof name, "%s%s", ex->prefix ? ex->prefix : "", suffix);
+        size_t count = (size_t)n * in;
+        float *hx = (float *)malloc(count * sizeof *hx);
+        float *hr = hk->rewrite_input ? (float *)malloc(count * sizeof *hr) : NULL;
+        int rc = -1;
+        if (!hx || (hk->rewrite_input && !hr)) {
+            nq_fail(err, "%s: out of host memory for %d x %d inputs", name, n, in);
+            goto hooks_done;
+        }
+        if (download(hx, dx, count * sizeof *hx, err) != 0)
+            goto hooks_done;
+        {
+            nq_linear_input ev = {};
+            ev.weight_name = name;
+            ev.layer = ex->layer;
+            ev.expert = expert;
+            ev.x = hx;
+            ev.rows = n;
+            ev.in_features = in;
+            ev.out_features = out;
+            ev.token_index = token_index;
+            if (hk->linear_input && hk->linear_input(hk->ctx, &ev, err) != 0)
+                goto hooks_done;
+            int r = hk->rewrite_input ? hk->rewrite_input(hk->ctx, &ev, hr, err) : 0;
+            if (r < 0)
+                goto hooks_done;
+            if (r > 0) {
+                float *dr = SCRATCH_F(g, S_REWRITE, count, err);
+                if (!dr)
+                    goto hooks_done;
+                cudaError_t e = cudaMemcpy(dr, hr, count * sizeof *hr, cudaMemcpyHostToDevice);
+                if (e != cudaSuccess) {
+                    cuda_fail(err, "uploading a rewritten input", e);
+                    goto hooks_done;
+                }
+                dx = dr;
+            }
+        }
+        rc = 0;
+    hooks_done:
+        free(hx);
+        free(hr);
+        if (rc != 0)
+            return -1;
+    }
+    /* Row-major y[n,out] = x[n,in] W[out,in]^T is column-major
+     * y^T = W^T-as-stored x^T: op(A) = W (stored [in,out] col-major) ^T. */
+    const float one = 1.0f, zero = 0.0f;
+    CKB(cublasSgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, dW, in, dx, in, &zero, dy,
+                    out),
+        err);
+    if (db) {
+        size_t count = (size_t)n * out;
+        nqk_add_bias<<<blocks_for(count, 256), 256>>>(dy, db, n, out);
+        CK_LAUNCH(err);
+    }
+    return 0;
+}
+
+/* y = down(act(up(x))); dh: scratch [n, inter]. */
+static int mlp(nq_cuda *g, const nq_exec *ex, const char *names, int expert,
+               const int32_t *token_index, const dev_mlp *w, nq_act act, const float *dx, int n,
+               int hidden, float *dh, float *dy)
+{
+    char up[128], down[128];
+    snprintf(up, sizeof up, "%sup_proj.weight", names);
+    snprintf(down, sizeof down, "%sdown_proj.weight", names);
+    if (linear(g, ex, up, expert, token_index, dx, n, hidden, w->up, w->up_b, w->inter, dh) != 0)
+        return -1;
+    size_t count = (size_t)n * w->inter;
+    nqk_act<<<blocks_for(count, 256), 256>>>(dh, count, (int)act);
+    CK_LAUNCH(ex->err);
+    return linear(g, ex, down, expert, token_index, dh, n, w->inter, w->down, w->down_b, hidden, dy);
+}
+
+/* ---- mixers ---------------------------------------------------------------- */
+
+/* The mixers run on `samples` fresh sequences of len tokens, n = samples *
+ * len rows; the states are filled only for one sequence. */
+static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq_cuda_block *b,
+                 const float *dxn, int samples, int len, float *dy)
+{
+    int n = samples * len;
+    bool keep_state = samples == 1;
+    nq_error *err = ex->err;
+    const dev_block *d = &g->blk;
+    int H = c->hidden_size, nh = c->mamba_num_heads, K = c->conv_kernel;
+    int inter = nq_mamba_intermediate(c), conv_dim = nq_mamba_conv_dim(c);
+    int P = nq_mamba_in_proj_dim(c), ns = c->ssm_state_size, hd = c->mamba_head_dim;
+    if (ns > NQ_CUDA_MAX_STATE)
+        return nq_fail(err, "%smamba: ssm_state_size %d exceeds the CUDA scan's %d", ex->prefix,
+                       ns, NQ_CUDA_MAX_STATE);
+    float *proj = SCRATCH_F(g, S_PROJ, (size_t)n * P, err);
+    float *xbc = SCRATCH_F(g, S_XBC, (size_t)n * conv_dim, err);
+    float *dt = SCRATCH_F(g, S_DT, (size_t)n * nh, err);
+    float *scan = SCRATCH_F(g, S_SCAN, (size_t)n * inter, err);
+    float *state = keep_state ? SCRATCH_F(g, S_STATE, (size_t)nh * hd * ns, err) : NULL;
+    if (!proj || !xbc || !dt || !scan || (keep_state && !state))
+        return -1;
+    if (linear(g, ex, "in_proj.weight", -1, NULL, dxn, n, H, d->in_proj, d->in_proj_b, P, proj))
+        return -1;
+    size_t cnt = (size_t)n * conv_dim;
+    nqk_conv_silu<<<blocks_for(cnt, 256), 256>>>(proj, P, inter, conv_dim, d->conv_w, d->conv_b, K,
+                                                 n, len, xbc);
+    CK_LAUNCH(err);
+    if (keep_state && b->conv_state) {
+        /* The last K-1 conv inputs (zeros before the sequence's start). */
+        for (int j = 0; j < K - 1; j++) {
+            int src = n + j - (K - 1);
+            float *row = b->conv_state + (size_t)j * conv_dim;
+            if (src < 0)
+                memset(row, 0, (size_t)conv_dim * sizeof *row);
+            else if (download(row, proj + (size_t)src * P + inter, (size_t)conv_dim * sizeof *row,
+                              err) != 0)
+                return -1;
+        }
+    }
+    cnt = (size_t)n * nh;
+    nqk_dt<<<blocks_for(cnt, 256), 256>>>(proj, P, inter + conv_dim, d->dt_bias, nh, n, b->dt_min,
+                                          dt);
+    CK_LAUNCH(err);
+    size_t threads = (size_t)samples * nh * hd * 32;
+    nqk_scan<<<blocks_for(threads, 128), 128>>>(xbc, conv_dim, inter, c->n_groups, ns, hd, nh, dt,
+                                                d->A, d->D, samples, len, scan, state);
+    CK_LAUNCH(err);
+    if (keep_state && b->ssm_state &&
+        download(b->ssm_state, state, (size_t)nh * hd * ns * sizeof(float), err) != 0)
+        return -1;
+    nqk_gated_norm<<<dim3((unsigned)n, (unsigned)c->n_groups), 256>>>(
+        scan, proj, P, d->norm_w, inter, inter / c->n_groups, c->layer_norm_epsilon);
+    CK_LAUNCH(err);
+    return linear(g, ex, "out_proj.weight", -1, NULL, scan, n, inter, d->out_proj, d->out_proj_b,
+                  H, dy);
+}
+
+static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
+                     const nq_cuda_block *b, const float *dxn, int samples, int len, float *dy)
+{
+    int n = samples * len;
+    float *k_cache = samples == 1 ? b->k_cache : NULL, *v_cache = samples == 1 ? b->v_cache : NULL;
+    nq_error *err = ex->err;
+    const dev_block *d = &g->blk;
+    int H = c->hidden_size, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
+    int hd = c->head_dim, qdim = nh * hd, kvdim = nkv * hd;
+    size_t shared = (size_t)(hd + len) * sizeof(float);
+    if (shared > g->shared_max)
+        return nq_fail(err, "%sattention: %d tokens need %zu bytes of shared memory, the GPU has "
+                       "%zu per block", ex->prefix, len, shared, g->shared_max);
+    float *q = SCRATCH_F(g, S_Q, (size_t)n * qdim, err);
+    float *k = SCRATCH_F(g, S_K, (size_t)n * kvdim, err);
+    float *v = SCRATCH_F(g, S_V, (size_t)n * kvdim, err);
+    float *att = SCRATCH_F(g, S_ATT, (size_t)n * qdim, err);
+    if (!q || !k || !v || !att)
+        return -1;
+    if (linear(g, ex, "q_proj.weight", -1, NULL, dxn, n, H, d->q, NULL, qdim, q) != 0 ||
+        linear(g, ex, "k_proj.weight", -1, NULL, dxn, n, H, d->k, NULL, kvdim, k) != 0 ||
+        linear(g, ex, "v_proj.weight", -1, NULL, dxn, n, H, d->v, NULL, kvdim, v) != 0)
+        return -1;
+    bool hook = ex->hooks && ex->hooks->kv_output;
+    if (hook || k_cache) {
+        size_t bytes = (size_t)n * kvdim * sizeof(float);
+        float *hk = k_cache ? k_cache : (float *)malloc(bytes);
+        float *hv = v_cache ? v_cache : (float *)malloc(bytes);
+        int rc = -1;
+        if (!hk || !hv)
+            nq_fail(err, "%sattention: out of host memory", ex->prefix);
+        else if (download(hk, k, bytes, err) == 0 && download(hv, v, bytes, err) == 0) {
+            rc = 0;
+            if (hook) {
+                nq_kv_output kv = {ex->layer, hk, hv, n, kvdim};
+                rc = ex->hooks->kv_output(ex->hooks->ctx, &kv, err);
+                /* the hook may rewrite them (KV-cache emulation) */
+                if (rc == 0 && (cudaMemcpy(k, hk, bytes, cudaMemcpyHostToDevice) != cudaSuccess ||
+                                cudaMemcpy(v, hv, bytes, cudaMemcpyHostToDevice) != cudaSuccess))
+                    rc = cuda_fail(err, "uploading keys/values", cudaGetLastError());
+            }
+        }
+        if (hk != k_cache)
+            free(hk);
+        if (hv != v_cache)
+            free(hv);
+        if (rc != 0)
+            return -1;
+    }
+    float scale = (float)pow((double)hd, -0.5);
+    nqk_attention<<<dim3((unsigned)len, (unsigned)nh, (unsigned)samples), 128, shared>>>(
+        q, k, v, len, nh, nkv, hd, scale, att);
+    CK_LAUNCH(err);
+    return linear(g, ex, "o_proj.weight", -1, NULL, att, n, qdim, d->o, NULL, H, dy);
+}
+
+static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq_cuda_block *b,
+               const float *dxn, int n, float *dy)
+{
+    nq_error *err = ex->err;
+    dev_block *d = &g->blk;
+    int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
+    float *dlogits = SCRATCH_F(g, S_LOGITS, (size_t)n * E, err);
+    if (!dlogits)
+        return -1;
+    if (linear(g, ex, "gate.weight", -1, NULL, dxn, n, H, d->gate, NULL, E, dlogits) != 0)
+        return -1;
+    int rc = -1;
+    float *logits = (float *)malloc((size_t)n * E * sizeof *logits);
+    float *scores = (float *)malloc((size_t)E * sizeof *scores);
+    int32_t *experts = (int32_t *)malloc((size_t)n * K * sizeof *experts);
+    float *weights = (float *)malloc((size_t)n * K * sizeof *weights);
+    int32_t *tok = (int32_t *)malloc((size_t)n * K * sizeof *tok);
+    int32_t *rows = (int32_t *)malloc((size_t)n * K * sizeof *rows);
+    float *rw = (float *)malloc((size_t)n * K * sizeof *rw);
+    int *fill = (int *)calloc((size_t)n, sizeof *fill);
+    int *start = (int *)calloc((size_t)E + 1, sizeof *start);
+    float *xin, *hbuf, *out, *sh = NULL;
+    int32_t *dtok, *drows;
+    float *drw;
+    int total = 0;
+    if (!logits || !scores || !experts || !weights || !tok || !rows || !rw || !fill || !start) {
+        nq_fail(err, "%smoe: out of host memory for %d tokens", ex->prefix, n);
+        goto done;
+    }
+    if (download(logits, dlogits, (size_t)n * E * sizeof *logits, err) != 0)
+        goto done;
+    /* nq_moe_route's selection, token by token, on the same logits */
+    for (int t = 0; t < n; t++) {
+        const float *lr = logits + (size_t)t * E;
+        for (int e = 0; e < E; e++)
+            scores[e] = 1.0f / (1.0f + expf(-lr[e]));
+        b->select(c, scores, b->moe->score_bias, experts + (size_t)t * K,
+                  weights + (size_t)t * K);
+    }
+    if (ex->hooks && ex->hooks->routing) {
+        nq_routing r = {ex->layer, n, K, E, logits, experts, weights};
+        if (ex->hooks->routing(ex->hooks->ctx, &r, err) != 0) {
+            nq_fail(err, "%sgate: routing hook failed", ex->prefix);
+            goto done;
+        }
+    }
+    /* Rows grouped by expert (ascending), tokens ascending within one, as
+     * nq_moe_forward gathers them; rows[t*K + j] lists token t's rows in
+     * ascending expert order for the combine. */
+    for (int e = 0; e < E; e++) {
+        start[e] = total;
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < K; j++)
+                if (experts[(size_t)t * K + j] == e) {
+                    tok[total] = t;
+                    rows[(size_t)t * K + fill[t]] = total;
+                    rw[(size_t)t * K + fill[t]] = weights[(size_t)t * K + j];
+                    fill[t]++;
+                    total++;
+                    break;
+                }
+    }
+    start[E] = total;
+    for (int t = 0; t < n; t++)
+        if (fill[t] != K) {
+            nq_fail(err, "%smoe: token %d was routed to %d distinct experts, expected %d",
+                    ex->prefix, t, fill[t], K);
+            goto done;
+        }
+    for (int e = 0; e < E; e++) {
+        if (start[e + 1] == start[e] || d->experts[e].up)
+            continue;
+        if (!b->moe->experts[e].up && b->load_expert(b->load_ctx, e, err) != 0)
+            goto done;
+        if (upload_mlp(g, &b->moe->experts[e], H, &d->experts[e], err) != 0)
+            goto done;
+    }
+    xin = SCRATCH_F(g, S_XIN, (size_t)total * H, err);
+    hbuf = SCRATCH_F(g, S_H, (size_t)(total > n ? total : n) *
+                                 (c->moe_intermediate_size > c->moe_shared_expert_intermediate_size
+                                      ? c->moe_intermediate_size
+                                      : c->moe_shared_expert_intermediate_size),
+                     err);
+    out = SCRATCH_F(g, S_OUT, (size_t)total * H, err);
+    dtok = (int32_t *)scratch(g, S_IDX, (size_t)total * sizeof *dtok, err);
+    drows = (int32_t *)scratch(g, S_ROWS, (size_t)n * K * sizeof *drows, err);
+    drw = SCRATCH_F(g, S_W, (size_t)n * K, err);
+    if (!xin || !hbuf || !out || !dtok || !drows || !drw)
+        goto done;
+    if (cudaMemcpy(dtok, tok, (size_t)total * sizeof *tok, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(drows, rows, (size_t)n * K * sizeof *rows, cudaMemcpyHostToDevice) !=
+            cudaSuccess ||
+        cudaMemcpy(drw, rw, (size_t)n * K * sizeof *rw, cudaMemcpyHostToDevice) != cudaSuccess) {
+        cuda_fail(err, "uploading the routing", cudaGetLastError());
+        goto done;
+    }
+    nqk_gather_rows<<<blocks_for((size_t)total * H, 256), 256>>>(dxn, dtok, total, H, xin);
+    if (cudaGetLastError() != cudaSuccess) {
+        nq_fail(err, "%smoe: gather kernel failed", ex->prefix);
+        goto done;
+    }
+    for (int e = 0; e < E; e++) {
+        int cnt = start[e + 1] - start[e];
+        if (cnt == 0)
+            continue;
+        char names[32];
+        snprintf(names, sizeof names, "experts.%d.", e);
+        size_t off = (size_t)start[e] * H;
+        if (mlp(g, ex, names, e, tok + start[e], &d->experts[e], b->act, xin + off, cnt, H, hbuf,
+                out + off) != 0)
+            goto done;
+    }
+    if (d->shared.up) {
+        if (!(sh = SCRATCH_F(g, S_SHARED, (size_t)n * H, err)) ||
+            mlp(g, ex, "shared_experts.", -1, NULL, &d->shared, b->act, dxn, n, H, hbuf, sh) != 0)
+            goto done;
+    }
+    nqk_moe_combine<<<blocks_for((size_t)n * H, 256), 256>>>(out, drows, drw, K, sh, n, H, dy);
+    if (cudaGetLastError() != cudaSuccess) {
+        nq_fail(err, "%smoe: combine kernel failed", ex->prefix);
+        goto done;
+    }
+    rc = 0;
+done:
+    free(logits);
+    free(scores);
+    free(experts);
+    free(weights);
+    free(tok);
+    free(rows);
+    free(rw);
+    free(fill);
+    free(start);
+    return rc;
+}
+
+/* ---- entry points ------------------------------------------------------------ */
+
+/* One chunk of whole sequences. */
+/* dx: the chunk's rows of the device-resident residual stream. */
+static int run_chunk(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
+                     const nq_cuda_block *b, float *dx, int samples, int len)
+{
+    nq_error *err = ex->err;
+    int H = c->hidden_size, n = samples * len;
+    size_t plane = (size_t)n * H;
+    float *dxn = SCRATCH_F(g, S_XN, plane, err);
+    float *dy = SCRATCH_F(g, S_Y, plane, err);
+    if (!dxn || !dy)
+        return -1;
+    nqk_rmsnorm<<<(unsigned)n, 256>>>(dx, g->blk.norm, H, c->layer_norm_epsilon, dxn);
+    CK_LAUNCH(err);
+    int rc = -1;
+    switch (b->kind) {
+    case NQ_BLOCK_MAMBA:
+        rc = mamba(g, ex, c, b, dxn, samples, len, dy);
+        break;
+    case NQ_BLOCK_ATTENTION:
+        rc = attention(g, ex, c, b, dxn, samples, len, dy);
+        break;
+    case NQ_BLOCK_MLP: {
+        float *h = SCRATCH_F(g, S_H, (size_t)n * c->intermediate_size, err);
+        rc = h ? mlp(g, ex, "", -1, NULL, &g->blk.mlp, b->act, dxn, n, H, h, dy) : -1;
+        break;
+    }
+    case NQ_BLOCK_MOE:
+        rc = moe(g, ex, c, b, dxn, n, dy);
+        break;
+    }
+    if (rc != 0)
+        return -1;
+    nqk_add<<<blocks_for(plane, 256), 256>>>(dx, dy, plane);
+    CK_LAUNCH(err);
+    return 0;
+}
+
+extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
+                                 const nq_cuda_block *b, float *x, int samples, int len,
+                                 unsigned flags)
+{
+    nq_error *err = ex->err;
+    if (samples <= 0 || len <= 0)
+        return nq_fail(err, "layer %d: %d x %d tokens", ex->layer, samples, len);
+    CK(cudaSetDevice(g->device), err);
+    if (ensure_block(g, c, b, err) != 0)
+        return -1;
+    /* Whole sequences per chunk, about NQ_CUDA_CHUNK_ROWS rows: big enough
+     * for full-speed GEMMs, small enough that the scratch of a Nano-size
+     * layer stays a few GiB. */
+    int per = NQ_CUDA_CHUNK_ROWS / len > 0 ? NQ_CUDA_CHUNK_ROWS / len : 1;
+    size_t plane = (size_t)len * c->hidden_size, all = (size_t)samples * plane;
+    float *dx = (flags & NQ_CUDA_X_IN) ? SCRATCH_F(g, S_RESIDENT, all, err)
+                                       : (float *)g->scratch[S_RESIDENT];
+    if (!dx || g->scratch_bytes[S_RESIDENT] < all * sizeof(float))
+        return nq_fail(err, "layer %d: no resident activations of %d x %d tokens on the GPU",
+                       ex->layer, samples, len);
+    if (flags & NQ_CUDA_X_IN)
+        CK(cudaMemcpy(dx, x, all * sizeof *x, cudaMemcpyHostToDevice), err);
+    for (int s = 0; s < samples; s += per) {
+        int cnt = samples - s < per ? samples - s : per;
+        if (run_chunk(g, ex, c, b, dx + (size_t)s * plane, cnt, len) != 0)
+            return -1;
+    }
+    if (flags & NQ_CUDA_X_OUT)
+        CK(cudaMemcpy(x, dx, all * sizeof *x, cudaMemcpyDeviceToHost), err);
+    return 0;
+}
+
+extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
+                                 uint64_t head_id, const float *norm_f, const float *lm_head,
+                                 const float *x, int n, float *normed_out, float *logits)
+{
+    nq_error *err = ex->err;
+    int H = c->hidden_size, V = c->vocab_size;
+    size_t plane = (size_t)n * H;
+    if (n <= 0)
+        return 0;
+    CK(cudaSetDevice(g->device), err);
+    if (!g->have_head || g->head_id != head_id) {
+        list_free(g, &g->head_allocs);
+        g->have_head = false;
+        if (upload(g, &g->head_allocs, norm_f, H, &g->norm_f, err) != 0 ||
+            (lm_head && upload(g, &g->head_allocs, lm_head, (size_t)V * H, &g->lm_head, err) != 0))
+            return -1;
+        g->have_head = true;
+        g->head_id = head_id;
+    }
+    float *dx = SCRATCH_F(g, S_X, plane, err);
+    float *dxn = SCRATCH_F(g, S_XN, plane, err);
+    if (!dx || !dxn)
+        return -1;
+    CK(cudaMemcpy(dx, x, plane * sizeof *x, cudaMemcpyHostToDevice), err);
+    nqk_rmsnorm<<<(unsigned)n, 256>>>(dx, g->norm_f, H, c->layer_norm_epsilon, dxn);
+    CK_LAUNCH(err);
+    if (normed_out && download(normed_out, dxn, plane * sizeof(float), err) != 0)
+        return -1;
+    if (!logits)
+        return 0;
+    if (!g->lm_head)
+        return nq_fail(err, "lm_head.weight: not given to the CUDA backend");
+    float *dl = SCRATCH_F(g, S_LOGITS, (size_t)n * V, err);
+    if (!dl || linear(g, ex, "lm_head.weight", -1, NULL, dxn, n, H, g->lm_head, NULL, V, dl) != 0)
+        return -1;
+    return download(logits, dl, (size_t)n * V * sizeof(float), err);
+}

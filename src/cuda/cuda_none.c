@@ -1,0 +1,35 @@
+/* The CUDA backend's entry points in a build without CUDA: each says so. */
+#include "cuda/cuda.h"
+
+#define NO_CUDA "this nemoq was built without CUDA (no nvcc / CUDA toolkit when it was configured)"
+
+bool nq_cuda_built(void) { return false; }
+
+int nq_cuda_device_count(nq_error *err)
+{
+    nq_fail(err, NO_CUDA);
+    return 0;
+}
+
+nq_cuda *nq_cuda_open(int device, nq_error *err)
+{
+    nq_fail(err, "cuda:%d: " NO_CUDA, device);
+    return NULL;
+}
+
+void nq_cuda_close(nq_cuda *g) { (void)g; }
+const char *nq_cuda_describe(const nq_cuda *g) { return g ? "cuda" : "cpu"; }
+size_t nq_cuda_peak_bytes(const nq_cuda *g) { (void)g; return 0; }
+
+int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
+                      const nq_cuda_block *b, float *x, int samples, int len, unsigned flags)
+{
+    return nq_fail(ex->err, NO_CUDA);
+}
+
+int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg, uint64_t head_id,
+                      const float *norm_f, const float *lm_head, const float *x, int n,
+                      float *normed_out, float *logits)
+{
+    return nq_fail(ex->err, NO_CUDA);
+}

@@ -1,0 +1,506 @@
+/* GPU tests of the CUDA backend (run by scripts/gpu-test.sh on a machine
+ * with a CUDA GPU; not part of ctest, which runs where there is none).
+ *
+ *   gpu_test SOURCE_DIR TMP_DIR
+ *
+ * References: transformers' logits for the bundled model and the dense
+ * fixture (tests/fixtures, the same files and tolerance the CPU test
+ * uses), and the CPU path itself (logits, perplexity, calibrated
+ * checkpoints).  Prints one line per check and "N passed, N failed". */
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "core/file.h"
+#include "cuda/cuda.h"
+#include "eval/loaded.h"
+#include "eval/perplexity.h"
+#include "export/quantize.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/forward.h"
+#include "tok/tokenizer.h"
+
+/* transformers vs nemoq on the fixtures: test_model.c's LOGIT_TOL (absolute). */
+#define FIXTURE_TOL 2e-3
+/* GPU vs CPU: max |g - c| / max(1, |c|) over every logit. */
+#define GPU_CPU_REL_TOL 2e-3
+/* perplexity, relative */
+#define PPL_TOL 5e-4
+/* calibrated input / KV scales, relative */
+#define SCALE_TOL 1e-3
+
+static const char *src_dir, *tmp_dir;
+static int passed, failed;
+static nq_cuda *gpu;
+
+static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(bool ok, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    if (ok)
+        passed++;
+    else
+        failed++;
+}
+
+static const char *path(const char *rel)
+{
+    static char bufs[8][4096];
+    static int next;
+    char *b = bufs[next++ % 8];
+    snprintf(b, sizeof bufs[0], "%s/%s", src_dir, rel);
+    return b;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, const nq_error *err)
+{
+    printf("FAIL %s: %s\n", what, err->msg);
+    failed++;
+    printf("%d passed, %d failed\n", passed, failed);
+    exit(1);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m))
+            m = isnan(d) ? INFINITY : d;
+    }
+    return m;
+}
+
+static double max_rel_diff(const float *a, const float *ref, size_t n)
+{
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double s = fabs((double)ref[i]) > 1.0 ? fabs((double)ref[i]) : 1.0;
+        double d = fabs((double)a[i] - ref[i]) / s;
+        if (!(d <= m))
+            m = isnan(d) ? INFINITY : d;
+    }
+    return m;
+}
+
+typedef struct {
+    nq_checkpoint *ck;
+    nq_model_config cfg;
+    nq_model *cpu, *gpu;
+    int nseq, len[8];
+    int32_t *ids[8];
+} fixture;
+
+static void open_fixture(fixture *f, const char *model_dir, const char *ref_json)
+{
+    nq_error err = {0};
+    memset(f, 0, sizeof *f);
+    if (!(f->ck = nq_checkpoint_open(path(model_dir), &err)) ||
+        nq_model_config_load(path(model_dir), &f->cfg, &err) != 0 ||
+        !(f->cpu = nq_model_open(f->ck, &f->cfg, &err)) ||
+        !(f->gpu = nq_model_open(f->ck, &f->cfg, &err)))
+        die(model_dir, &err);
+    nq_model_set_cuda(f->gpu, gpu);
+    json_error_t jerr;
+    json_t *root = json_load_file(path(ref_json), 0, &jerr);
+    json_t *seqs = root ? json_object_get(root, "seqs") : NULL;
+    f->nseq = (int)json_array_size(seqs);
+    if (f->nseq <= 0 || f->nseq > 8) {
+        nq_fail(&err, "%s: no sequences", ref_json);
+        die(ref_json, &err);
+    }
+    for (int s = 0; s < f->nseq; s++) {
+        json_t *a = json_array_get(seqs, (size_t)s);
+        f->len[s] = (int)json_array_size(a);
+        f->ids[s] = malloc((size_t)f->len[s] * sizeof(int32_t));
+        for (int t = 0; t < f->len[s]; t++)
+            f->ids[s][t] = (int32_t)json_integer_value(json_array_get(a, (size_t)t));
+    }
+    json_decref(root);
+}
+
+static void close_fixture(fixture *f)
+{
+    for (int s = 0; s < f->nseq; s++)
+        free(f->ids[s]);
+    nq_model_close(f->cpu);
+    nq_model_close(f->gpu);
+    nq_checkpoint_close(f->ck);
+}
+
+/* GPU logits vs transformers' (fixture file) and vs the CPU path; twice on
+ * the GPU for determinism. */
+static void test_fixture_logits(const char *model_dir, const char *ref_json, const char *logits_rel)
+{
+    fixture f;
+    open_fixture(&f, model_dir, ref_json);
+    int V = f.cfg.vocab_size;
+    size_t total = 0;
+    for (int s = 0; s < f.nseq; s++)
+        total += (size_t)f.len[s] * V;
+    size_t len = 0;
+    nq_error err = {0};
+    float *ref = (float *)nq_read_file(path(logits_rel), &len, &err);
+    if (!ref || len != total * sizeof(float))
+        die(logits_rel, &err);
+    double worst_ref = 0, worst_cpu = 0;
+    bool same = true;
+    size_t off = 0;
+    for (int s = 0; s < f.nseq; s++) {
+        size_t cnt = (size_t)f.len[s] * V;
+        float *g = malloc(cnt * sizeof *g), *g2 = malloc(cnt * sizeof *g2),
+              *c = malloc(cnt * sizeof *c);
+        if (nq_model_forward(f.gpu, f.ids[s], f.len[s], g, NULL, &err) != 0 ||
+            nq_model_forward(f.gpu, f.ids[s], f.len[s], g2, NULL, &err) != 0 ||
+            nq_model_forward(f.cpu, f.ids[s], f.len[s], c, NULL, &err) != 0)
+            die(model_dir, &err);
+        double d = max_abs_diff(g, ref + off, cnt), r = max_rel_diff(g, c, cnt);
+        worst_ref = d > worst_ref ? d : worst_ref;
+        worst_cpu = r > worst_cpu ? r : worst_cpu;
+        same = same && memcmp(g, g2, cnt * sizeof *g) == 0;
+        off += cnt;
+        free(g);
+        free(g2);
+        free(c);
+    }
+    check(worst_ref <= FIXTURE_TOL, "%s: GPU logits vs transformers: max |diff| %.3g (tol %g)",
+          model_dir, worst_ref, FIXTURE_TOL);
+    check(worst_cpu <= GPU_CPU_REL_TOL, "%s: GPU vs CPU logits: max rel diff %.3g (tol %g)",
+          model_dir, worst_cpu, GPU_CPU_REL_TOL);
+    check(same, "%s: GPU logits byte-identical run to run", model_dir);
+
+    /* Decoding after a GPU prefill: the GPU leaves the state the CPU path
+     * continues from (conv, SSM, KV cache). */
+    int n = f.len[0], half = n / 2;
+    float *full = malloc((size_t)n * V * sizeof *full), *step = malloc((size_t)n * V * sizeof *step);
+    nq_state *st = nq_state_new(f.gpu, &err);
+    if (!st || nq_model_forward(f.cpu, f.ids[0], n, full, NULL, &err) != 0 ||
+        nq_model_step(f.gpu, st, f.ids[0], half, step, &err) != 0 ||
+        nq_model_step(f.gpu, st, f.ids[0] + half, n - half, step + (size_t)half * V, &err) != 0)
+        die("step", &err);
+    double d = max_rel_diff(step, full, (size_t)n * V);
+    check(d <= GPU_CPU_REL_TOL, "%s: GPU prefill of %d tokens + CPU decoding of %d vs CPU forward: "
+          "max rel diff %.3g", model_dir, half, n - half, d);
+    nq_state_free(st);
+    free(full);
+    free(step);
+    free(ref);
+    close_fixture(&f);
+}
+
+static int32_t *tokens(const char *model_dir, const char *text_rel, size_t *n)
+{
+    nq_error err = {0};
+    char tp[4096];
+    snprintf(tp, sizeof tp, "%s/tokenizer.json", path(model_dir));
+    size_t len = 0;
+    nq_tokenizer *tok = nq_tokenizer_load(tp, &err);
+    char *text = tok ? nq_read_file(path(text_rel), &len, &err) : NULL;
+    int32_t *ids = NULL;
+    if (!text || nq_tokenizer_encode(tok, text, len, false, &ids, n, &err) != 0)
+        die(text_rel, &err);
+    free(text);
+    nq_tokenizer_free(tok);
+    return ids;
+}
+
+/* Perplexity through the eval path (layer by layer over all windows) on
+ * both devices; dir may be a quantized checkpoint (emulation hooks). */
+static void test_perplexity(const char *dir, const char *label, const int32_t *ids, size_t n,
+                            int windows, int ctx)
+{
+    nq_error err = {0};
+    nq_loaded_model c = {0}, g = {0};
+    if (nq_loaded_open(dir, 0, &c, &err) != 0 || nq_loaded_open(dir, 0, &g, &err) != 0)
+        die(dir, &err);
+    nq_model_set_cuda(g.model, gpu);
+    nq_eval_options opt = {.ctx = ctx, .windows = windows};
+    nq_eval_result rc, rg, rg2;
+    double t0 = now();
+    if (nq_eval_perplexity(c.model, NULL, ids, n, &opt, &rc, &err) != 0)
+        die(dir, &err);
+    double t1 = now();
+    if (nq_eval_perplexity(g.model, NULL, ids, n, &opt, &rg, &err) != 0)
+        die(dir, &err);
+    double t2 = now();
+    if (nq_eval_perplexity(g.model, NULL, ids, n, &opt, &rg2, &err) != 0)
+        die(dir, &err);
+    double rel = fabs(rg.ppl / rc.ppl - 1.0);
+    check(rel <= PPL_TOL, "%s: perplexity GPU %.6f vs CPU %.6f (rel %.2e, tol %g); %d x %d tokens: "
+          "CPU %.2f s, GPU %.2f s (eval path incl. host copies)", label, rg.ppl, rc.ppl, rel,
+          PPL_TOL, rg.windows, ctx, t1 - t0, t2 - t1);
+    check(rg.nll == rg2.nll, "%s: GPU perplexity identical run to run (nll %.17g)", label, rg.nll);
+    nq_loaded_close(&c);
+    nq_loaded_close(&g);
+}
+
+static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
+{
+    nq_quantize_options o = {0};
+    o.in_dir = path("models/tiny-nemotron-h");
+    o.out_dir = out;
+    o.recipe.preset = gptq ? "int4" : "nvfp4-conservative";
+    o.gptq = gptq;
+    o.threads = 0;
+    o.force = true;
+    o.calib_path = calib;
+    o.calib_samples = 8;
+    o.calib_len = 256;
+    o.kv_cache_fp8 = true;
+    o.cuda = dev;
+    nq_quantize_summary sum;
+    nq_error err = {0};
+    if (nq_quantize(&o, &sum, &err) != 0)
+        die(out, &err);
+    return 0;
+}
+
+static bool is_scale(const char *name)
+{
+    size_t n = strlen(name);
+    return (n > 11 && strcmp(name + n - 11, "input_scale") == 0) ||
+           (n > 7 && (strcmp(name + n - 7, "k_scale") == 0 || strcmp(name + n - 7, "v_scale") == 0));
+}
+
+/* Calibrated NVFP4 on the CPU and on the GPU: every weight byte-identical,
+ * input and KV scales within SCALE_TOL; the GPU twice: identical bytes. */
+static void test_calibrated_checkpoints(char *calib)
+{
+    char cpu_dir[4200], gpu_dir[4200], gpu2_dir[4200];
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/q-cpu", tmp_dir);
+    snprintf(gpu_dir, sizeof gpu_dir, "%s/q-gpu", tmp_dir);
+    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/q-gpu2", tmp_dir);
+    double t0 = now();
+    quantize(cpu_dir, NULL, calib, false);
+    double t1 = now();
+    quantize(gpu_dir, gpu, calib, false);
+    double t2 = now();
+    quantize(gpu2_dir, gpu, calib, false);
+    nq_error err = {0};
+    nq_checkpoint *a = nq_checkpoint_open(cpu_dir, &err), *b = a ? nq_checkpoint_open(gpu_dir, &err) : NULL;
+    nq_checkpoint *b2 = b ? nq_checkpoint_open(gpu2_dir, &err) : NULL;
+    if (!a || !b || !b2)
+        die("calibrated checkpoints", &err);
+    size_t n = nq_checkpoint_count(a), weights = 0, scales = 0, bad_w = 0, bad_s = 0, diff2 = 0;
+    double worst = 0;
+    bool same_count = n == nq_checkpoint_count(b) && n == nq_checkpoint_count(b2);
+    for (size_t i = 0; same_count && i < n; i++) {
+        const nq_tensor *ta = nq_checkpoint_tensor(a, i);
+        const nq_tensor *tb = nq_checkpoint_find(b, ta->name), *tb2 = nq_checkpoint_find(b2, ta->name);
+        if (!tb || !tb2 || tb->nbytes != ta->nbytes || tb2->nbytes != ta->nbytes) {
+            bad_w++;
+            continue;
+        }
+        if (memcmp(tb->data, tb2->data, tb->nbytes) != 0)
+            diff2++;
+        if (is_scale(ta->name) && ta->numel == 1) {
+            float va, vb;
+            if (nq_tensor_read_f32(ta, 0, 1, &va, &err) != 0 ||
+                nq_tensor_read_f32(tb, 0, 1, &vb, &err) != 0)
+                die(ta->name, &err);
+            double r = fabs((double)vb / va - 1.0);
+            worst = r > worst ? r : worst;
+            bad_s += !(r <= SCALE_TOL);
+            scales++;
+        } else {
+            bad_w += memcmp(ta->data, tb->data, ta->nbytes) != 0;
+            weights++;
+        }
+    }
+    check(same_count && bad_w == 0, "calibrated nvfp4: %zu weight tensors byte-identical CPU vs GPU "
+          "(%zu differ)", weights, bad_w);
+    check(same_count && scales > 0 && bad_s == 0, "calibrated nvfp4: %zu input/KV scales CPU vs GPU "
+          "max rel diff %.3g (tol %g); calibration+export CPU %.2f s, GPU %.2f s", scales, worst,
+          SCALE_TOL, t1 - t0, t2 - t1);
+    check(same_count && diff2 == 0, "calibrated nvfp4 on the GPU twice: byte-identical (%zu tensors "
+          "differ)", diff2);
+    nq_checkpoint_close(a);
+    nq_checkpoint_close(b);
+    nq_checkpoint_close(b2);
+}
+
+/* Forward throughput (not a test): the layer-by-layer runner over
+ * `windows` windows of ctx tokens plus the logits of every position, on
+ * each device.  The token ids go to TMP_DIR/bench_ids.i32 so that
+ * bench/transformers_forward.py times transformers on the very same
+ * tokens. */
+static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
+{
+    if ((size_t)windows * ctx > n)
+        windows = (int)(n / ctx);
+    nq_error err = {0};
+    char out[4200];
+    snprintf(out, sizeof out, "%s/bench_ids_%d.i32", tmp_dir, ctx);
+    FILE *f = fopen(out, "wb");
+    if (f) {
+        fwrite(ids, sizeof *ids, (size_t)windows * ctx, f);
+        fclose(f);
+    }
+    nq_loaded_model lm = {0};
+    if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &lm, &err) != 0)
+        die("bench", &err);
+    const nq_model_config *c = &lm.cfg;
+    size_t plane = (size_t)ctx * c->hidden_size;
+    float *x = malloc((size_t)windows * plane * sizeof *x);
+    float *logits = malloc((size_t)ctx * c->vocab_size * sizeof *logits);
+    for (int dev = 0; dev < 2; dev++) {
+        nq_model_set_cuda(lm.model, dev ? gpu : NULL);
+        double best = 1e30;
+        for (int rep = 0; rep < (dev ? 3 : 1); rep++) {
+            double t0 = now();
+            if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0)
+                die("bench", &err);
+            for (int w = 0; w < windows; w++)
+                if (nq_model_final(lm.model, x + w * plane, ctx, NULL, logits, &err) != 0)
+                    die("bench", &err);
+            double t = now() - t0;
+            best = t < best ? t : best;
+        }
+        printf("BENCH nemoq %s forward (%d windows x %d tokens, logits included): %.3f s, "
+               "%.0f tokens/s%s\n", dev ? "GPU" : "CPU", windows, ctx, best,
+               windows * (double)ctx / best, dev ? " (best of 3)" : "");
+    }
+    free(x);
+    free(logits);
+    nq_loaded_close(&lm);
+}
+
+/* GPTQ INT4 with the calibration forward on each device (Hessians are
+ * accumulated on the host from the GPU's activations): KL against the
+ * float model on windows 600..615 of the text (the 8 evenly spaced
+ * calibration windows cover under 1% of it) must agree within noise. */
+static void test_gptq(char *calib, const int32_t *ids, size_t n)
+{
+    char cpu_dir[4200], gpu_dir[4200];
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/gptq-cpu", tmp_dir);
+    snprintf(gpu_dir, sizeof gpu_dir, "%s/gptq-gpu", tmp_dir);
+    quantize(cpu_dir, NULL, calib, true);
+    quantize(gpu_dir, gpu, calib, true);
+    nq_error err = {0};
+    nq_loaded_model base = {0}, qc = {0}, qg = {0};
+    if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &base, &err) != 0 ||
+        nq_loaded_open(cpu_dir, 0, &qc, &err) != 0 || nq_loaded_open(gpu_dir, 0, &qg, &err) != 0)
+        die("gptq", &err);
+    /* held out: windows past the calibration ones */
+    nq_eval_options opt = {.ctx = 256, .windows = 16, .skip = 600};
+    nq_eval_result rc, rg;
+    if (nq_eval_perplexity(qc.model, base.model, ids, n, &opt, &rc, &err) != 0 ||
+        nq_eval_perplexity(qg.model, base.model, ids, n, &opt, &rg, &err) != 0)
+        die("gptq eval", &err);
+    double rel = fabs(rg.kl / rc.kl - 1.0);
+    check(rel <= 0.05, "gptq int4: held-out KL with GPU calibration %.5f vs CPU %.5f (rel %.3f, "
+          "tol 0.05); perplexity %.4f vs %.4f", rg.kl, rc.kl, rel, rg.ppl, rc.ppl);
+    nq_loaded_close(&base);
+    nq_loaded_close(&qc);
+    nq_loaded_close(&qg);
+}
+
+/* --bench-backbone MODEL IDS CTX WINDOWS: the blocks (no lm_head) of a
+ * model, e.g. a synthetic Nano-width checkpoint, over WINDOWS windows of
+ * CTX tokens of the int32 ids file, on the GPU: time per pass (weights
+ * streamed from the checkpoint layer by layer, included) and peak GPU
+ * memory.  Not a test. */
+static int bench_backbone(char **argv)
+{
+    const char *dir = argv[2], *ids_path = argv[3];
+    int ctx = atoi(argv[4]), windows = atoi(argv[5]);
+    nq_error err = {0};
+    size_t len = 0;
+    int32_t *ids = (int32_t *)nq_read_file(ids_path, &len, &err);
+    if (!ids || len < (size_t)ctx * windows * sizeof *ids) {
+        fprintf(stderr, "%s: too few ids\n", ids_path);
+        return 1;
+    }
+    char desc[384];
+    nq_loaded_model lm = {0};
+    if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0 ||
+        nq_loaded_open(dir, 0, &lm, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    nq_model_set_cuda(lm.model, gpu);
+    size_t plane = (size_t)ctx * lm.cfg.hidden_size;
+    float *x = malloc((size_t)windows * plane * sizeof *x);
+    for (int rep = 0; rep < 2; rep++) {
+        double t0 = now();
+        if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        double t = now() - t0;
+        printf("BENCH nemoq GPU backbone %s (%d layers %s, hidden %d): %d windows x %d tokens: "
+               "%.3f s, %.0f tokens/s, %.3f s per layer (run %d, weights streamed from the "
+               "checkpoint as f32 included)\n", desc, lm.cfg.num_layers, lm.cfg.pattern,
+               lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
+               t / lm.cfg.num_layers, rep + 1);
+    }
+    printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
+           nq_cuda_peak_bytes(gpu) / 1073741824.0, windows * plane * 4 / 1073741824.0);
+    fflush(stdout);
+    free(x);
+    free(ids);
+    nq_loaded_close(&lm);
+    nq_cuda_close(gpu);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && strcmp(argv[1], "--bench-backbone") == 0)
+        return bench_backbone(argv);
+    if (argc != 3) {
+        fprintf(stderr, "usage: gpu_test SOURCE_DIR TMP_DIR\n"
+                        "       gpu_test --bench-backbone MODEL IDS CTX WINDOWS\n");
+        return 2;
+    }
+    src_dir = argv[1];
+    tmp_dir = argv[2];
+    nq_error err = {0};
+    char desc[384];
+    if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0)
+        die("device", &err);
+    printf("device: %s\n", desc);
+
+    test_fixture_logits("models/tiny-nemotron-h", "tests/fixtures/tiny_ref.json",
+                        "tests/fixtures/tiny_logits_4x64.f32");
+    test_fixture_logits("tests/fixtures/dense", "tests/fixtures/dense/dense_ref.json",
+                        "tests/fixtures/dense/dense_logits.f32");
+
+    size_t n = 0;
+    int32_t *ids = tokens("models/tiny-nemotron-h", "tests/fixtures/calib.txt", &n);
+    test_perplexity(path("models/tiny-nemotron-h"), "bundled model", ids, n, 32, 256);
+
+    char calib[4200];
+    snprintf(calib, sizeof calib, "%s", path("tests/fixtures/calib.txt"));
+    test_calibrated_checkpoints(calib);
+    char qdir[4200];
+    snprintf(qdir, sizeof qdir, "%s/q-cpu", tmp_dir);
+    test_perplexity(qdir, "calibrated nvfp4 (W4A4 + FP8 KV emulated)", ids, n, 16, 256);
+    test_gptq(calib, ids, n);
+    bench_forward(ids, n, 64, 256);
+    bench_forward(ids, n, 32, 2048);
+    printf("peak GPU memory allocated by nemoq: %.1f MiB\n", nq_cuda_peak_bytes(gpu) / 1048576.0);
+    free(ids);
+    nq_cuda_close(gpu);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
