@@ -8,6 +8,11 @@ int nq_cmd_quantize(int argc, char **argv);
 int nq_cmd_merge(int argc, char **argv);
 int nq_cmd_verify(int argc, char **argv);
 int nq_cmd_eval(int argc, char **argv);
+/* GGUF (cmd_gguf.c) */
+int nq_cmd_convert(int argc, char **argv);
+int nq_cmd_quantize_gguf(int argc, char **argv);
+int nq_inspect_gguf(const char *path);
+int nq_is_gguf_path(const char *path);
 
 /* Progress bar on stderr when it is a terminal (nq_eval_options.progress). */
 void nq_cli_progress(void *ctx, const char *stage, int done, int total);

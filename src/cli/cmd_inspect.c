@@ -9,6 +9,7 @@
 
 static const char *usage =
     "usage: nemoq inspect DIR [--json]\n"
+    "       nemoq inspect FILE.gguf\n"
     "       nemoq inspect ADAPTER_DIR [--base MODEL_DIR] [--json]\n"
     "  Describe a safetensors checkpoint: model type, block pattern,\n"
     "  parameters and bytes by role, dtypes, per-layer table, quantization.\n"
@@ -55,6 +56,13 @@ int nq_cmd_inspect(int argc, char **argv)
         nq_cli_error("inspect: no checkpoint directory given");
         fputs(usage, stderr);
         return 2;
+    }
+    if (nq_is_gguf_path(dir)) {
+        if (as_json) {
+            nq_cli_error("inspect: --json is not supported for GGUF files");
+            return 2;
+        }
+        return nq_inspect_gguf(dir);
     }
     nq_error err = {0};
     bool adapter = is_adapter(dir);

@@ -67,6 +67,7 @@ static const char *usage =
     "  --force                replace a non-empty OUT (atomically)\n"
     "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n"
     "  --dry-run              print the plan (every module, its format, why) and exit\n"
+    "  --format gguf          one GGUF file for llama.cpp instead (see --format gguf --help)\n"
     "\n"
     "AutoQuantize (instead of --recipe; needs --calib):\n"
     "  --auto-quantize BITS   per group of modules servers fuse, pick nvfp4, fp8 or bf16 to\n"
@@ -113,6 +114,10 @@ static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, 
 
 int nq_cmd_quantize(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if ((strcmp(argv[i], "--format") == 0 && i + 1 < argc && strcmp(argv[i + 1], "gguf") == 0) ||
+            strcmp(argv[i], "--format=gguf") == 0)
+            return nq_cmd_quantize_gguf(argc, argv);
     const char *in = NULL, *out = NULL, *preset = NULL, *recipe_file = NULL;
     nq_recipe_rule *rules = NULL, *file_rules = NULL;
     size_t nrules = 0, nfile_rules = 0;

@@ -26,6 +26,7 @@ static const struct {
     {"merge", nq_cmd_merge, "merge PEFT LoRA adapters into a checkpoint (source dtype)"},
     {"eval", nq_cmd_eval, "perplexity and KL divergence against a base model (quantization emulated)"},
     {"verify", nq_cmd_verify, "check a quantized checkpoint (and its error against the source)"},
+    {"convert", nq_cmd_convert, "write a checkpoint (BF16 or NVFP4) as a GGUF file for llama.cpp"},
 };
 
 static void print_usage(FILE *out)

@@ -360,7 +360,7 @@ static float read_dt_min(const nq_checkpoint *ck)
         return dt_min;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", nq_checkpoint_dir(ck));
-    json_t *root = json_load_file(path, 0, NULL);
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, NULL);
     if (!root)
         return dt_min;
     json_t *v = json_object_get(root, "time_step_min");
