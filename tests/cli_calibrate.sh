@@ -29,6 +29,29 @@ check "nvfp4: an input_scale per quantized module (176, got $n_in)" '[ "$n_in" -
 n_kv=$(grep -ao '"backbone.layers.[0-9]*.mixer.[kv]_proj.[kv]_scale"' "$tmp/nvfp4-conservative/model.safetensors" | wc -l)
 check "nvfp4: k/v scales of both attention layers ($n_kv)" '[ "$n_kv" -eq 4 ]'
 check "nvfp4: kv_cache_quant_algo FP8, quant_algo NVFP4" 'grep -q "\"kv_cache_quant_algo\": \"FP8\"" "$tmp/nvfp4-conservative/hf_quant_config.json" && grep -q "\"quant_algo\": \"NVFP4\"" "$tmp/nvfp4-conservative/hf_quant_config.json"'
+# FP8 KV scales are amax / 448 unclamped (ModelOpt 0.47): the tiny model's
+# K/V amax are far below 448, so every scale is below 1 (was clamped to 1)
+kv=$(python3 - "$tmp/nvfp4-conservative/model.safetensors" <<'PY'
+import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+for k in sorted(h):
+    if k.endswith((".k_scale", ".v_scale")):
+        a, b = h[k]["data_offsets"]; f.seek(8 + n + a)
+        print(k, h[k]["dtype"], h[k]["shape"], struct.unpack("<f", f.read(4))[0])
+PY
+)
+check "kv scales F32 [] in (0, 1) ($kv)" '[ $(printf "%s\n" "$kv" | awk "\$2==\"F32\" && \$3==\"[]\" && \$4>0 && \$4<1" | wc -l) -eq 4 ]'
+# config.json carries ModelOpt 0.47's flat quantization_config
+check "config.json quantization_config is the flat form" 'python3 -c "
+import json, sys
+q = json.load(open(sys.argv[1]))[\"quantization_config\"]
+assert list(q) == [\"config_groups\", \"ignore\", \"quant_algo\", \"kv_cache_scheme\", \"producer\", \"quant_method\"], list(q)
+assert q[\"quant_method\"] == \"modelopt\" and q[\"quant_algo\"] == \"NVFP4\" and \"quantization\" not in q
+assert q[\"kv_cache_scheme\"] == {\"dynamic\": False, \"num_bits\": 8, \"type\": \"float\"}
+assert q[\"producer\"][\"version\"] == \"0.47.0\"
+h = json.load(open(sys.argv[2]))
+assert q[\"ignore\"] == h[\"quantization\"][\"exclude_modules\"] and h[\"producer\"][\"version\"] == \"0.47.0\"
+" "$tmp/nvfp4-conservative/config.json" "$tmp/nvfp4-conservative/hf_quant_config.json"'
 n_in=$(grep -ao '"[^"]*\.input_scale"' "$tmp/fp8-conservative/model.safetensors" | wc -l)
 check "fp8: input scales ($n_in)" '[ "$n_in" -gt 0 ]'
 check "int4: no input scales (weight-only)" '! grep -aq "input_scale" "$tmp/int4/model.safetensors"'

@@ -77,12 +77,12 @@ for entry in 'backbone.layers.1*' 'experts.3.' 'backbone.layers.*.mixer.in_proj'
   fresh nvfp4-conservative; jset "$tmp/t/hf_quant_config.json" quantization/exclude_modules "+\"$entry\""
   expect "exclude entry '$entry' covering quantized modules" "exclude_modules entry \"$entry\" covers"
 done
-fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/quantization/quant_algo '"FP8"'
-expect "config.json quant_algo disagrees" "quantization_config.quantization.quant_algo disagrees with hf_quant_config.json"
-fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/quantization/kv_cache_quant_algo '"FP8"'
-expect "config.json kv_cache_quant_algo disagrees" "kv_cache_quant_algo disagrees"
-fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/quantization/exclude_modules/0 DELETE
-expect "config.json exclude list disagrees" "exclude_modules disagrees"
+fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/quant_algo '"FP8"'
+expect "config.json quant_algo disagrees" "quantization_config.quant_algo disagrees with hf_quant_config.json"
+fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/kv_cache_scheme '{"dynamic": false, "num_bits": 8, "type": "float"}'
+expect "config.json kv_cache_scheme disagrees" "kv_cache_scheme is set but hf_quant_config.json's kv_cache_quant_algo is null"
+fresh nvfp4-conservative; jset "$tmp/t/config.json" quantization_config/ignore/0 DELETE
+expect "config.json exclude list disagrees" "ignore and hf_quant_config.json's exclude_modules differ"
 # the flat form current ModelOpt writes into config.json is compared too
 fresh nvfp4-conservative; python3 - "$tmp/t/config.json" "$tmp/t/hf_quant_config.json" <<'PY'
 import json, sys

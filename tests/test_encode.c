@@ -1,4 +1,4 @@
-/* The whole-tensor encoders (src/export/encode.c) and the write queue.
+/* The whole-tensor encoders (the *_encode.c files in src/formats) and the write queue.
  *
  * The encoders have two kernels per format on x86-64 (portable C and AVX2)
  * and read BF16 / F16 / F32 sources in place.  tests/test_formats.c checks
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/int4.h"

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/int4.h"
@@ -284,10 +284,24 @@ static void test_int4_by_hand(void **state)
     assert_int_equal(gi[7], 0);
 }
 
+/* FP8 KV-cache scales: amax / 448 unclamped (ModelOpt >= 0.43
+ * postprocess_state_dict; it wrote max(amax / 448, 1) before), 1.0 for a zero
+ * amax since vLLM rejects a zero scale. Values by hand. */
+static void test_kv_cache_scale_by_hand(void **state)
+{
+    (void)state;
+    assert_true(nq_fp8_kv_cache_scale(448.0f) == 1.0f);
+    assert_true(nq_fp8_kv_cache_scale(896.0f) == 2.0f);
+    assert_true(nq_fp8_kv_cache_scale(112.0f) == 0.25f);  /* below 1: kept */
+    assert_true(nq_fp8_kv_cache_scale(3.5f) == 0.0078125f); /* 3.5 / 448 = 2^-7 */
+    assert_true(nq_fp8_kv_cache_scale(0.0f) == 1.0f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nvfp4_matches_modelopt), cmocka_unit_test(test_fp8_matches_modelopt),
+        cmocka_unit_test(test_kv_cache_scale_by_hand),
         cmocka_unit_test(test_e2m1_by_hand),           cmocka_unit_test(test_e4m3_by_hand),
         cmocka_unit_test(test_nvfp4_blocks_by_hand),   cmocka_unit_test(test_int4_by_hand),
     };

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "algo/gptq.h"
-#include "export/encode.h"
+#include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"

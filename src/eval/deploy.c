@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/encode.h"
+#include "export/dequant.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/nvfp4.h"

@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "export/encode.h"
+#include "export/dequant.h"
+#include "export/metadata.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/roles.h"
@@ -60,18 +61,53 @@ static json_t *load_json(const char *dir, const char *file)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    return json_load_file(path, 0, NULL);
+    /* JSON_ALLOW_NUL: ModelOpt 0.47 writes NUL characters into exclude
+     * entries on NemotronH (nq_exclude_entry_corrupt) */
+    return json_load_file(path, JSON_ALLOW_NUL, NULL);
 }
 
-/* Whether an exclude list covers the module as vLLM decides it. */
-static bool excluded(json_t *arr, const char *module)
+/* The first valid exclude entry that excludes `module` the way vLLM decides
+ * it, or NULL. Routed experts are asked about as their layer's fused MoE
+ * ("...mixer.experts"), as vLLM does. */
+static const char *excluded_by(json_t *exclude, const char *module)
+{
+    char fused[512];
+    const char *e = strstr(module, ".experts.");
+    if (e && !strstr(module, "shared_experts"))
+        snprintf(fused, sizeof fused, "%.*s.experts", (int)(e - module), module);
+    size_t i;
+    json_t *v;
+    json_array_foreach(exclude, i, v)
+    {
+        const char *p = json_string_value(v);
+        if (!p || nq_exclude_entry_corrupt(v, NULL, 0))
+            continue;
+        if (nq_exclude_pattern_matches(p, module) || (e && !strstr(module, "shared_experts") &&
+                                                      nq_exclude_pattern_matches(p, fused)))
+            return p;
+    }
+    return NULL;
+}
+
+/* The corrupted entry (ModelOpt bug) that was meant to exclude `module`, or
+ * NULL; `intended` receives the name it was meant to be. */
+static json_t *corrupt_entry_for(json_t *exclude, const char *module, char *intended, size_t cap)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(arr, i, v) if (json_is_string(v) &&
-                                      nq_exclude_matches(json_string_value(v), module))
-        return true;
-    return false;
+    json_array_foreach(exclude, i, v)
+    {
+        if (nq_exclude_entry_corrupt(v, intended, cap) &&
+            nq_exclude_pattern_matches(intended, module))
+            return v;
+    }
+    return NULL;
+}
+
+/* JSON-escaped form of a string entry (shows the NUL as \u0000). */
+static char *entry_text(json_t *v)
+{
+    return json_dumps(v, JSON_ENCODE_ANY);
 }
 
 /* The largest relative error ||W - deq(Q)|| / ||W|| `verify --against`
@@ -129,17 +165,41 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
         problem(out, res, "%s", cfg_err.msg);
     json_t *hf = load_json(dir, "hf_quant_config.json");
     json_t *gq = load_json(dir, "quantize_config.json");
-    json_t *quant = json_object_get(hf, "quantization");
-    json_t *exclude = json_object_get(quant, "exclude_modules");
-    json_t *layers = json_object_get(quant, "quantized_layers");
+    json_t *config = load_json(dir, "config.json");
+    /* hf_quant_config.json (nested form), else config.json's
+     * quantization_config in either the nested or ModelOpt 0.47's flat form */
+    nq_modelopt_decl decl;
+    bool have_decl = nq_modelopt_decl_read(hf, &decl);
+    if (!hf && nq_modelopt_decl_read(json_object_get(config, "quantization_config"), &decl)) {
+        have_decl = true;
+        hf = json_incref(json_object_get(config, "quantization_config"));
+    }
+    json_t *exclude = have_decl ? decl.exclude : NULL;
+    json_t *layers = have_decl ? decl.quantized_layers : NULL;
     int group = (int)json_integer_value(json_object_get(gq, "group_size"));
     bool weights_only = json_is_true(json_object_get(json_object_get(hf, "nemoq"), "weights_only"));
     size_t missing_input_scales = 0;
     if (!hf && !gq)
         problem(out, res, "%s: neither hf_quant_config.json nor quantize_config.json: a loader "
                           "would read the weights as unquantized", dir);
-    if (hf && !json_is_object(quant))
+    if (hf && !have_decl)
         problem(out, res, "hf_quant_config.json: no \"quantization\" object");
+    /* entries ModelOpt 0.47 corrupts on NemotronH: named, and judged below by
+     * what they fail to exclude */
+    size_t ci;
+    json_t *cv;
+    json_array_foreach(exclude, ci, cv)
+    {
+        char intended[512];
+        if (!nq_exclude_entry_corrupt(cv, intended, sizeof intended) || !out)
+            continue;
+        char *txt = entry_text(cv);
+        fprintf(out, "warning: exclude entry %s is corrupted (a ModelOpt 0.47 bug: its reverse "
+                     "name mapper renames \"model\" inside its own name sentinel); it matches no "
+                     "module, so a loader does not exclude %s\n",
+                txt ? txt : "?", intended);
+        free(txt);
+    }
 
     /* 1. every module: its stored form decodes and its metadata agrees */
     for (size_t i = 0; i < nq_checkpoint_count(ck); i++) {
@@ -165,7 +225,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
             const nq_tensor *is = nq_checkpoint_find(ck, name);
             if (is)
                 check_scalar_scale(is, out, res);
-            const char *algo = json_string_value(json_object_get(quant, "quant_algo"));
+            const char *algo = have_decl ? decl.quant_algo : NULL;
             if ((f == NQ_STORED_NVFP4 || f == NQ_STORED_FP8) && !hf)
                 problem(out, res, "%s is %s but there is no hf_quant_config.json", module,
                         stored_name(f));
@@ -184,11 +244,28 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
                 problem(out, res, "%s: quant_algo %s needs an input_scale", module, algo);
             if (layers && !json_object_get(layers, module))
                 problem(out, res, "%s is quantized but missing from quantized_layers", module);
-        } else if (f == NQ_STORED_FLOAT && hf && exclude && !excluded(exclude, module) &&
+        } else if (f == NQ_STORED_FLOAT && hf && exclude && !excluded_by(exclude, module) &&
                    strcmp(module, "backbone.embeddings") != 0 && !ends_with(module, "embed_tokens")) {
             /* vLLM would create a quantized method for it and find no scales */
             nq_role r = nq_role_of(have_cfg ? &cfg : NULL, t->name);
-            if (r != NQ_ROLE_EMBEDDINGS && r != NQ_ROLE_NORMS)
+            char intended[512];
+            bool corrupt = corrupt_entry_for(exclude, module, intended, sizeof intended) != NULL;
+            if (r == NQ_ROLE_EMBEDDINGS || r == NQ_ROLE_NORMS || r == NQ_ROLE_ROUTER ||
+                r == NQ_ROLE_CONV1D)
+                ; /* vLLM builds routers (GateLinear) and conv1d with no quant_config:
+                   * they load unquantized whether listed or not (export-spec 1.5) */
+            else if (corrupt && r == NQ_ROLE_LM_HEAD) {
+                /* vLLM's ModelOpt configs give quantized methods only to
+                 * LinearBase and FusedMoE layers; lm_head is a ParallelLMHead */
+                if (out)
+                    fprintf(out, "warning: %s is excluded only by a corrupted entry; vLLM still "
+                                 "loads it unquantized (its ModelOpt configs never quantize "
+                                 "lm_head)\n", module);
+            } else if (corrupt)
+                problem(out, res, "%s is stored unquantized and excluded only by a corrupted "
+                                  "entry (ModelOpt bug): a loader would expect it quantized",
+                        module);
+            else
                 problem(out, res, "%s is stored unquantized but not listed in exclude_modules",
                         module);
         }
@@ -208,8 +285,20 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
             problem(out, res, "exclude_modules[%zu] is not a string", k);
             continue;
         }
-        if (strchr(m, '*'))
-            continue; /* a wildcard: nothing to look up */
+        if (nq_exclude_entry_corrupt(v, NULL, 0))
+            continue; /* reported above */
+        if (strpbrk(m, "*?[")) {
+            /* a wildcard: it must match some module, as ModelOpt's do */
+            bool any = false;
+            for (size_t i = 0; !any && i < nq_checkpoint_count(ck); i++) {
+                char module[512];
+                if (weight_module(nq_checkpoint_tensor(ck, i)->name, module, sizeof module))
+                    any = nq_exclude_pattern_matches(m, module);
+            }
+            if (!any)
+                problem(out, res, "exclude_modules entry %s matches no module of the checkpoint", m);
+            continue;
+        }
         nq_stored_format f = nq_stored_format_of(ck, m);
         if (f == NQ_STORED_NONE)
             problem(out, res, "exclude_modules names %s, which has no weight in the checkpoint", m);
@@ -224,7 +313,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
         snprintf(module, sizeof module, "%.*s", (int)(dot - t->name), t->name);
         if (!strcmp(dot + 1, "k_scale") || !strcmp(dot + 1, "v_scale")) {
             check_scalar_scale(t, out, res);
-            if (!hf || !json_is_string(json_object_get(quant, "kv_cache_quant_algo")))
+            if (!have_decl || !decl.kv_cache_quant_algo)
                 problem(out, res, "%s present but kv_cache_quant_algo is not set", t->name);
             continue;
         }
@@ -313,6 +402,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
     }
     json_decref(hf);
     json_decref(gq);
+    json_decref(config);
     nq_checkpoint_close(src);
     nq_checkpoint_close(ck);
     if (res->problems)

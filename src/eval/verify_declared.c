@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "eval/verify_internal.h"
-#include "export/encode.h"
+#include "export/dequant.h"
 #include "model/roles.h"
 
 #define problem nq_verify_problem

@@ -10,7 +10,9 @@
 
 #include "algo/sensitivity.h"
 #include "calib/calib.h"
-#include "export/quantize_internal.h"
+#include "export/autoquant.h"
+#include "export/calibrated.h"
+#include "export/output.h"
 #include "recipe/autoq.h"
 #include "tok/tokenizer.h"
 

@@ -14,6 +14,8 @@
  * layer's input and its output); per quantized Linear of the current layer
  * NQ_CALIB_SAMPLE_ROWS input rows, and with GPTQ its Hessian (in^2 x 8
  * bytes). */
+#include "export/calibrated.h"
+
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,9 +26,10 @@
 #include "algo/gptq.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
-#include "export/encode.h"
-#include "export/quantize_internal.h"
+#include "formats/encode.h"
+#include "export/output.h"
 #include "formats/floatconv.h"
+#include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
 #include "model/forward.h"
@@ -502,14 +505,14 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             free(deq);
         }
         if (kv_fp8 && cfg->pattern[l] == NQ_BLOCK_ATTENTION) {
-            /* ModelOpt's value: max(amax / 448, 1) (docs/export-spec.md 3) */
-            float ks = stats.k_amax / 448.0f, vs = stats.v_amax / 448.0f;
-            if ((stats.k_amax > 448.0f || stats.v_amax > 448.0f) && opt->log)
-                fprintf(opt->log, "\nwarning: layer %d: K/V amax %g/%g exceeds 448; vLLM may "
-                                  "ignore the stored scale\n",
+            /* docs/export-spec.md 3: ModelOpt 0.47 writes amax / 448 and
+             * warns from 0.5 up (amax > 224) */
+            if ((stats.k_amax > 224.0f || stats.v_amax > 224.0f) && opt->log)
+                fprintf(opt->log, "\nwarning: layer %d: large K/V activations (amax %g/%g): the "
+                                  "FP8 KV cache may lose accuracy\n",
                         l, (double)stats.k_amax, (double)stats.v_amax);
-            if (write_scalar(w, ks < 1.0f ? 1.0f : ks, err) != 0 ||
-                write_scalar(w, vs < 1.0f ? 1.0f : vs, err) != 0)
+            if (write_scalar(w, nq_fp8_kv_cache_scale(stats.k_amax), err) != 0 ||
+                write_scalar(w, nq_fp8_kv_cache_scale(stats.v_amax), err) != 0)
                 goto done;
         }
         nq_calib_stats_reset(&stats);

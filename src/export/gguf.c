@@ -6,7 +6,8 @@
 #include <string.h>
 
 #include "core/interrupt.h"
-#include "export/encode.h"
+#include "export/dequant.h"
+#include "formats/encode.h"
 #include "export/gguf_vocab.h"
 #include "formats/floatconv.h"
 #include "formats/ggml_blocks.h"

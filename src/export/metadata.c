@@ -1,5 +1,6 @@
 #include "export/metadata.h"
 
+#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,14 +61,195 @@ json_t *nq_modelopt_quant_config(const nq_plan *plan, const nq_export_info *info
     }
     /* producer.name is the tag vLLM detects ModelOpt checkpoints by
      * (export-spec 1.3); the writer's identity goes in an extra key. */
-    json_t *producer = json_pack("{s:s, s:s, s:s}", "name", "modelopt", "version", "0.39.0",
-                                 "written_by", "nemoq " NEMOQ_VERSION);
+    json_t *producer = json_pack("{s:s, s:s, s:s}", "name", "modelopt", "version",
+                                 NQ_MODELOPT_FORMAT_VERSION, "written_by", "nemoq " NEMOQ_VERSION);
     json_t *doc = json_pack("{s:o, s:o}", "producer", producer, "quantization", q);
     if (info->weights_only)
         /* Tells `nemoq verify` (and a reader) that the missing activation
          * scales are expected: calibration has not run. */
         json_object_set_new(doc, "nemoq", json_pack("{s:b}", "weights_only", 1));
     return doc;
+}
+
+static bool entry_matches(const char *e, const char *module)
+{
+    if (strcmp(e, module) == 0 || strstr(module, e) != NULL)
+        return true;
+    if (strstr(module, "experts") && strstr(e, "experts") && strstr(e, module))
+        return true;
+    /* Python's fnmatch has no escape character */
+    return fnmatch(e, module, FNM_NOESCAPE) == 0;
+}
+
+bool nq_exclude_pattern_matches(const char *pattern, const char *module)
+{
+    size_t n = strlen(pattern);
+    if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] != '.') {
+        char *base = malloc(n + 2);
+        if (!base)
+            return false;
+        memcpy(base, pattern, n - 1);
+        base[n - 1] = '\0';
+        bool hit = entry_matches(base, module);
+        if (!hit) {
+            memcpy(base + n - 1, ".*", 3);
+            hit = entry_matches(base, module);
+        }
+        free(base);
+        return hit;
+    }
+    return entry_matches(pattern, module);
+}
+
+bool nq_exclude_entry_corrupt(const json_t *entry, char *intended, size_t cap)
+{
+    const char *s = json_string_value(entry);
+    if (!s)
+        return false;
+    size_t len = json_string_length(entry), head = strlen(s);
+    if (head == len)
+        return false;
+    size_t keep = head > 0 && s[head - 1] == '.' ? head - 1 : head;
+    const char *suffix = len >= 2 && s[len - 2] == '.' && s[len - 1] == '*' ? ".*"
+                         : len >= 1 && s[len - 1] == '*'                    ? "*"
+                                                                            : "";
+    if (cap)
+        snprintf(intended, cap, "%.*s%s", (int)keep, s, suffix);
+    return true;
+}
+
+bool nq_modelopt_decl_read(const json_t *doc, nq_modelopt_decl *d)
+{
+    memset(d, 0, sizeof *d);
+    if (!json_is_object(doc))
+        return false;
+    d->producer = json_object_get(doc, "producer");
+    json_t *q = json_object_get(doc, "quantization");
+    if (json_is_object(q)) {
+        d->quant_algo = json_string_value(json_object_get(q, "quant_algo"));
+        d->kv_cache_quant_algo = json_string_value(json_object_get(q, "kv_cache_quant_algo"));
+        d->group_size = json_integer_value(json_object_get(q, "group_size"));
+        d->exclude = json_object_get(q, "exclude_modules");
+        d->quantized_layers = json_object_get(q, "quantized_layers");
+        return true;
+    }
+    const char *method = json_string_value(json_object_get(doc, "quant_method"));
+    if (!method || strcmp(method, "modelopt") != 0)
+        return false;
+    d->flat = true;
+    d->quant_algo = json_string_value(json_object_get(doc, "quant_algo"));
+    json_t *kv = json_object_get(doc, "kv_cache_scheme");
+    if (json_is_string(kv))
+        d->kv_cache_quant_algo = json_string_value(kv);
+    else if (json_is_object(kv) &&
+             json_string_value(json_object_get(kv, "type")) &&
+             !strcmp(json_string_value(json_object_get(kv, "type")), "float"))
+        d->kv_cache_quant_algo =
+            json_integer_value(json_object_get(kv, "num_bits")) == 8   ? "FP8"
+            : json_integer_value(json_object_get(kv, "num_bits")) == 4 ? "NVFP4"
+                                                                       : NULL;
+    else /* vLLM also accepts the nested key at top level */
+        d->kv_cache_quant_algo = json_string_value(json_object_get(doc, "kv_cache_quant_algo"));
+    d->group_size = json_integer_value(json_object_get(doc, "group_size"));
+    if (!d->group_size)
+        d->group_size = json_integer_value(json_object_get(
+            json_object_get(json_object_get(json_object_get(doc, "config_groups"), "group_0"),
+                            "weights"),
+            "group_size"));
+    d->exclude = json_object_get(doc, "ignore");
+    d->quantized_layers = json_object_get(doc, "quantized_layers");
+    return true;
+}
+
+/* compressed-tensors style details of one per-layer ModelOpt config, as
+ * ModelOpt 0.47's _quant_algo_to_group_config writes them
+ * (modelopt/torch/export/convert_hf_config.py). */
+static json_t *group_details(const char *algo, json_int_t group_size)
+{
+    if (!strcmp(algo, "FP8"))
+        return json_pack("{s:{s:b, s:i, s:s}, s:{s:b, s:i, s:s}}", "input_activations", "dynamic",
+                         0, "num_bits", 8, "type", "float", "weights", "dynamic", 0, "num_bits", 8,
+                         "type", "float");
+    json_int_t gs = group_size ? group_size : 16;
+    if (!strcmp(algo, "NVFP4"))
+        return json_pack("{s:{s:b, s:i, s:s, s:I}, s:{s:b, s:i, s:s, s:I}}", "input_activations",
+                         "dynamic", 0, "num_bits", 4, "type", "float", "group_size", gs, "weights",
+                         "dynamic", 0, "num_bits", 4, "type", "float", "group_size", gs);
+    if (!strcmp(algo, "W4A16_NVFP4"))
+        return json_pack("{s:{s:b, s:i, s:s, s:I}}", "weights", "dynamic", 0, "num_bits", 4, "type",
+                         "float", "group_size", gs);
+    return json_pack("{s:s}", "quant_algo", algo);
+}
+
+json_t *nq_modelopt_config_json_form(const json_t *hf_quant_config)
+{
+    json_t *q = json_object_get(hf_quant_config, "quantization");
+    const char *algo = json_string_value(json_object_get(q, "quant_algo"));
+    json_int_t gs = json_integer_value(json_object_get(q, "group_size"));
+    json_t *c = json_object();
+    if (algo && (!strcmp(algo, "FP8") || !strcmp(algo, "NVFP4") || !strcmp(algo, "W4A16_NVFP4"))) {
+        json_t *g = group_details(algo, gs);
+        json_object_set_new(g, "targets", json_pack("[s]", "Linear"));
+        json_object_set_new(c, "config_groups", json_pack("{s:o}", "group_0", g));
+    } else if (algo && !strcmp(algo, "MIXED_PRECISION")) {
+        /* one group per distinct per-layer config, numbered in order of first
+         * appearance, its targets the sorted module names */
+        json_t *layers = json_object_get(q, "quantized_layers");
+        json_t *kinds = json_array(), *names = json_array();
+        const char *name;
+        json_t *cfg;
+        json_object_foreach(layers, name, cfg)
+        {
+            size_t k, n = json_array_size(kinds);
+            for (k = 0; k < n && !json_equal(json_array_get(kinds, k), cfg); k++)
+                ;
+            if (k == n) {
+                json_array_append(kinds, cfg);
+                json_array_append_new(names, json_array());
+            }
+            json_array_append_new(json_array_get(names, k), json_string(name));
+        }
+        json_t *groups = json_object();
+        for (size_t k = 0; k < json_array_size(kinds); k++) {
+            json_t *kind = json_array_get(kinds, k), *list = json_array_get(names, k);
+            const char *a = json_string_value(json_object_get(kind, "quant_algo"));
+            json_t *g = group_details(a ? a : "", json_integer_value(json_object_get(kind, "group_size")));
+            size_t n = json_array_size(list);
+            const char **sorted = malloc((n ? n : 1) * sizeof *sorted);
+            json_t *targets = json_array();
+            if (sorted) {
+                for (size_t i = 0; i < n; i++)
+                    sorted[i] = json_string_value(json_array_get(list, i));
+                qsort(sorted, n, sizeof *sorted, compare_str);
+                for (size_t i = 0; i < n; i++)
+                    json_array_append_new(targets, json_string(sorted[i]));
+            }
+            free(sorted);
+            json_object_set_new(g, "targets", targets);
+            char key[32];
+            snprintf(key, sizeof key, "group_%zu", k);
+            json_object_set_new(groups, key, g);
+        }
+        json_decref(kinds);
+        json_decref(names);
+        json_object_set_new(c, "config_groups", groups);
+        json_object_set_new(c, "quantized_layers", layers ? json_deep_copy(layers) : json_object());
+    }
+    json_t *ex = json_object_get(q, "exclude_modules");
+    json_object_set_new(c, "ignore", ex ? json_deep_copy(ex) : json_array());
+    if (algo)
+        json_object_set_new(c, "quant_algo", json_string(algo));
+    const char *kv = json_string_value(json_object_get(q, "kv_cache_quant_algo"));
+    if (kv && !strcmp(kv, "FP8"))
+        json_object_set_new(c, "kv_cache_scheme",
+                            json_pack("{s:b, s:i, s:s}", "dynamic", 0, "num_bits", 8, "type", "float"));
+    else if (kv && *kv)
+        json_object_set_new(c, "kv_cache_scheme", json_string(kv));
+    json_t *producer = json_object_get(hf_quant_config, "producer");
+    if (producer)
+        json_object_set_new(c, "producer", json_deep_copy(producer));
+    json_object_set_new(c, "quant_method", json_string("modelopt"));
+    return c;
 }
 
 /* Appends `s` to buf with regex metacharacters (only '.' occurs in module
@@ -153,7 +335,7 @@ char *nq_config_with_quantization(const char *text, size_t len, const char *sour
                                   size_t *out_len, nq_error *err)
 {
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, 0, &jerr);
+    json_t *root = json_loadb(text, len, JSON_ALLOW_NUL, &jerr);
     if (!root || !json_is_object(root)) {
         json_decref(root);
         nq_fail(err, "%s: not a JSON object", source_name);

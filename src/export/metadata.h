@@ -20,6 +20,11 @@
  * (docs/export-spec.md 1.4). Returns a new JSON array. */
 json_t *nq_exclude_modules(const nq_plan *plan);
 
+/* The ModelOpt release whose export format nemoq follows, written as
+ * producer.version: 0.47 writes config.json's quantization_config in the flat
+ * form below and FP8 KV-cache scales unclamped (docs/export-spec.md 1.2, 3). */
+#define NQ_MODELOPT_FORMAT_VERSION "0.47.0"
+
 typedef struct nq_export_info {
     bool weights_only;   /* no activation scales: NVFP4 becomes W4A16_NVFP4 */
     bool kv_cache_fp8;   /* k_scale/v_scale were written */
@@ -27,8 +32,53 @@ typedef struct nq_export_info {
 
 /* hf_quant_config.json for a ModelOpt-layout plan (NVFP4 and/or FP8). */
 json_t *nq_modelopt_quant_config(const nq_plan *plan, const nq_export_info *info);
+/* config.json's quantization_config for a ModelOpt checkpoint: the flat
+ * form ModelOpt 0.47's convert_hf_quant_config_format makes from its
+ * hf_quant_config.json (config_groups, [quantized_layers], ignore, quant_algo,
+ * [kv_cache_scheme], producer, quant_method "modelopt"), keys in its order.
+ * Returns a new object. */
+json_t *nq_modelopt_config_json_form(const json_t *hf_quant_config);
 /* quantize_config.json for a GPTQ plan; the same dict goes into config.json. */
 json_t *nq_gptq_quant_config(const nq_plan *plan);
+
+/* Whether one exclude_modules/ignore entry excludes `module`, as vLLM's
+ * ModelOptQuantConfigBase decides it (apply_vllm_mapper, is_layer_excluded,
+ * is_layer_skipped; docs/export-spec.md 1.4):
+ * - ModelOpt's prefix wildcard "name*" (no '.' before the '*') stands for the
+ *   pair "name" and "name.*";
+ * - then an entry matches when it equals the module, is a SUBSTRING of it
+ *   (vLLM's legacy rule, so "backbone.layers.1" also hits layers 10-19), or
+ *   fnmatch-matches it ('*' crosses dots); for a name containing "experts"
+ *   also when the name is a substring of an entry containing "experts" (vLLM
+ *   asks about a layer's fused MoE as "...mixer.experts").
+ * Names are compared in HF spelling: vLLM maps entry and module prefixes the
+ * same way (backbone. -> model.), which preserves these relations. */
+bool nq_exclude_pattern_matches(const char *pattern, const char *module);
+
+/* ModelOpt 0.47 on NemotronH writes exclude entries such as
+ * "lm_head.\u0000backbone.pt_name_sentinel": its reverse name mapper appends
+ * a sentinel ".\0modelopt_name_sentinel", then its model->backbone rename
+ * also rewrites "modelo" inside the sentinel, so the sentinel is not removed
+ * again. Such an entry contains a NUL and matches no module in vLLM. Returns
+ * true for an entry with a NUL and puts the name it was meant to be (the text
+ * before ".\0" plus a trailing "*" or ".*") in `intended`. */
+bool nq_exclude_entry_corrupt(const json_t *entry, char *intended, size_t cap);
+
+/* A ModelOpt declaration read from either form: the nested
+ * {"producer", "quantization": {...}} of hf_quant_config.json (and of
+ * config.json as nemoq wrote it before the 0.47 format), or the flat
+ * config.json form. Pointers borrow from the document. */
+typedef struct nq_modelopt_decl {
+    bool flat;
+    const char *quant_algo;           /* NULL when absent */
+    const char *kv_cache_quant_algo;  /* "FP8", ... or NULL for none */
+    long long group_size;             /* 0 when not declared */
+    json_t *exclude;                  /* exclude_modules / ignore array, or NULL */
+    json_t *quantized_layers;         /* MIXED_PRECISION map, or NULL */
+    json_t *producer;
+} nq_modelopt_decl;
+/* Returns false when `doc` is neither form. */
+bool nq_modelopt_decl_read(const json_t *doc, nq_modelopt_decl *d);
 
 /* The output config.json: the input's text with every original byte kept and
  * new top-level keys inserted before its closing brace (quantization_config,

@@ -89,9 +89,4 @@ int nq_quantize(const nq_quantize_options *opt, nq_quantize_summary *summary, nq
  * force, log. */
 int nq_merge(const nq_quantize_options *opt, nq_quantize_summary *summary, nq_error *err);
 
-/* Files of the input directory copied verbatim to the output: everything
- * at the top level except weights, the index, config.json (rewritten) and
- * quantization configs (replaced). */
-bool nq_is_auxiliary_file(const char *name);
-
 #endif

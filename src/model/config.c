@@ -242,7 +242,9 @@ int nq_model_config_parse(const char *text, size_t len, const char *source_name,
 {
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, 0, &jerr);
+    /* JSON_ALLOW_NUL: ModelOpt 0.47 exports carry NUL characters in their
+     * quantization_config (see export/metadata.h) */
+    json_t *root = json_loadb(text, len, JSON_ALLOW_NUL, &jerr);
     if (!root)
         return nq_fail(err, "%s: not valid JSON: %s (line %d)", source_name, jerr.text, jerr.line);
     if (!json_is_object(root)) {

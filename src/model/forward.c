@@ -360,7 +360,7 @@ static float read_dt_min(const nq_checkpoint *ck)
         return dt_min;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", nq_checkpoint_dir(ck));
-    json_t *root = json_load_file(path, 0, NULL);
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, NULL);
     if (!root)
         return dt_min;
     json_t *v = json_object_get(root, "time_step_min");
@@ -763,7 +763,9 @@ int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_err
 
 bool nq_model_concurrent_sequences(const nq_model *m)
 {
-    return m->threads > 1 && (!m->has_hooks || m->hooks.concurrent);
+    /* Never with a GPU: its calls share one device context and scratch (and
+     * the GPU runs the sequences of a call together anyway). */
+    return m->threads > 1 && !m->cuda && (!m->has_hooks || m->hooks.concurrent);
 }
 
 typedef struct {

@@ -199,7 +199,7 @@ int nq_model_blocks(nq_model *m, int layer, float *x, int samples, int len, nq_e
 int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int len, bool first,
                              bool last, nq_error *err);
 /* Whether independent sequences may run on several threads at once: more
- * than one thread, and no hooks or concurrent ones.  (The weights a call
+ * than one thread, no GPU, and no hooks or concurrent ones.  (The weights a call
  * needs must be loaded before; the provider is never called concurrently.) */
 bool nq_model_concurrent_sequences(const nq_model *m);
 /* normed_out[n, hidden] (may be NULL) = norm_f(x); logits[n, vocab] (may be

@@ -1,5 +1,7 @@
 #include "model/inspect.h"
 
+#include "export/metadata.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -54,7 +56,7 @@ static json_t *load_json_file(const char *dir, const char *name)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    return json_load_file(path, 0, NULL);
+    return json_load_file(path, JSON_ALLOW_NUL, NULL); /* see export/metadata.h */
 }
 
 /* Declared quantization (hf_quant_config.json, config.json's
@@ -68,23 +70,44 @@ static json_t *describe_quantization(const nq_checkpoint *ck, const char *dir, j
     json_t *gq = load_json_file(dir, "quantize_config.json");
     *gptq_bits = 4;
     const char *layout = NULL;
-    if (json_is_object(hf)) {
-        json_t *quant = json_object_get(hf, "quantization");
+    nq_modelopt_decl d;
+    bool from_hf = nq_modelopt_decl_read(hf, &d);
+    if (from_hf || nq_modelopt_decl_read(qc, &d)) {
+        /* ModelOpt: hf_quant_config.json, else config.json's
+         * quantization_config in the nested or the flat (0.47) form */
         layout = "modelopt";
-        json_object_set_new(q, "source", json_string("hf_quant_config.json"));
-        json_t *producer = json_object_get(hf, "producer");
-        if (json_is_object(producer))
-            json_object_set(q, "producer", producer);
-        if (json_is_object(quant)) {
-            const char *keys[] = {"quant_algo", "kv_cache_quant_algo", "group_size"};
-            for (size_t i = 0; i < 3; i++) {
-                json_t *v = json_object_get(quant, keys[i]);
-                if (v)
-                    json_object_set(q, keys[i], v);
+        json_object_set_new(q, "source", json_string(from_hf ? "hf_quant_config.json"
+                                                     : d.flat ? "config.json quantization_config (flat)"
+                                                              : "config.json quantization_config"));
+        if (json_is_object(d.producer))
+            json_object_set(q, "producer", d.producer);
+        if (d.quant_algo)
+            json_object_set_new(q, "quant_algo", json_string(d.quant_algo));
+        json_object_set_new(q, "kv_cache_quant_algo",
+                            d.kv_cache_quant_algo ? json_string(d.kv_cache_quant_algo) : json_null());
+        if (d.group_size)
+            json_object_set_new(q, "group_size", json_integer(d.group_size));
+        if (json_is_array(d.exclude)) {
+            json_int_t wild = 0;
+            json_t *corrupt = json_array();
+            size_t i;
+            json_t *v;
+            json_array_foreach(d.exclude, i, v)
+            {
+                char intended[512];
+                if (nq_exclude_entry_corrupt(v, intended, sizeof intended))
+                    json_array_append_new(corrupt, json_string(intended));
+                else if (json_string_value(v) && strpbrk(json_string_value(v), "*?["))
+                    wild++;
             }
-            json_t *ex = json_object_get(quant, "exclude_modules");
-            if (json_is_array(ex))
-                json_object_set_new(q, "exclude_modules", json_integer((json_int_t)json_array_size(ex)));
+            json_object_set_new(q, "exclude_modules", json_integer((json_int_t)json_array_size(d.exclude)));
+            json_object_set_new(q, "exclude_wildcards", json_integer(wild));
+            /* ModelOpt 0.47 bug (export/metadata.h): the names these entries
+             * were meant to be; as written they exclude nothing */
+            if (json_array_size(corrupt))
+                json_object_set_new(q, "exclude_corrupted", corrupt);
+            else
+                json_decref(corrupt);
         }
     } else if (json_is_object(qc)) {
         const char *method = json_string_value(json_object_get(qc, "quant_method"));
@@ -155,7 +178,7 @@ json_t *nq_inspect(const char *path, nq_error *err)
         }
         have_cfg = true;
     }
-    json_t *config_json = have_cfg ? json_load_file(cfg_path, 0, NULL) : NULL;
+    json_t *config_json = have_cfg ? json_load_file(cfg_path, JSON_ALLOW_NUL, NULL) : NULL;
     int gptq_bits = 4;
     json_t *quant = describe_quantization(ck, dir, config_json, &gptq_bits);
     json_decref(config_json);
@@ -333,6 +356,14 @@ void nq_inspect_print(FILE *out, const json_t *doc)
             fprintf(out, ", group %lld", geti(q, "group_size"));
         fprintf(out, " (%lld NVFP4, %lld FP8, %lld GPTQ modules)\n", geti(q, "nvfp4_modules"),
                 geti(q, "fp8_modules"), geti(q, "gptq_modules"));
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(q, "exclude_corrupted"), i, c)
+        {
+            fprintf(out, "warning     exclude entry for %s is corrupted by a ModelOpt 0.47 bug "
+                         "(a NUL and the rest of its name sentinel appended): it excludes nothing\n",
+                    json_string_value(c));
+        }
     } else {
         fprintf(out, "quantized   no\n");
     }

@@ -1,7 +1,9 @@
-/* Pieces of the quantize pipeline shared by its weights-only (quantize.c)
- * and calibrated (calibrated.c) paths. */
-#ifndef NQ_EXPORT_QUANTIZE_INTERNAL_H
-#define NQ_EXPORT_QUANTIZE_INTERNAL_H
+/* Pieces of an output checkpoint shared by the quantize pipeline's
+ * weights-only (quantize.c) and calibrated (calibrated.c) paths. */
+#ifndef NQ_EXPORT_OUTPUT_H
+#define NQ_EXPORT_OUTPUT_H
+
+#include <stdbool.h>
 
 #include "export/quantize.h"
 #include "io/safetensors.h"
@@ -9,6 +11,10 @@
 #include "model/config.h"
 #include "recipe/plan.h"
 
+/* Files of the input directory copied verbatim to the output: everything
+ * at the top level except weights, the index, config.json (rewritten) and
+ * quantization configs (replaced). */
+bool nq_is_auxiliary_file(const char *name);
 /* The plan entry for a `.weight` tensor, or NULL. */
 const nq_plan_module *nq_module_of_weight(const nq_plan *plan, const char *tensor);
 /* Declares the stored tensors of a quantized module (weights and weight
@@ -25,15 +31,5 @@ int nq_push_tensor(struct nq_write_queue *q, const nq_tensor *t, nq_error *err);
 int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
                             const nq_model_config *cfg, const nq_plan *plan, bool kv_fp8,
                             nq_error *err);
-
-/* AutoQuantize (autoquant.c): measures, searches and rewrites plan's
- * formats of the searchable modules; prints the table to stdout. */
-int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck,
-                         const nq_model_config *cfg, nq_plan *plan, nq_error *err);
-
-/* The calibrated path (calibrated.c). */
-int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
-                           const nq_model_config *cfg, const nq_plan *plan,
-                           nq_quantize_summary *sum, nq_error *err);
 
 #endif

@@ -1,16 +1,17 @@
-/* Whole-tensor encoders and decoders used by the exporters and by verify:
+/* Whole-tensor encoders used by the exporters (each defined beside its
+ * format's scalar reference: nvfp4_encode.c, fp8_encode.c, int4_encode.c):
  * they split a Linear weight [rows = out_features, cols = in_features] into
  * fixed row chunks, run the per-block functions of formats/ on them in
  * parallel, and reduce error statistics in chunk order, so the bytes and the
  * numbers never depend on the thread count. */
-#ifndef NQ_EXPORT_ENCODE_H
-#define NQ_EXPORT_ENCODE_H
+#ifndef NQ_FORMATS_ENCODE_H
+#define NQ_FORMATS_ENCODE_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
-#include "io/safetensors.h"
+#include "core/dtype.h"
 
 typedef struct nq_encode_stats {
     double sq_err;           /* sum of (w - dequant(w))^2 with the chosen scales */
@@ -56,22 +57,5 @@ int nq_encode_int4_view(const nq_weight_view *w, int group, bool mse, int thread
 /* Tests: true makes the encoders use their portable kernels even where the
  * CPU has faster ones (they must give the same bytes and statistics). */
 void nq_encode_force_generic(bool generic);
-
-/* The format a checkpoint stores module `module` in, from its tensors. */
-typedef enum nq_stored_format {
-    NQ_STORED_NONE,  /* no such module */
-    NQ_STORED_FLOAT, /* plain float weight */
-    NQ_STORED_NVFP4,
-    NQ_STORED_FP8,
-    NQ_STORED_GPTQ,
-} nq_stored_format;
-nq_stored_format nq_stored_format_of(const nq_checkpoint *ck, const char *module);
-
-/* Dequantizes module `module` of ck into a malloc'd f32 [rows, cols] (its
- * logical [out, in] weight), validating every companion tensor's dtype and
- * shape and that scales are finite and positive.  gptq_group is the group
- * size from quantize_config.json (used to check g_idx; 0 to infer). */
-float *nq_decode_module(const nq_checkpoint *ck, const char *module, int gptq_group,
-                        int64_t *rows, int64_t *cols, nq_error *err);
 
 #endif
