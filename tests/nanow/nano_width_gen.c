@@ -136,9 +136,19 @@ nq_nanow_spec *nq_nanow_specs(const nq_model_config *c, size_t *count, nq_error 
     return l.v;
 }
 
+/* Per-CPU copies for speed; not under the libFuzzer build (clang 14 does
+ * not emit the dispatcher symbol there, see NQ_NO_MULTIVERSION in
+ * formats/encode_internal.h).  The bits are the same either way: the file is
+ * compiled without FMA contraction. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(NQ_NO_MULTIVERSION)
+#define NQ_NANOW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NQ_NANOW_CLONES
+#endif
+
 /* Vectorizes well with AVX-512 (64-bit multiplies); only integer operations
  * and separate float roundings, so every clone gives the same bits. */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+NQ_NANOW_CLONES
 void nq_nanow_bits(const nq_nanow_spec *s, uint64_t seed, uint64_t begin, uint64_t count,
                    uint16_t *bits)
 {
@@ -166,7 +176,7 @@ void nq_nanow_bits(const nq_nanow_spec *s, uint64_t seed, uint64_t begin, uint64
     }
 }
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+NQ_NANOW_CLONES
 uint64_t nq_nanow_checksum(uint64_t acc, const uint16_t *bits, uint64_t begin, uint64_t count)
 {
     for (uint64_t i = 0; i < count; i++)
@@ -178,7 +188,7 @@ uint64_t nq_nanow_checksum(uint64_t acc, const uint16_t *bits, uint64_t begin, u
 
 #define GEN_CHUNK (1u << 16)
 
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+NQ_NANOW_CLONES
 static void widen(const uint16_t *bits, uint64_t n, float *out)
 {
     for (uint64_t i = 0; i < n; i++)
