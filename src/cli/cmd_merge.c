@@ -26,6 +26,23 @@ static const char *usage =
     "  --force                replace a non-empty OUT\n"
     "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n";
 
+int nq_cli_add_lora(const char *arg, nq_lora_spec **specs, size_t *n)
+{
+    nq_lora_spec *g = realloc(*specs, (*n + 1) * sizeof *g);
+    nq_error e = {0};
+    if (!g) {
+        nq_cli_error("out of memory reading --lora %s", arg);
+        return -1;
+    }
+    *specs = g;
+    if (nq_lora_spec_parse(arg, &g[*n], &e) != 0) {
+        nq_cli_error("%s", e.msg);
+        return -1;
+    }
+    (*n)++;
+    return 0;
+}
+
 int nq_cmd_merge(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL;
@@ -44,19 +61,10 @@ int nq_cmd_merge(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--lora", &v, &bad)) {
             if (bad)
                 break;
-            nq_lora_spec *g = realloc(loras, (nloras + 1) * sizeof *g);
-            nq_error e = {0};
-            if (!g) {
+            if (nq_cli_add_lora(v, &loras, &nloras) != 0) {
                 bad = true;
                 break;
             }
-            loras = g;
-            if (nq_lora_spec_parse(v, &loras[nloras], &e) != 0) {
-                nq_cli_error("%s", e.msg);
-                bad = true;
-                break;
-            }
-            nloras++;
         } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
             if (!bad && nq_parse_int(v, 1, 1024, &opt.threads) != 0) {
                 nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);

@@ -250,19 +250,10 @@ int nq_cmd_quantize(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--lora", &v, &bad)) {
             if (bad)
                 break;
-            nq_lora_spec *g = realloc(loras, (nloras + 1) * sizeof *g);
-            nq_error e = {0};
-            if (!g) {
+            if (nq_cli_add_lora(v, &loras, &nloras) != 0) {
                 bad = true;
                 break;
             }
-            loras = g;
-            if (nq_lora_spec_parse(v, &loras[nloras], &e) != 0) {
-                nq_cli_error("%s", e.msg);
-                bad = true;
-                break;
-            }
-            nloras++;
         } else if (nq_arg_value(argc, argv, &i, "--report", &v, &bad)) {
             report_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--eval", &v, &bad)) {
