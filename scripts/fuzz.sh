@@ -12,10 +12,11 @@ seeds_only=false
 [ "${1:-}" = "--seeds" ] && { seeds_only=true; shift; }
 seconds=${1:-600}; shift || true
 CC=clang cmake -S . -B build-fuzz -DNEMOQ_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j"$(nproc)" >/dev/null
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=($(cd build-fuzz && ls fuzz_* 2>/dev/null | grep -v '\.'))
-[ ${#targets[@]} -eq 0 ] && { echo "fuzz: no targets were built" >&2; exit 1; }
+[ ${#targets[@]} -eq 0 ] && targets=($(cd fuzz && ls fuzz_*.c 2>/dev/null | sed 's/\.c$//'))
+# only the fuzz targets (and the library they link), not the CLI and tools
+[ ${#targets[@]} -eq 0 ] && { echo "fuzz: no targets in fuzz/" >&2; exit 1; }
+cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}" >/dev/null
 if $seeds_only; then
   for t in "${targets[@]}"; do
     seeds="fuzz/seeds/${t#fuzz_}"

@@ -8,7 +8,7 @@ bin=$1; src=$2
 pass=0; fail=0
 check() { if eval "$2"; then pass=$((pass+1)); else echo "FAIL: $1"; fail=$((fail+1)); fi; }
 model="$src/models/tiny-nemotron-h"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+tmp=$(mktemp -d); holder=; trap '[ -n "$holder" ] && kill $holder 2>/dev/null; rm -rf "$tmp"' EXIT
 
 out=$("$bin" quantize "$model" "$tmp/a.gguf" --format gguf --recipe gguf-nvfp4 --threads 1); rc=$?
 check "quantize --format gguf exit" '[ $rc -eq 0 ]'
@@ -45,7 +45,30 @@ out=$("$bin" quantize "$model" "$tmp/cal.gguf" --format gguf --recipe gguf-nvfp4
 check "calibrated gguf exit" '[ $rc -eq 0 ] && [[ "$out" == *"(GPTQ)"* ]]'
 ins=$("$bin" inspect "$tmp/cal.gguf")
 check "calibrated: expert input scales, rest q8_0" '[[ "$ins" == *"blk.1.ffn_down_exps.input_scale"* ]] && [[ "$ins" =~ blk\.0\.ssm_in\.weight\ +q8_0 ]]'
-check "staging directory removed" '[ -z "$(ls -A "$tmp" | grep nemoq-stage)" ]'
+check "staging directory removed" '[ -z "$(ls -A "$tmp" | grep nemoq-tmp)" ]'
+
+# temporaries of killed runs: the calibration staging directory of a run
+# killed with -9 and a GGUF temporary file (what a killed writer leaves:
+# unlocked) are reported, and removed with --clean-stale; a live run's
+# temporary (its lock held) is left alone
+"$bin" quantize "$model" "$tmp/k.gguf" --format gguf --recipe gguf-nvfp4 --calib "$src/tests/fixtures/calib.txt" \
+  --calib-samples 64 --calib-len 256 --algo gptq >/dev/null 2>&1 & pid=$!
+for _ in $(seq 300); do ls -A "$tmp" | grep -q '^\.k\.gguf\.nemoq-tmp-' && break; sleep 0.1; done
+kill -9 $pid; wait $pid 2>/dev/null
+stage=$(ls -A "$tmp" | grep '^\.k\.gguf\.nemoq-tmp-')
+check "killed calibrated run leaves its staging directory ($stage)" '[ -n "$stage" ] && [ -d "$tmp/$stage" ]'
+head -c 3000000 "$model/model.safetensors" > "$tmp/.k.gguf.nemoq-tmp-Dead01"
+touch "$tmp/.k.gguf.nemoq-tmp-Live01"
+# the lock on fd 9 is held by the sleep itself, so killing it releases it
+( exec 9<"$tmp/.k.gguf.nemoq-tmp-Live01"; flock 9; exec sleep 600 ) & holder=$!
+for _ in $(seq 100); do flock -n "$tmp/.k.gguf.nemoq-tmp-Live01" true || break; sleep 0.1; done
+err=$("$bin" convert "$model" "$tmp/k.gguf" 2>&1 >/dev/null); rc=$?
+check "stale GGUF temporaries reported ($err)" '[ $rc -eq 0 ] && [[ "$err" == *"note: $tmp/.k.gguf.nemoq-tmp-Dead01 (3.0 MB) was left by a nemoq run that was killed; --clean-stale removes it"* ]] && [[ "$err" == *"note: $tmp/$stage ("* ]] && [[ "$err" != *Live01* ]] && [ -e "$tmp/.k.gguf.nemoq-tmp-Dead01" ]'
+err=$("$bin" convert "$model" "$tmp/k.gguf" --force --clean-stale 2>&1 >/dev/null); rc=$?
+check "--clean-stale removes them, not the live one ($err)" '[ $rc -eq 0 ] && [[ "$err" == *"removed stale temporary file $tmp/.k.gguf.nemoq-tmp-Dead01"* ]] && [[ "$err" == *"removed stale temporary directory $tmp/$stage"* ]] && [ ! -e "$tmp/.k.gguf.nemoq-tmp-Dead01" ] && [ ! -e "$tmp/$stage" ] && [ -e "$tmp/.k.gguf.nemoq-tmp-Live01" ]'
+kill $holder; wait $holder 2>/dev/null; holder=
+err=$("$bin" quantize "$model" "$tmp/k.gguf" --format gguf --recipe gguf-nvfp4 --force --clean-stale 2>&1 >/dev/null); rc=$?
+check "quantize --format gguf --clean-stale ($err)" '[ $rc -eq 0 ] && [[ "$err" == *"removed stale temporary file $tmp/.k.gguf.nemoq-tmp-Live01"* ]] && [ -z "$(ls -A "$tmp" | grep nemoq-tmp)" ]'
 
 # refusals
 err=$("$bin" convert "$model" "$tmp/a.gguf" 2>&1); rc=$?
@@ -62,7 +85,7 @@ json.dump(t, open(sys.argv[2], "w"))
 EOF
 err=$("$bin" convert "$tmp/badtok" "$tmp/bt.gguf" 2>&1); rc=$?
 check "unknown pre-tokenizer refused ($err)" '[ $rc -eq 1 ] && [[ "$err" == *"tokenizer.json: the pre-tokenizer regex matches none that llama.cpp knows"* ]]'
-check "nothing left behind" '[ -z "$(ls -A "$tmp" | grep -E "bt.gguf|nemoq-tmp|nemoq-stage")" ]'
+check "nothing left behind" '[ -z "$(ls -A "$tmp" | grep -E "bt.gguf|nemoq-tmp")" ]'
 rm "$tmp/badtok/tokenizer.json"
 err=$("$bin" convert "$tmp/badtok" "$tmp/bt.gguf" 2>&1); rc=$?
 check "missing tokenizer refused" '[ $rc -eq 1 ] && [[ "$err" == *"tokenizer.json: missing"* ]]'

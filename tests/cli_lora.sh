@@ -29,9 +29,14 @@ lora="--lora $fx/plain_backbone --lora $fx/experts_native:0.5"
 out=$("$bin" quantize "$model" "$tmp/q_while" --recipe nvfp4-aggressive --weights-only $lora); rc=$?
 check "quantize --lora" '[ $rc -eq 0 ] && [[ "$out" == *"merged LoRA experts_native (weight 0.5"* ]]'
 check "weights-only: merge-then-quantize == quantize --lora (byte for byte)" 'diff -r "$tmp/q_after" "$tmp/q_while" >/dev/null'
-"$bin" quantize "$tmp/merged" "$tmp/g_after" --recipe int4 --algo gptq $cal >/dev/null
 "$bin" quantize "$model" "$tmp/g_while" --recipe int4 --algo gptq $cal $lora --report "$tmp/rep" >/dev/null; rc=$?
-check "calibrated gptq: merge-then-quantize == quantize --lora (byte for byte)" '[ $rc -eq 0 ] && diff -r "$tmp/g_after" "$tmp/g_while" >/dev/null'
+check "calibrated gptq with --lora" '[ $rc -eq 0 ]'
+# the reference run is plain GPTQ, which cli_calibrate runs under the
+# sanitizers; the byte comparison is the release build's
+if [ -z "${NEMOQ_SANITIZED:-}" ]; then
+  "$bin" quantize "$tmp/merged" "$tmp/g_after" --recipe int4 --algo gptq $cal >/dev/null
+  check "calibrated gptq: merge-then-quantize == quantize --lora (byte for byte)" 'diff -r "$tmp/g_after" "$tmp/g_while" >/dev/null'
+fi
 "$bin" quantize "$model" "$tmp/q_base" --recipe nvfp4-aggressive --weights-only >/dev/null
 check "... and differs from quantizing without the adapters" '! cmp -s "$tmp/q_base/model.safetensors" "$tmp/q_while/model.safetensors"'
 check "report records the adapters" 'grep -q "\"lora_adapters\"" "$tmp/rep.json"'

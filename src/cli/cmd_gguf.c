@@ -1,7 +1,5 @@
 /* GGUF commands: `quantize --format gguf`, `convert`, and `inspect` of a
  * .gguf file. */
-#include <dirent.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +13,7 @@
 #include "export/gguf.h"
 #include "export/quantize.h"
 #include "io/gguf.h"
+#include "io/outdir.h"
 #include "io/outpath.h"
 
 static const char *quantize_usage =
@@ -28,10 +27,11 @@ static const char *quantize_usage =
     "  --calib FILE            calibrate first (activation scales; needed for --algo gptq)\n"
     "  --calib-samples N, --calib-len L, --algo rtn|gptq, --gptq-damp F  as for safetensors\n"
     "  --threads N             worker threads (output identical for any N)\n"
-    "  --force                 replace an existing OUT\n";
+    "  --force                 replace an existing OUT\n"
+    "  --clean-stale           remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n";
 
 static const char *convert_usage =
-    "usage: nemoq convert IN OUT.gguf [--gguf-rest q8_0|bf16|f16|f32] [--force]\n"
+    "usage: nemoq convert IN OUT.gguf [--gguf-rest q8_0|bf16|f16|f32] [--force] [--clean-stale]\n"
     "  IN: a Nemotron-H checkpoint, BF16/F16/F32 or NVFP4 (nemoq or ModelOpt).\n"
     "  NVFP4 modules are repacked bit for bit (llama.cpp's convert_hf_to_gguf.py\n"
     "  layout), float matrices written in the --gguf-rest type (default q8_0).\n";
@@ -62,33 +62,12 @@ static int run_export(nq_gguf_options *o)
     return 0;
 }
 
-static int remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return unlink(path);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[4096];
-        snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    return rmdir(path);
-}
-
 int nq_cmd_quantize_gguf(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *recipe = NULL;
     nq_gguf_options o = {.rest_type = NQ_GGML_Q8_0, .log = isatty(2) ? stderr : NULL};
     nq_quantize_options q = {.log = isatty(2) ? stderr : NULL};
-    bool bad = false;
+    bool bad = false, clean_stale = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL, *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -141,6 +120,8 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
             }
         } else if (strcmp(a, "--force") == 0) {
             o.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (a[0] == '-') {
             nq_cli_error("quantize --format gguf: unknown or unsupported flag '%s'", a);
             bad = true;
@@ -173,6 +154,7 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
         o.threads = nq_default_threads();
     o.in_dir = in;
     o.out_path = out;
+    nq_outdir_stale(out, clean_stale, stderr);
     if (!q.calib_path) {
         o.quantize_experts = true;
         return run_export(&o);
@@ -191,12 +173,12 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
         nq_cli_error("%s", perr.msg);
         return 1;
     }
-    char stage[4096], ck[4200];
-    const char *slash = strrchr(out, '/');
-    snprintf(stage, sizeof stage, "%.*s.%s.nemoq-stage-XXXXXX", slash ? (int)(slash - out + 1) : 0, out,
-             slash ? slash + 1 : out);
-    if (!mkdtemp(stage)) {
-        nq_cli_error("%s: cannot create a staging directory beside it: %s", out, strerror(errno));
+    /* a locked temporary as every output's, so --clean-stale finds it when
+     * a killed run leaves it */
+    char *stage = NULL, ck[4200];
+    int stage_lock = -1;
+    if (nq_outdir_temp(out, &stage, &stage_lock, &perr) != 0) {
+        nq_cli_error("%s", perr.msg);
         return 1;
     }
     snprintf(ck, sizeof ck, "%s/ckpt", stage);
@@ -216,14 +198,18 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
     nq_interrupt_uninstall();
     if (rc != 0) {
         nq_cli_error("%s", err.msg);
-        remove_tree(stage);
+        nq_remove_tree(stage);
+        close(stage_lock);
+        free(stage);
         return 1;
     }
     printf("calibrated: %d x %d tokens; %zu NVFP4 expert matrices%s\n", qs.calib_samples, qs.calib_len,
            qs.modules[NQ_FORMAT_NVFP4], q.gptq ? " (GPTQ)" : "");
     o.in_dir = ck;
     rc = run_export(&o);
-    remove_tree(stage);
+    nq_remove_tree(stage);
+    close(stage_lock);
+    free(stage);
     return rc;
 }
 
@@ -231,7 +217,7 @@ int nq_cmd_convert(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL;
     nq_gguf_options o = {.rest_type = NQ_GGML_Q8_0, .log = isatty(2) ? stderr : NULL};
-    bool bad = false;
+    bool bad = false, clean_stale = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL, *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -244,6 +230,8 @@ int nq_cmd_convert(int argc, char **argv)
             }
         } else if (strcmp(a, "--force") == 0) {
             o.force = true;
+        } else if (strcmp(a, "--clean-stale") == 0) {
+            clean_stale = true;
         } else if (a[0] == '-') {
             nq_cli_error("convert: unknown flag '%s'", a);
             bad = true;
@@ -267,6 +255,7 @@ int nq_cmd_convert(int argc, char **argv)
     o.in_dir = in;
     o.out_path = out;
     o.threads = nq_default_threads();
+    nq_outdir_stale(out, clean_stale, stderr);
     return run_export(&o);
 }
 

@@ -265,6 +265,22 @@ static void regex_escape(char *buf, size_t cap, const char *s)
     buf[n] = '\0';
 }
 
+/* A `dynamic` key: "+:" or "-:", then ".*\." (vLLM's names start with
+ * "model." where the checkpoint's start with "backbone."), then `part` up to
+ * the first `cut` (all of it when cut is NULL) escaped, then `suffix`. */
+static void dynamic_key(char *key, size_t cap, char sign, const char *part, const char *cut,
+                        const char *suffix)
+{
+    char head[600];
+    snprintf(head, sizeof head, "%s", part);
+    char *e = cut ? strstr(head, cut) : NULL;
+    if (e)
+        *e = '\0';
+    snprintf(key, cap, "%c:.*\\.", sign);
+    regex_escape(key, cap, head);
+    strncat(key, suffix, cap - strlen(key) - 1);
+}
+
 json_t *nq_gptq_quant_config(const nq_plan *plan)
 {
     json_t *c = json_pack("{s:i, s:i, s:b, s:b, s:b, s:b, s:b, s:f, s:s, s:s}", "bits", 4,
@@ -273,18 +289,15 @@ json_t *nq_gptq_quant_config(const nq_plan *plan)
                           "quant_method", "gptq", "checkpoint_format", "gptq");
     /* Per-module group sizes and kept experts, as vLLM's `dynamic` overrides
      * (export-spec 4.3/4.4): "+:regex" overrides, "-:regex" skips, matched
-     * with re.match against vLLM's module names ("model.layers..."), so each
-     * regex starts with ".*\." to skip the "backbone."/"model." prefix. */
+     * with re.match against vLLM's module names ("model.layers..."). */
     json_t *dynamic = json_object();
     for (size_t i = 0; i < plan->count; i++) {
         const nq_plan_module *m = &plan->modules[i];
         const char *dot = strchr(m->name, '.');
         const char *tail = dot ? dot + 1 : m->name;
-        char key[600] = "";
+        char key[600];
         if (m->format == NQ_FORMAT_INT4 && m->group_size != plan->int4_group_size) {
-            snprintf(key, sizeof key, "+:.*\\.");
-            regex_escape(key, sizeof key, tail);
-            strncat(key, "$", sizeof key - strlen(key) - 1);
+            dynamic_key(key, sizeof key, '+', tail, NULL, "$");
             json_object_set_new(dynamic, key, json_pack("{s:i}", "group_size", m->group_size));
         } else if (m->format == NQ_FORMAT_KEEP &&
                    (m->role == NQ_ROLE_MAMBA_PROJ || m->role == NQ_ROLE_SHARED_EXPERTS ||
@@ -292,34 +305,18 @@ json_t *nq_gptq_quant_config(const nq_plan *plan)
                     (m->role == NQ_ROLE_ATTENTION_PROJ && strstr(m->name, ".o_proj")))) {
             /* vLLM builds a GPTQ layer for every Linear no "-:" rule skips
              * and would look for its qweight */
-            snprintf(key, sizeof key, "-:.*\\.");
-            regex_escape(key, sizeof key, tail);
-            strncat(key, "$", sizeof key - strlen(key) - 1);
+            dynamic_key(key, sizeof key, '-', tail, NULL, "$");
             json_object_set_new(dynamic, key, json_object());
         } else if (m->format == NQ_FORMAT_KEEP && m->role == NQ_ROLE_ATTENTION_PROJ &&
                    strstr(m->name, ".q_proj")) {
             /* q/k/v are kept together (plan.c) and fused into qkv_proj by
              * vLLM, which checks the fused name or each shard's */
-            char layer_part[256];
-            snprintf(layer_part, sizeof layer_part, "%s", tail);
-            char *e = strstr(layer_part, ".q_proj");
-            if (e)
-                *e = '\0';
-            snprintf(key, sizeof key, "-:.*\\.");
-            regex_escape(key, sizeof key, layer_part);
-            strncat(key, "\\.(qkv|q|k|v)_proj$", sizeof key - strlen(key) - 1);
+            dynamic_key(key, sizeof key, '-', tail, ".q_proj", "\\.(qkv|q|k|v)_proj$");
             json_object_set_new(dynamic, key, json_object());
         } else if (m->format == NQ_FORMAT_KEEP && m->role == NQ_ROLE_ROUTED_EXPERTS &&
                    strstr(m->name, ".experts.0.up_proj")) {
             /* one rule per fused MoE layer (vLLM: model.layers.N.mixer.experts) */
-            char layer_part[256];
-            snprintf(layer_part, sizeof layer_part, "%s", tail);
-            char *e = strstr(layer_part, ".experts.");
-            if (e)
-                *e = '\0';
-            snprintf(key, sizeof key, "-:.*\\.");
-            regex_escape(key, sizeof key, layer_part);
-            strncat(key, "\\.experts.*", sizeof key - strlen(key) - 1);
+            dynamic_key(key, sizeof key, '-', tail, ".experts.", "\\.experts.*");
             json_object_set_new(dynamic, key, json_object());
         }
     }
@@ -328,6 +325,55 @@ json_t *nq_gptq_quant_config(const nq_plan *plan)
     else
         json_decref(dynamic);
     return c;
+}
+
+/* Splices the members of `keys` into the JSON object `text` just before its
+ * closing brace, keeping every original byte.  The caller has parsed
+ * `text` and checked that none of the keys is already there. */
+static char *splice_keys(const char *text, size_t len, const char *source_name, const json_t *keys,
+                         size_t *out_len, nq_error *err)
+{
+    size_t end = len;
+    while (end > 0 && text[end - 1] != '}')
+        end--;
+    if (end == 0) {
+        nq_fail(err, "%s: no closing brace", source_name);
+        return NULL;
+    }
+    end--; /* index of the final '}' */
+    size_t body_end = end;
+    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
+                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
+        body_end--;
+    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
+    char *added = json_dumps(keys, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!added) {
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    /* `added` is "{\n  ...\n}": its inside goes into the original object */
+    size_t ilen = strlen(added) - 2;
+    const char *inner = added + 1;
+    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
+        ilen--;
+    char *out = malloc(len + ilen + 8);
+    if (!out) {
+        free(added);
+        nq_fail(err, "out of memory");
+        return NULL;
+    }
+    size_t n = body_end;
+    memcpy(out, text, body_end);
+    if (!empty_object && ilen > 0)
+        out[n++] = ',';
+    memcpy(out + n, inner, ilen);
+    n += ilen;
+    out[n++] = '\n';
+    memcpy(out + n, text + end, len - end);
+    n += len - end;
+    free(added);
+    *out_len = n;
+    return out;
 }
 
 char *nq_config_with_quantization(const char *text, size_t len, const char *source_name,
@@ -350,57 +396,14 @@ char *nq_config_with_quantization(const char *text, size_t len, const char *sour
                 source_name);
         return NULL;
     }
-    size_t end = len;
-    while (end > 0 && text[end - 1] != '}')
-        end--;
-    if (end == 0) {
-        nq_fail(err, "%s: no closing brace", source_name);
-        return NULL;
-    }
-    end--; /* index of the final '}' */
-    size_t body_end = end;
-    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
-                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
-        body_end--;
-    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
-
     json_t *extra = json_object();
     json_object_set(extra, "quantization_config", (json_t *)quantization_config);
     if (!has_hop && cfg->is_nemotron_h)
         json_object_set_new(extra, "hybrid_override_pattern", json_string(cfg->pattern));
     if (!has_nhl && cfg->is_nemotron_h)
         json_object_set_new(extra, "num_hidden_layers", json_integer(cfg->num_layers));
-    char *added = json_dumps(extra, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *out = splice_keys(text, len, source_name, extra, out_len, err);
     json_decref(extra);
-    if (!added) {
-        nq_fail(err, "out of memory");
-        return NULL;
-    }
-    /* `added` is "{\n  ...\n}": splice its inside into the original object */
-    size_t alen = strlen(added);
-    const char *inner = added + 1;
-    size_t ilen = alen - 2; /* without the outer braces */
-    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
-        ilen--;
-    size_t cap = len + ilen + 8;
-    char *out = malloc(cap);
-    if (!out) {
-        free(added);
-        nq_fail(err, "out of memory");
-        return NULL;
-    }
-    size_t n = 0;
-    memcpy(out + n, text, body_end);
-    n += body_end;
-    if (!empty_object)
-        out[n++] = ',';
-    memcpy(out + n, inner, ilen);
-    n += ilen;
-    out[n++] = '\n';
-    memcpy(out + n, text + end, len - end);
-    n += len - end;
-    free(added);
-    *out_len = n;
     return out;
 }
 
@@ -425,46 +428,7 @@ char *nq_config_splice(const char *text, size_t len, const char *source_name, co
         }
     }
     json_decref(root);
-    size_t end = len;
-    while (end > 0 && text[end - 1] != '}')
-        end--;
-    if (end == 0) {
-        nq_fail(err, "%s: no closing brace", source_name);
-        return NULL;
-    }
-    end--;
-    size_t body_end = end;
-    while (body_end > 0 && (text[body_end - 1] == ' ' || text[body_end - 1] == '\n' ||
-                            text[body_end - 1] == '\r' || text[body_end - 1] == '\t'))
-        body_end--;
-    bool empty_object = body_end > 0 && text[body_end - 1] == '{';
-    char *added = json_dumps(keys, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    if (!added) {
-        nq_fail(err, "out of memory");
-        return NULL;
-    }
-    size_t ilen = strlen(added) - 2; /* inside the outer braces */
-    const char *inner = added + 1;
-    while (ilen > 0 && (inner[ilen - 1] == '\n' || inner[ilen - 1] == ' '))
-        ilen--;
-    char *out = malloc(len + ilen + 8);
-    if (!out) {
-        free(added);
-        nq_fail(err, "out of memory");
-        return NULL;
-    }
-    size_t n = body_end;
-    memcpy(out, text, body_end);
-    if (!empty_object && ilen > 0)
-        out[n++] = ',';
-    memcpy(out + n, inner, ilen);
-    n += ilen;
-    out[n++] = '\n';
-    memcpy(out + n, text + end, len - end);
-    n += len - end;
-    free(added);
-    *out_len = n;
-    return out;
+    return splice_keys(text, len, source_name, keys, out_len, err);
 }
 
 char *nq_config_set_string(const char *text, size_t len, const char *source_name, const char *key,

@@ -749,20 +749,32 @@ nq_gguf_writer *nq_gguf_writer_create(const char *out_path, const char *input, b
         return NULL;
     }
     w->force = force;
-    sprintf(w->tmp_path, "%s/.%s.nemoq-tmp-XXXXXX", dir, base);
-    free(dir);
-    w->fd = mkostemp(w->tmp_path, O_CLOEXEC);
-    if (w->fd < 0) {
-        nq_fail(err, "%s: cannot create a temporary file beside it: %s", out_path, strerror(errno));
-        free(w->tmp_path);
-        w->tmp_path = NULL;
-        nq_gguf_writer_free(w);
-        return NULL;
+    /* The lock is held for the run's life: how a later run tells a live
+     * temporary from one a killed run left (nq_outdir_stale).  A concurrent
+     * --clean-stale may remove the file between its creation and the lock:
+     * then start again under a new name. */
+    for (int attempt = 0; attempt < 100; attempt++) {
+        sprintf(w->tmp_path, "%s/.%s.nemoq-tmp-XXXXXX", dir, base);
+        w->fd = mkostemp(w->tmp_path, O_CLOEXEC);
+        if (w->fd < 0)
+            break;
+        while (flock(w->fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+        struct stat a, b;
+        if (fstat(w->fd, &a) == 0 && stat(w->tmp_path, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            free(dir);
+            return w;
+        }
+        close(w->fd);
+        w->fd = -1;
     }
-    /* held for the run's life: how a later run tells a live temporary from
-     * one a killed run left (io/outdir.h) */
-    (void)flock(w->fd, LOCK_EX | LOCK_NB);
-    return w;
+    nq_fail(err, "%s: cannot create a temporary file beside it: %s", out_path, strerror(errno));
+    free(dir);
+    free(w->tmp_path);
+    w->tmp_path = NULL;
+    nq_gguf_writer_free(w);
+    return NULL;
 }
 
 int nq_gguf_declare_tensor(nq_gguf_writer *w, const char *name, uint32_t type, int ndim,

@@ -243,6 +243,55 @@ static void random_suffix(char *x6)
         x6[i] = chars[r[i] % 62];
 }
 
+int nq_outdir_temp(const char *out_path, char **tmp_out, int *lock_fd, nq_error *err)
+{
+    *tmp_out = NULL;
+    *lock_fd = -1;
+    char *abs = resolve_maybe_missing(out_path);
+    if (!abs)
+        return nq_fail(err, "%s: cannot resolve its directory", out_path);
+    const char *dir, *base;
+    char *slash = split(abs, &dir, &base);
+    char *t = cat3(dir[1] ? dir : "", "/.", base);
+    unsplit(slash);
+    free(abs);
+    char *tmp = t ? cat3(t, ".nemoq-tmp-XXXXXX", "") : NULL;
+    free(t);
+    if (!tmp)
+        return nq_fail(err, "out of memory");
+    /* mkdir with 0777 rather than mkdtemp's 0700: the umask decides, as for
+     * any directory the user creates */
+    for (int attempt = 0; attempt < 100; attempt++) {
+        random_suffix(tmp + strlen(tmp) - 6);
+        if (mkdir(tmp, 0777) != 0) {
+            if (errno == EEXIST)
+                continue;
+            break;
+        }
+        int fd = open(tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            break;
+        /* A file system without flock: run unlocked; --clean-stale then
+         * cannot lock it either and leaves it alone. */
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+        /* --clean-stale may have taken the fresh, not yet locked directory
+         * for stale and removed it: then start again under a new name */
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(tmp, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            *tmp_out = tmp;
+            *lock_fd = fd;
+            return 0;
+        }
+        close(fd);
+    }
+    int e = errno;
+    free(tmp);
+    return nq_fail(err, "%s: cannot create a temporary directory beside it: %s", out_path,
+                   strerror(e));
+}
+
 int nq_outdir_open(nq_outdir *o, const char *out_dir, const char *input_dir, bool force,
                    nq_error *err)
 {
@@ -257,46 +306,7 @@ int nq_outdir_open(nq_outdir *o, const char *out_dir, const char *input_dir, boo
         return nq_fail(err, "out of memory");
     struct stat st;
     o->out_existed = stat(o->out, &st) == 0;
-    const char *dir, *base;
-    char *slash = split(o->out, &dir, &base);
-    o->tmp = cat3(dir[1] ? dir : "", "/.", base);
-    unsplit(slash);
-    char *t = o->tmp ? cat3(o->tmp, ".nemoq-tmp-XXXXXX", "") : NULL;
-    free(o->tmp);
-    o->tmp = t;
-    if (!t)
-        return nq_fail(err, "out of memory");
-    /* mkdir with 0777 rather than mkdtemp's 0700: the umask decides, as for
-     * any directory the user creates */
-    for (int attempt = 0; attempt < 100; attempt++) {
-        random_suffix(t + strlen(t) - 6);
-        if (mkdir(t, 0777) != 0) {
-            if (errno == EEXIST)
-                continue;
-            break;
-        }
-        int fd = open(t, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-            break;
-        /* A file system without flock: run unlocked; --clean-stale then
-         * cannot lock it either and leaves it alone. */
-        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
-            ;
-        /* --clean-stale may have taken the fresh, not yet locked directory
-         * for stale and removed it: then start again under a new name */
-        struct stat a, b;
-        if (fstat(fd, &a) == 0 && stat(t, &b) == 0 && a.st_dev == b.st_dev &&
-            a.st_ino == b.st_ino) {
-            o->lock_fd = fd;
-            return 0;
-        }
-        close(fd);
-    }
-    int e = errno;
-    free(o->tmp);
-    o->tmp = NULL;
-    return nq_fail(err, "%s: cannot create a temporary directory beside it: %s", out_dir,
-                   strerror(e));
+    return nq_outdir_temp(o->out, &o->tmp, &o->lock_fd, err) == 0 ? 0 : -1;
 }
 
 static int appeared(const nq_outdir *o, nq_error *err)
@@ -447,10 +457,15 @@ int nq_outdir_stale(const char *out_dir, bool remove, FILE *log)
     int found = 0;
     struct dirent *e;
     while (d && (e = readdir(d)) != NULL) {
+        /* directories (a checkpoint's, GGUF's calibration staging) and
+         * files (a GGUF being written), each flock'd by its live run */
         if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 ||
-            fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode))
+            fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !(S_ISDIR(st.st_mode) || S_ISREG(st.st_mode)))
             continue;
-        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        bool is_dir = S_ISDIR(st.st_mode);
+        int fd = openat(dirfd(d), e->d_name,
+                        O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (is_dir ? O_DIRECTORY : 0));
         if (fd < 0)
             continue;
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -460,18 +475,20 @@ int nq_outdir_stale(const char *out_dir, bool remove, FILE *log)
         }
         size_t n = strlen(e->d_name);
         bool old = n > 4 && strcmp(e->d_name + n - 4, ".old") == 0;
-        uint64_t bytes = 0;
-        tree_at(dirfd(d), e->d_name, &bytes, false);
+        uint64_t bytes = is_dir ? 0 : (uint64_t)st.st_size;
+        if (is_dir)
+            tree_at(dirfd(d), e->d_name, &bytes, false);
         found++;
-        if (old && !out_exists) {
+        if (old && is_dir && !out_exists) {
             fprintf(log, "note: %s/%s (", dir, e->d_name);
             print_size(log, bytes);
             fprintf(log, ") is the previous output, moved aside by a --force run that was "
                          "killed; rename it to %s/%s to recover it\n", dir, base);
         } else if (remove) {
-            int rc = tree_at(dirfd(d), e->d_name, NULL, true);
-            fprintf(log, "%s stale temporary directory %s/%s (", rc == 0 ? "removed" :
-                    "could not remove all of", dir, e->d_name);
+            int rc = is_dir ? tree_at(dirfd(d), e->d_name, NULL, true)
+                            : unlinkat(dirfd(d), e->d_name, 0);
+            fprintf(log, "%s stale temporary %s %s/%s (", rc == 0 ? "removed" :
+                    "could not remove all of", is_dir ? "directory" : "file", dir, e->d_name);
             print_size(log, bytes);
             fprintf(log, ")\n");
         } else {

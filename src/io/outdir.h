@@ -55,9 +55,16 @@ int nq_outdir_commit(nq_outdir *o, nq_error *err);
 /* Removes the temporary directory unless committed; frees everything. */
 void nq_outdir_close(nq_outdir *o);
 
-/* Temporaries beside out_dir (".OUT.nemoq-tmp-*") left by runs that were
- * killed: each one no live run holds is reported on `log` with its size and,
- * with `remove`, deleted.  Returns how many stale ones were found. */
+/* Creates the hidden temporary directory ".OUT.nemoq-tmp-XXXXXX" beside
+ * out_path (whose parent must exist) and locks it: *tmp (malloc'd, absolute)
+ * and *lock_fd, which the caller closes once the directory is gone.  Used
+ * by nq_outdir_open and by GGUF's calibration staging. */
+int nq_outdir_temp(const char *out_path, char **tmp, int *lock_fd, nq_error *err);
+
+/* Temporaries beside out_dir (".OUT.nemoq-tmp-*": directories, and the
+ * files the GGUF writer creates) left by runs that were killed: each one no
+ * live run holds is reported on `log` with its size and, with `remove`,
+ * deleted.  Returns how many stale ones were found. */
 int nq_outdir_stale(const char *out_dir, bool remove, FILE *log);
 
 /* Removes a directory tree (no symlink followed, no mount crossed);
