@@ -25,6 +25,36 @@ check "inspect pre-tokenizer" '[[ "$ins" == *"tokenizer.ggml.pre"*"\"llama-bpe\"
 check "inspect expert tensor" '[[ "$ins" =~ blk\.1\.ffn_up_exps\.weight\ +nvfp4\ +256,\ 192,\ 16\ +442368\ +4\.500 ]]'
 check "inspect ssm_a F32 [1, 8]" '[[ "$ins" =~ blk\.0\.ssm_a\ +f32\ +1,\ 8\  ]]'
 check "inspect by type" '[[ "$ins" =~ nvfp4\ +10\ tensors ]]'
+# inspect --json: gguf-py's reading of its own file (every value type,
+# tests/gen/gen_gguf_inspect_reference.py), key by key
+"$bin" inspect "$src/tests/fixtures/gguf/gguf_py.gguf" --json > "$tmp/ref.json"; rc=$?
+out=$(python3 - "$tmp/ref.json" "$src/tests/fixtures/gguf/gguf_py.inspect.json" 2>&1 <<'EOF'
+import json, sys
+d, ref = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for k, v in ref.items():
+    if k == "tensor_list":
+        got = [{f: t[f] for f in v[0]} for t in d[k]]
+        assert got == v, "tensor_list: %s != %s" % (got, v)
+    elif k == "metadata":
+        assert list(d[k]) == list(v), "metadata keys or their order"
+        for key in v:
+            assert d[k][key] == v[key], "%s: %s != %s" % (key, d[k][key], v[key])
+    else:
+        assert d[k] == v, "%s: %s != %s" % (k, d[k], v)
+print("same")
+EOF
+)
+check "inspect --json as gguf-py reads it ($out)" '[ $rc -eq 0 ] && [ "$out" = same ]'
+"$bin" inspect "$tmp/a.gguf" --json > "$tmp/a.json"; rc=$?
+check "inspect --json exit" '[ $rc -eq 0 ]'
+check "inspect --json: types and a tensor" 'python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d[\"format\"] == \"gguf\" and d[\"architecture\"] == \"nemotron_h_moe\"
+assert d[\"types\"][\"nvfp4\"] == {\"tensors\": 10, \"elements\": 7864320, \"bytes\": 4423680, \"bits_per_weight\": 4.5}
+t = [t for t in d[\"tensor_list\"] if t[\"name\"] == \"blk.1.ffn_up_exps.weight\"][0]
+assert t[\"type\"] == \"nvfp4\" and t[\"shape\"] == [256, 192, 16] and t[\"bytes\"] == 442368
+" "$tmp/a.json"'
 ins=$("$bin" inspect "$tmp/c.gguf")
 check "bf16 rest: token_embd bf16" '[[ "$ins" =~ token_embd\.weight\ +bf16 ]]'
 

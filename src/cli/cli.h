@@ -3,6 +3,7 @@
 #ifndef NQ_CLI_H
 #define NQ_CLI_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 int nq_cmd_inspect(int argc, char **argv);
@@ -13,7 +14,7 @@ int nq_cmd_eval(int argc, char **argv);
 /* GGUF (cmd_gguf.c) */
 int nq_cmd_convert(int argc, char **argv);
 int nq_cmd_quantize_gguf(int argc, char **argv);
-int nq_inspect_gguf(const char *path);
+int nq_inspect_gguf(const char *path, bool as_json);
 int nq_is_gguf_path(const char *path);
 
 /* Appends the --lora argument DIR[:WEIGHT] to *specs (grown with realloc;

@@ -13,6 +13,7 @@
 #include "export/gguf.h"
 #include "export/quantize.h"
 #include "io/gguf.h"
+#include "io/gguf_inspect.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
 
@@ -315,13 +316,23 @@ static void print_value(const nq_gguf_kv *kv)
     putchar('\n');
 }
 
-int nq_inspect_gguf(const char *path)
+int nq_inspect_gguf(const char *path, bool as_json)
 {
     nq_error err = {0};
     nq_gguf_file *f = nq_gguf_open(path, &err);
     if (!f) {
         nq_cli_error("%s", err.msg);
         return 1;
+    }
+    if (as_json) {
+        json_t *doc = nq_gguf_inspect_json(f, path);
+        int rc = doc && json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0 ? 0 : 1;
+        json_decref(doc);
+        nq_gguf_close(f);
+        if (rc != 0)
+            nq_cli_error("%s: out of memory describing it", path);
+        fputc('\n', stdout);
+        return fflush(stdout) == 0 ? rc : 1;
     }
     const char *arch = NULL;
     uint64_t al = 0;

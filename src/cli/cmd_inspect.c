@@ -9,7 +9,7 @@
 
 static const char *usage =
     "usage: nemoq inspect DIR [--json]\n"
-    "       nemoq inspect FILE.gguf\n"
+    "       nemoq inspect FILE.gguf [--json]\n"
     "       nemoq inspect ADAPTER_DIR [--base MODEL_DIR] [--json]\n"
     "  Describe a safetensors checkpoint: model type, block pattern,\n"
     "  parameters and bytes by role, dtypes, per-layer table, quantization.\n"
@@ -57,13 +57,8 @@ int nq_cmd_inspect(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
-    if (nq_is_gguf_path(dir)) {
-        if (as_json) {
-            nq_cli_error("inspect: --json is not supported for GGUF files");
-            return 2;
-        }
-        return nq_inspect_gguf(dir);
-    }
+    if (nq_is_gguf_path(dir))
+        return nq_inspect_gguf(dir, as_json);
     nq_error err = {0};
     bool adapter = is_adapter(dir);
     if (base && !adapter) {
