@@ -343,52 +343,68 @@ static bool has_module(exporter *x, const char *module)
     return nq_stored_format_of(x->ck, module) != NQ_STORED_NONE;
 }
 
+/* One F32 tensor of layer l: backbone.layers.l.SRC -> blk.l.DST. */
+typedef struct f32_map {
+    const char *src, *dst;
+    int ndim;
+    int64_t ne[2];
+    src_kind kind;
+    bool optional;
+} f32_map;
+
+/* One Linear of layer l: backbone.layers.l.mixer.SRC -> blk.l.DST.weight. */
+typedef struct linear_map {
+    const char *src, *dst;
+} linear_map;
+
+static int add_f32_maps(exporter *x, int l, const f32_map *m, int n, nq_error *err)
+{
+    char s[320], d[NQ_GGUF_MAX_NAME];
+    for (int i = 0; i < n; i++) {
+        snprintf(s, sizeof s, "backbone.layers.%d.%s", l, m[i].src);
+        snprintf(d, sizeof d, "blk.%d.%s", l, m[i].dst);
+        if (add_f32(x, s, d, m[i].ndim, m[i].ne, m[i].kind, m[i].optional, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int add_linear_maps(exporter *x, int l, const linear_map *m, int n, nq_error *err)
+{
+    char s[320], d[NQ_GGUF_MAX_NAME];
+    for (int i = 0; i < n; i++) {
+        snprintf(s, sizeof s, "backbone.layers.%d.mixer.%s", l, m[i].src);
+        snprintf(d, sizeof d, "blk.%d.%s.weight", l, m[i].dst);
+        if (linear1(x, s, d, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int plan_layer(exporter *x, int l, nq_error *err)
 {
     const nq_model_config *c = &x->cfg;
     char s[320], d[NQ_GGUF_MAX_NAME], m[320];
     const char *p = "backbone.layers";
-    snprintf(s, sizeof s, "%s.%d.norm.weight", p, l);
-    snprintf(d, sizeof d, "blk.%d.attn_norm.weight", l);
-    int64_t ne[4] = {c->hidden_size};
-    if (add_f32(x, s, d, 1, ne, SRC_FLOAT, false, err) != 0)
+    const f32_map norm = {"norm.weight", "attn_norm.weight", 1, {c->hidden_size}, SRC_FLOAT, false};
+    if (add_f32_maps(x, l, &norm, 1, err) != 0)
         return -1;
     switch (c->pattern[l]) {
     case NQ_BLOCK_MAMBA: {
-        int H = c->mamba_num_heads, di = nq_mamba_intermediate(c), C = nq_mamba_conv_dim(c);
-        snprintf(m, sizeof m, "%s.%d.mixer.in_proj", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_in.weight", l);
-        if (linear1(x, m, d, err) != 0)
+        int64_t H = c->mamba_num_heads, di = nq_mamba_intermediate(c), C = nq_mamba_conv_dim(c);
+        static const linear_map proj[] = {{"in_proj", "ssm_in"}, {"out_proj", "ssm_out"}};
+        const f32_map f[] = {
+            {"mixer.conv1d.weight", "ssm_conv1d.weight", 2, {c->conv_kernel, C}, SRC_FLOAT, false},
+            {"mixer.conv1d.bias", "ssm_conv1d.bias", 1, {C}, SRC_FLOAT, !c->use_conv_bias},
+            {"mixer.A_log", "ssm_a", 2, {1, H}, SRC_NEG_EXP, false},
+            {"mixer.D", "ssm_d", 2, {1, H}, SRC_FLOAT, false},
+            {"mixer.dt_bias", "ssm_dt.bias", 1, {H}, SRC_FLOAT, false},
+            {"mixer.norm.weight", "ssm_norm.weight", 2, {di / c->n_groups, c->n_groups}, SRC_FLOAT,
+             false},
+        };
+        if (add_linear_maps(x, l, proj, 2, err) != 0)
             return -1;
-        snprintf(m, sizeof m, "%s.%d.mixer.out_proj", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_out.weight", l);
-        if (linear1(x, m, d, err) != 0)
-            return -1;
-        int64_t conv[2] = {c->conv_kernel, C}, cb[1] = {C}, h1[2] = {1, H}, h[1] = {H},
-                nrm[2] = {di / c->n_groups, c->n_groups};
-        snprintf(s, sizeof s, "%s.%d.mixer.conv1d.weight", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_conv1d.weight", l);
-        if (add_f32(x, s, d, 2, conv, SRC_FLOAT, false, err) != 0)
-            return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.conv1d.bias", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_conv1d.bias", l);
-        if (add_f32(x, s, d, 1, cb, SRC_FLOAT, !c->use_conv_bias, err) != 0)
-            return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.A_log", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_a", l);
-        if (add_f32(x, s, d, 2, h1, SRC_NEG_EXP, false, err) != 0)
-            return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.D", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_d", l);
-        if (add_f32(x, s, d, 2, h1, SRC_FLOAT, false, err) != 0)
-            return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.dt_bias", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_dt.bias", l);
-        if (add_f32(x, s, d, 1, h, SRC_FLOAT, false, err) != 0)
-            return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.norm.weight", p, l);
-        snprintf(d, sizeof d, "blk.%d.ssm_norm.weight", l);
-        return add_f32(x, s, d, 2, nrm, SRC_FLOAT, false, err);
+        return add_f32_maps(x, l, f, (int)(sizeof f / sizeof f[0]), err);
     }
     case NQ_BLOCK_ATTENTION: {
         static const char *const hf[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
@@ -420,13 +436,8 @@ static int plan_layer(exporter *x, int l, nq_error *err)
         return 0;
     }
     case NQ_BLOCK_MLP: {
-        snprintf(m, sizeof m, "%s.%d.mixer.up_proj", p, l);
-        snprintf(d, sizeof d, "blk.%d.ffn_up.weight", l);
-        if (linear1(x, m, d, err) != 0)
-            return -1;
-        snprintf(m, sizeof m, "%s.%d.mixer.down_proj", p, l);
-        snprintf(d, sizeof d, "blk.%d.ffn_down.weight", l);
-        return linear1(x, m, d, err);
+        static const linear_map mlp[] = {{"up_proj", "ffn_up"}, {"down_proj", "ffn_down"}};
+        return add_linear_maps(x, l, mlp, 2, err);
     }
     case NQ_BLOCK_MOE: {
         int E = c->n_routed_experts;
@@ -449,26 +460,15 @@ static int plan_layer(exporter *x, int l, nq_error *err)
             if (rc != 0)
                 return -1;
         }
-        snprintf(s, sizeof s, "%s.%d.mixer.gate.e_score_correction_bias", p, l);
-        snprintf(d, sizeof d, "blk.%d.exp_probs_b.bias", l);
-        int64_t eb[1] = {E}, gate[2] = {c->hidden_size, E};
-        if (add_f32(x, s, d, 1, eb, SRC_FLOAT, false, err) != 0)
+        const f32_map router[] = {
+            {"mixer.gate.e_score_correction_bias", "exp_probs_b.bias", 1, {E}, SRC_FLOAT, false},
+            {"mixer.gate.weight", "ffn_gate_inp.weight", 2, {c->hidden_size, E}, SRC_FLOAT, false},
+        };
+        static const linear_map shared[] = {{"shared_experts.down_proj", "ffn_down_shexp"},
+                                            {"shared_experts.up_proj", "ffn_up_shexp"}};
+        if (add_f32_maps(x, l, router, 2, err) != 0)
             return -1;
-        snprintf(s, sizeof s, "%s.%d.mixer.gate.weight", p, l);
-        snprintf(d, sizeof d, "blk.%d.ffn_gate_inp.weight", l);
-        if (add_f32(x, s, d, 2, gate, SRC_FLOAT, false, err) != 0)
-            return -1;
-        if (c->n_shared_experts > 0) {
-            snprintf(m, sizeof m, "%s.%d.mixer.shared_experts.down_proj", p, l);
-            snprintf(d, sizeof d, "blk.%d.ffn_down_shexp.weight", l);
-            if (linear1(x, m, d, err) != 0)
-                return -1;
-            snprintf(m, sizeof m, "%s.%d.mixer.shared_experts.up_proj", p, l);
-            snprintf(d, sizeof d, "blk.%d.ffn_up_shexp.weight", l);
-            if (linear1(x, m, d, err) != 0)
-                return -1;
-        }
-        return 0;
+        return c->n_shared_experts > 0 ? add_linear_maps(x, l, shared, 2, err) : 0;
     }
     }
     return nq_fail(err, "layer %d: unknown block kind '%c'", l, c->pattern[l]);
