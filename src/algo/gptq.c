@@ -7,6 +7,7 @@
 
 #include "core/parallel.h"
 #include "formats/floatconv.h"
+#include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
 
@@ -69,6 +70,9 @@ typedef struct gptq_job {
     const bool *dead;
     int group;            /* INT4 group, 16 for NVFP4 */
     bool mse;
+    bool search;          /* NVFP4: scales by the GPTQ loss (nq_gptq_nvfp4_opts) */
+    float lo, hi;
+    bool four_over_six;
     float gs;             /* NVFP4 global scale */
     uint8_t *codes;       /* INT4: [rows, cols] 0..15; NVFP4: packed [rows, cols/2] */
     uint16_t *scales16;   /* INT4 [cols/group, rows] */
@@ -76,6 +80,67 @@ typedef struct gptq_job {
     double *chunk_loss;   /* per chunk */
     bool oom;
 } gptq_job;
+
+/* The GPTQ loss of one 16-column NVFP4 block of a row (w: the row's
+ * weights as updated so far, from column i) quantized with scale code s8,
+ * running the block's own error feedback as the main loop does. */
+static double block_loss(const gptq_job *j, const double *w, int64_t i, uint8_t s8)
+{
+    int64_t n = j->cols;
+    double loc[16];
+    memcpy(loc, w + i, sizeof loc);
+    float sv = nq_e4m3_to_f32(s8) * j->gs;
+    double loss = 0.0;
+    for (int k = 0; k < 16; k++) {
+        float x = (float)loc[k];
+        double q = (double)nq_e2m1_value(nq_e2m1_encode(x / sv)) * sv;
+        const double *ur = j->u + (i + k) * n + i;
+        double e = (loc[k] - q) / ur[k];
+        loss += e * e;
+        for (int c = k + 1; c < 16; c++)
+            loc[c] -= e * ur[c];
+    }
+    return loss;
+}
+
+/* The scale of the block starting at column i with the least GPTQ loss among
+ * the candidates of nq_gptq_nvfp4_opts (ties keep the max scale). */
+static uint8_t search_scale(const gptq_job *j, const double *w, int64_t i)
+{
+    float x[16];
+    for (int k = 0; k < 16; k++)
+        x[k] = (float)w[i + k];
+    uint8_t max_code = nq_nvfp4_block_scale_max(x, j->gs);
+    uint8_t cand[130];
+    int nc = 0;
+    cand[nc++] = max_code;
+    if (j->four_over_six) {
+        float amax = 0.0f;
+        for (int k = 0; k < 16; k++)
+            amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+        float s = amax / (4.0f * j->gs);
+        if (s >= 0.001953125f && nq_f32_to_e4m3(s) != max_code)
+            cand[nc++] = nq_f32_to_e4m3(s);
+    } else {
+        float ref = nq_e4m3_to_f32(max_code);
+        for (int code = max_code - 1; code >= 1 && nq_e4m3_to_f32((uint8_t)code) >= j->lo * ref;
+             code--)
+            cand[nc++] = (uint8_t)code;
+        for (int code = max_code + 1;
+             code <= 0x7e && nq_e4m3_to_f32((uint8_t)code) <= j->hi * ref; code++)
+            cand[nc++] = (uint8_t)code;
+    }
+    uint8_t best = max_code;
+    double best_loss = 0.0;
+    for (int c = 0; c < nc; c++) {
+        double l = block_loss(j, w, i, cand[c]);
+        if (c == 0 || l < best_loss) {
+            best_loss = l;
+            best = cand[c];
+        }
+    }
+    return best;
+}
 
 static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
 {
@@ -118,6 +183,10 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
                                         : nq_int4_group_scale_max(gbuf, j->group);
                         scale_val[a] = nq_f16_to_f32(s16[a]);
                         j->scales16[(i / j->group) * j->rows + row] = s16[a];
+                    } else if (j->search) {
+                        s8[a] = search_scale(j, W + a * n, i);
+                        scale_val[a] = nq_e4m3_to_f32(s8[a]) * j->gs;
+                        j->scales8[row * (n / 16) + i / 16] = s8[a];
                     } else {
                         double e;
                         s8[a] = j->mse ? nq_nvfp4_block_scale_mse(gbuf, j->gs, &e)
@@ -267,6 +336,16 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
                   double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
                   float *global_scale, nq_gptq_stats *st, nq_error *err)
 {
+    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f};
+    return nq_gptq_nvfp4_ex(w, rows, cols, hessian, &o, percdamp, threads, packed, block_scales,
+                            global_scale, st, err);
+}
+
+int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
+                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
+                     nq_error *err)
+{
     if (cols % 16 != 0)
         return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
                        (long long)cols);
@@ -280,9 +359,14 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
             amax = a;
         }
     }
-    *global_scale = nq_nvfp4_global_scale(amax);
+    *global_scale = o->scale_max == 448.0f || !(amax > 0)
+                        ? nq_nvfp4_global_scale(amax)
+                        : amax / (6.0f * o->scale_max);
     memset(packed, 0, (size_t)(rows * cols / 2));
-    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16, .mse = mse,
-                  .gs = *global_scale, .codes = packed, .scales8 = block_scales};
+    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16,
+                  .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo, .hi = o->hi,
+                  .four_over_six = o->four_over_six, .gs = *global_scale, .codes = packed,
+                  .scales8 = block_scales};
     return run(&j, hessian, percdamp, threads, st, err);
 }
+

@@ -46,4 +46,27 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
                   double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
                   float *global_scale, nq_gptq_stats *st, nq_error *err);
 
+/* Options of the NVFP4 GPTQ beyond the reference (--optimize, algo/optimize.h). */
+typedef struct nq_gptq_nvfp4_opts {
+    bool mse;             /* plain MSE block scales, as --weight-scale mse */
+    /* Output-aware block scales: when a block's first column comes up, every
+     * candidate E4M3 scale (decoded value in [lo, hi] x the max scale of the
+     * block's weights as updated so far; with four_over_six: mapped to 6 or
+     * to 4) is tried by running the block's 16 columns of GPTQ with it, and
+     * the one with the least GPTQ loss sum ((w - q) / U_ii)^2 — the exact
+     * increase of the layer's output error once the later columns have
+     * compensated — is kept.  Overrides mse; four_over_six implies it. */
+    bool search;
+    float lo, hi;
+    bool four_over_six;
+    /* weight_scale_2 = amax / (6 x scale_max): 448 is ModelOpt's default,
+     * 256 its four-over-six setting (room for blocks scaled to 4). */
+    float scale_max;
+} nq_gptq_nvfp4_opts;
+
+int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
+                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
+                     nq_error *err);
+
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/file.h"
+#include "formats/nvfp4.h"
 
 /* ---- data ------------------------------------------------------------- */
 
@@ -252,6 +253,68 @@ nq_linear_stats *nq_calib_find(nq_calib_stats *s, const char *module)
     return NULL;
 }
 
+float nq_calib_act_candidate(float amax, int k)
+{
+    return (float)((double)amax / (6.0 * 448.0) * exp2(-k / 4.0));
+}
+
+/* rows of x, NVFP4-quantized with gs, into xq */
+static void fake_quant_rows(const float *x, size_t count, float gs, float *xq)
+{
+    memcpy(xq, x, count * sizeof *xq);
+    nq_nvfp4_fake_quant(xq, (int64_t)count, gs);
+}
+
+static int on_act(nq_linear_stats *st, const nq_linear_input *in, const char *name, nq_error *err)
+{
+    size_t count = (size_t)in->rows * in->in_features;
+    float *xq = malloc(count * sizeof *xq);
+    if (!xq)
+        return nq_fail(err, "%s: out of memory", name);
+    for (int k = 0; k < NQ_ACT_CANDIDATES; k++) {
+        fake_quant_rows(in->x, count, nq_calib_act_candidate(st->act_amax_ref, k), xq);
+        double e = 0.0;
+        for (size_t i = 0; i < count; i++) {
+            double d = (double)in->x[i] - xq[i];
+            e += d * d;
+        }
+        st->act_err[k] += e;
+    }
+    free(xq);
+    float ref = st->act_amax_ref;
+    for (size_t i = 0; i < count; i++) {
+        float a = fabsf(in->x[i]);
+        int bin = a > 0 ? (int)floor(-8.0 * log2((double)a / ref)) : NQ_ACT_HIST_BINS - 1;
+        bin = bin < 0 ? 0 : bin >= NQ_ACT_HIST_BINS ? NQ_ACT_HIST_BINS - 1 : bin;
+        st->act_hist[bin]++;
+    }
+    return 0;
+}
+
+static int on_served(nq_linear_stats *st, const nq_linear_input *in,
+                     const char *name, nq_error *err)
+{
+    int d = in->in_features;
+    enum { CHUNK = 64 };
+    double *qd = malloc((size_t)CHUNK * d * sizeof *qd);
+    float *xq = malloc((size_t)CHUNK * d * sizeof *xq);
+    if (!qd || !xq) {
+        free(qd), free(xq);
+        return nq_fail(err, "%s: out of memory", name);
+    }
+    for (int r0 = 0; r0 < in->rows; r0 += CHUNK) {
+        int rows = in->rows - r0 < CHUNK ? in->rows - r0 : CHUNK;
+        size_t count = (size_t)rows * d;
+        fake_quant_rows(in->x + (size_t)r0 * d, count, st->act_gs, xq);
+        for (size_t i = 0; i < count; i++)
+            qd[i] = xq[i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, rows, 1.0, qd, d, 1.0, st->hessian,
+                    d);
+    }
+    free(qd), free(xq);
+    return 0;
+}
+
 static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
 {
     nq_calib_stats *s = ctx;
@@ -261,6 +324,10 @@ static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
     char name[256];
     snprintf(name, sizeof name, "%.*s", (int)(len - 7), in->weight_name);
     nq_linear_stats *st = nq_calib_find(s, name);
+    if (s->mode == NQ_CALIB_ACT)
+        return st && st->act_amax_ref > 0 ? on_act(st, in, name, err) : 0;
+    if (s->mode == NQ_CALIB_SERVED)
+        return st && st->hessian && st->act_gs > 0 ? on_served(st, in, name, err) : 0;
     if (!st) {
         const nq_plan_module *m = nq_plan_find(s->plan, name);
         if (!m || m->format == NQ_FORMAT_KEEP)
@@ -367,4 +434,5 @@ void nq_calib_stats_reset(nq_calib_stats *s)
     s->count = s->cap = 0;
     s->k_amax = s->v_amax = 0.0f;
     s->has_kv = false;
+    s->mode = NQ_CALIB_FLOAT;
 }

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "algo/optimize.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "core/interrupt.h"
@@ -48,6 +49,12 @@ static const char *usage =
     "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
+    "  --optimize             the best measured quality at the same format and size: GPTQ +\n"
+    "                         MSE scales plus the techniques marked [on] below (README\n"
+    "                         \"--optimize\"); needs --calib; about 2x the calibration time\n"
+    "  --optimize-techniques LIST  exactly these techniques (comma-separated; 'default' = the\n"
+    "                         [on] ones; for ablations; does not imply --algo gptq),\n"
+    "                         listed at the end\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
     "  --ssm-cache-dtype float32|float16|bfloat16  record mamba_ssm_cache_dtype in config.json\n"
     "                         (what vLLM uses when --mamba-ssm-cache-dtype is auto)\n"
@@ -128,12 +135,15 @@ int nq_cmd_quantize(int argc, char **argv)
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
+    bool optimize_flag = false, techniques_given = false;
     int group = 0, rc = 2;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
+            fputs("\n--optimize techniques ([on]: part of plain --optimize):\n", stdout);
+            nq_optimize_print_table(stdout);
             free(rules);
             return 0;
         } else if (nq_arg_value(argc, argv, &i, "--recipe", &v, &bad)) {
@@ -301,6 +311,15 @@ int nq_cmd_quantize(int argc, char **argv)
             }
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
+        } else if (strcmp(a, "--optimize") == 0) {
+            optimize_flag = true;
+        } else if (nq_arg_value(argc, argv, &i, "--optimize-techniques", &v, &bad)) {
+            nq_error oe = {0};
+            if (!bad && nq_optimize_parse(v, &opt.optimize, &oe) != 0) {
+                nq_cli_error("%s", oe.msg);
+                bad = true;
+            }
+            techniques_given = true;
         } else if (strcmp(a, "--weights-only") == 0) {
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
@@ -323,6 +342,14 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (bad)
         goto finish;
+    if (optimize_flag) {
+        /* GPTQ + MSE scales are part of the best combination */
+        opt.gptq = true;
+        opt.mse_scales = true;
+        if (!techniques_given)
+            nq_optimize_default(&opt.optimize);
+        opt.optimize.enabled = true;
+    }
     nq_error err = {0};
     int file_group = 0;
     if (recipe_file && nq_recipe_file_load(recipe_file, &preset, &file_rules, &nfile_rules,
@@ -485,6 +512,11 @@ int nq_cmd_quantize(int argc, char **argv)
                    100.0 * (1.0 - sum.sq_err / sum.sq_err_max_scale));
         printf("\n");
     }
+    if (opt.optimize.enabled) {
+        char techs[256];
+        nq_optimize_describe(&opt.optimize, techs, sizeof techs);
+        printf("optimize: %s\n", techs);
+    }
     if (opt.calib_path) {
         printf("calibration: %d x %d tokens in %.1f s; output error on calibration inputs: "
                "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
@@ -540,6 +572,11 @@ int nq_cmd_quantize(int argc, char **argv)
             (json_int_t)sum.modules[NQ_FORMAT_KEEP], "weight_rel_rms",
             sum.sq_ref > 0 ? sqrt(sum.sq_err / sum.sq_ref) : 0.0, "output_rel_rms",
             sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0);
+        if (summary && opt.optimize.enabled) {
+            char techs[256];
+            nq_optimize_describe(&opt.optimize, techs, sizeof techs);
+            json_object_set_new(summary, "optimize", json_string(techs));
+        }
         if (summary && opt.calib_path) {
             json_object_set_new(summary, "calibration", json_string(opt.calib_path));
             json_object_set_new(summary, "calibration_tokens",

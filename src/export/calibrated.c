@@ -60,8 +60,39 @@ static void encoded_free(encoded *e)
     memset(e, 0, sizeof *e);
 }
 
+/* ModelOpt's local_hessian for modules that do not get GPTQ (too few
+ * calibration rows): per block the E4M3 scale with the least dw^T H_b dw,
+ * H_b the block's 16x16 diagonal block of h (upper triangle filled). */
+static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, const double *h,
+                                      uint8_t *packed, uint8_t *scales, float *gs, nq_error *err)
+{
+    float amax = 0.0f;
+    for (int64_t k = 0; k < o * i; k++) {
+        if (!isfinite(x[k]))
+            return nq_fail(err, "element %lld is not finite", (long long)k);
+        amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    }
+    *gs = nq_nvfp4_global_scale(amax);
+    double hb[NQ_NVFP4_BLOCK * NQ_NVFP4_BLOCK];
+    for (int64_t b = 0; b < i / NQ_NVFP4_BLOCK; b++) {
+        int64_t c0 = b * NQ_NVFP4_BLOCK;
+        for (int a = 0; a < NQ_NVFP4_BLOCK; a++)
+            for (int c = 0; c < NQ_NVFP4_BLOCK; c++)
+                hb[a * NQ_NVFP4_BLOCK + c] = a <= c ? h[(c0 + a) * i + c0 + c]
+                                                    : h[(c0 + c) * i + c0 + a];
+        for (int64_t r = 0; r < o; r++) {
+            double e;
+            const float *blk = x + r * i + c0;
+            uint8_t s = nq_nvfp4_block_scale_search(blk, *gs, hb, 0.5f, 1.5f, 0, &e);
+            scales[r * (i / NQ_NVFP4_BLOCK) + b] = s;
+            nq_nvfp4_encode_block(blk, s, *gs, packed + (r * i + c0) / 2);
+        }
+    }
+    return 0;
+}
+
 static int encode_module(const float *x, const nq_plan_module *m, const nq_quantize_options *opt,
-                         const double *hessian, encoded *e, nq_error *err)
+                         const double *hessian, const double *local_h, encoded *e, nq_error *err)
 {
     int64_t o = m->out_features, i = m->in_features;
     e->m = m;
@@ -74,9 +105,46 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
-                               e->scales8, &e->gs, &gst, err);
-            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+            nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
+                                     .search = opt->optimize.hessian_scales,
+                                     .lo = 0.5f, .hi = 1.5f,
+                                     .four_over_six = opt->optimize.four_over_six,
+                                     .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f};
+            rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads, e->packed,
+                                  e->scales8, &e->gs, &gst, err);
+            if (rc == 0 && opt->optimize.global_sweep) {
+                /* the global scale with the least GPTQ loss (the output
+                 * error it adds); ties keep the earlier, larger M */
+                static const float sweep[] = {384.0f, 320.0f, 256.0f};
+                uint8_t *p2 = malloc((size_t)(o * i / 2)), *s2 = malloc((size_t)(o * i / 16));
+                if (!p2 || !s2) {
+                    free(p2), free(s2);
+                    return nq_fail(err, "%s: out of memory", m->name);
+                }
+                for (size_t k = 0; k < sizeof sweep / sizeof *sweep && rc == 0; k++) {
+                    if (go.four_over_six) /* its global scale is fixed at M = 256 */
+                        break;
+                    nq_gptq_nvfp4_opts g2 = go;
+                    g2.scale_max = sweep[k];
+                    nq_gptq_stats st2;
+                    float gs2;
+                    rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &g2, damp, opt->threads, p2, s2, &gs2,
+                                          &st2, err);
+                    if (rc == 0 && st2.proxy_loss < gst.proxy_loss) {
+                        memcpy(e->packed, p2, (size_t)(o * i / 2));
+                        memcpy(e->scales8, s2, (size_t)(o * i / 16));
+                        e->gs = gs2;
+                        gst = st2;
+                    }
+                }
+                free(p2), free(s2);
+            }
+            e->algo = opt->optimize.enabled ? "gptq+optimize"
+                      : opt->mse_scales     ? "gptq+mse"
+                                            : "gptq";
+        } else if (local_h && opt->optimize.hessian_scales) {
+            rc = encode_nvfp4_local_hessian(x, o, i, local_h, e->packed, e->scales8, &e->gs, err);
+            e->algo = "rtn+local-hessian";
         } else {
             rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
                                  &e->gs, &e->st, err);
@@ -253,6 +321,118 @@ static void output_error(const float *x, int rows, const float *w, const float *
     *ref_sq = r;
 }
 
+/* The largest amax over m's expert family (m itself when not an expert). */
+static float family_amax(const nq_calib_stats *stats, const char *module)
+{
+    char fam[300], other[300];
+    expert_family(module, fam, sizeof fam);
+    float amax = 0.0f;
+    for (size_t i = 0; i < stats->count; i++) {
+        expert_family(stats->items[i].module->name, other, sizeof other);
+        if (strcmp(other, fam) == 0 && stats->items[i].amax > amax)
+            amax = stats->items[i].amax;
+    }
+    return amax;
+}
+
+/* --optimize act-mse / act-percentile: one input global scale per family
+ * from the errors and histograms the NQ_CALIB_ACT pass gathered, into every
+ * member's act_gs. */
+static void choose_act_scales(nq_calib_stats *stats, nq_act_scale_rule rule)
+{
+    char fam[300], other[300];
+    for (size_t i = 0; i < stats->count; i++) {
+        nq_linear_stats *st = &stats->items[i];
+        if (st->act_amax_ref <= 0 || st->act_gs > 0)
+            continue;
+        expert_family(st->module->name, fam, sizeof fam);
+        double err[NQ_ACT_CANDIDATES] = {0};
+        uint64_t hist[NQ_ACT_HIST_BINS] = {0}, total = 0;
+        for (size_t j = i; j < stats->count; j++) {
+            expert_family(stats->items[j].module->name, other, sizeof other);
+            if (strcmp(other, fam) != 0)
+                continue;
+            for (int k = 0; k < NQ_ACT_CANDIDATES; k++)
+                err[k] += stats->items[j].act_err[k];
+            for (int b = 0; b < NQ_ACT_HIST_BINS; b++) {
+                hist[b] += stats->items[j].act_hist[b];
+                total += stats->items[j].act_hist[b];
+            }
+        }
+        float gs = nq_calib_act_candidate(st->act_amax_ref, 0);
+        if (rule == NQ_ACT_SCALE_MSE) {
+            int best = 0;
+            for (int k = 1; k < NQ_ACT_CANDIDATES; k++)
+                if (err[k] < err[best])
+                    best = k;
+            gs = nq_calib_act_candidate(st->act_amax_ref, best);
+        } else if (rule == NQ_ACT_SCALE_PERCENTILE && total > 0) {
+            /* the upper edge of the bin holding the 99.99th percentile */
+            uint64_t above = 0, limit = total / 10000;
+            int b = 0;
+            while (b < NQ_ACT_HIST_BINS - 1 && above + hist[b] <= limit)
+                above += hist[b++];
+            gs = (float)((double)st->act_amax_ref * exp2(-b / 8.0) / (6.0 * 448.0));
+        }
+        for (size_t j = i; j < stats->count; j++) {
+            expert_family(stats->items[j].module->name, other, sizeof other);
+            if (strcmp(other, fam) == 0)
+                stats->items[j].act_gs = gs;
+        }
+    }
+}
+
+/* The --optimize passes over one layer (x_tmp: scratch of the layer's input
+ * size): the act-scale search, then the served-input Hessians. */
+static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
+                           nq_calib_stats *stats, int layer, const float *x_in, float *x_tmp,
+                           int S, int T, size_t plane, nq_error *err)
+{
+    const nq_optimize *o = &opt->optimize;
+    bool act = o->act_scale != NQ_ACT_SCALE_AMAX;
+    bool served = opt->gptq && o->served_hessian;
+    bool any = false;
+    for (size_t i = 0; i < stats->count; i++)
+        if (stats->items[i].module->format == NQ_FORMAT_NVFP4) {
+            stats->items[i].act_amax_ref = family_amax(stats, stats->items[i].module->name);
+            any = true;
+        }
+    if (!any || (!act && !served))
+        return 0;
+    nq_forward_hooks hooks = nq_calib_hooks(stats);
+    if (act) {
+        memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+        stats->mode = NQ_CALIB_ACT;
+        nq_model_set_hooks(model, &hooks);
+        int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+        nq_model_set_hooks(model, NULL);
+        stats->mode = NQ_CALIB_FLOAT;
+        if (r != 0)
+            return -1;
+        choose_act_scales(stats, o->act_scale);
+    } else {
+        for (size_t i = 0; i < stats->count; i++)
+            if (stats->items[i].act_amax_ref > 0)
+                stats->items[i].act_gs = nq_calib_act_candidate(stats->items[i].act_amax_ref, 0);
+    }
+    if (!served)
+        return 0;
+    for (size_t i = 0; i < stats->count; i++) {
+        nq_linear_stats *st = &stats->items[i];
+        if (st->act_gs <= 0 || !st->hessian)
+            continue;
+        size_t d = (size_t)st->module->in_features;
+        memset(st->hessian, 0, d * d * sizeof *st->hessian);
+    }
+    memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+    stats->mode = NQ_CALIB_SERVED;
+    nq_model_set_hooks(model, &hooks);
+    int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+    nq_model_set_hooks(model, NULL);
+    stats->mode = NQ_CALIB_FLOAT;
+    return r;
+}
+
 static int write_scalar(nq_writer *w, float v, nq_error *err)
 {
     return nq_writer_write(w, &v, sizeof v, err);
@@ -274,7 +454,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     nq_model *model = NULL;
     nq_writer *w = NULL;
     int32_t *ids = NULL;
-    float *x = NULL, *x_in = NULL;
+    float *x = NULL, *x_in = NULL, *x_tmp = NULL;
     order_item *order = NULL;
     nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq};
     override_ctx ov = {.ck = ck};
@@ -301,7 +481,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     x = malloc((size_t)S * plane * sizeof *x);
     x_in = malloc((size_t)S * plane * sizeof *x_in);
     order = malloc((n ? n : 1) * sizeof *order);
-    if (!x || !x_in || !order) {
+    bool opt_passes = opt->optimize.act_scale != NQ_ACT_SCALE_AMAX ||
+                      (opt->gptq && opt->optimize.served_hessian);
+    if (opt_passes)
+        x_tmp = malloc((size_t)S * plane * sizeof *x_tmp);
+    if (!x || !x_in || !order || (opt_passes && !x_tmp)) {
         nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T, H);
         goto done;
     }
@@ -370,6 +554,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (nq_model_blocks(model, l, x, S, T, err) != 0)
             goto done;
         nq_model_set_hooks(model, NULL);
+        if (opt_passes && optimize_passes(model, opt, &stats, l, x_in, x_tmp, S, T, plane, err) != 0)
+            goto done;
         uint64_t stat_bytes = 0;
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
@@ -415,6 +601,15 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             }
             float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
                                                              : amax / 448.0f;
+            if (m->format == NQ_FORMAT_NVFP4 && opt->optimize.act_scale != NQ_ACT_SCALE_AMAX)
+                /* the family's chosen scale (experts without tokens: any member's) */
+                for (size_t i = 0; i < stats.count; i++) {
+                    expert_family(stats.items[i].module->name, other, sizeof other);
+                    if (strcmp(other, fam) == 0 && stats.items[i].act_gs > 0) {
+                        input_scale = stats.items[i].act_gs;
+                        break;
+                    }
+                }
             float *wf = nq_tensor_load_f32(t, true, err);
             if (!wf)
                 goto done;
@@ -437,7 +632,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 o2.mse_scales = true;
             encoded e = {0};
             float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-            int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+            int r = deq ? encode_module(wf, m, &o2, hess,
+                                        fallback && st && st->rows > 0 ? st->hessian : NULL, &e,
+                                        err)
                         : nq_fail(err, "%s: out of memory", m->name);
             if (r != 0)
                 nq_error_name(err, "tensor", t->name);
@@ -453,7 +650,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
             }
             if (fallback)
-                e.algo = "rtn+mse (too few calibration rows for gptq)";
+                e.algo = strcmp(e.algo, "rtn+local-hessian") == 0
+                             ? "rtn+local-hessian (too few calibration rows for gptq)"
+                             : "rtn+mse (too few calibration rows for gptq)";
             sum->gptq_modules += hess != NULL;
             sum->gptq_fallbacks += fallback;
             double wsq = 0.0, wref = 0.0;
@@ -557,6 +756,7 @@ done:
     free(ids);
     free(x);
     free(x_in);
+    free(x_tmp);
     free(order);
     return rc;
 }

@@ -172,8 +172,20 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                      "activation scales");
         goto done;
     }
+    if (opt->optimize.enabled && !opt->calib_path) {
+        nq_fail(err, "--optimize needs --calib FILE (its techniques are chosen on calibration "
+                     "data)");
+        goto done;
+    }
     if (opt->gptq && !opt->calib_path) {
         nq_fail(err, "--algo gptq needs --calib FILE (its Hessians come from calibration data)");
+        goto done;
+    }
+    if ((opt->optimize.served_hessian || opt->optimize.hessian_scales ||
+         opt->optimize.four_over_six || opt->optimize.global_sweep) &&
+        !opt->gptq) {
+        nq_fail(err, "--optimize-techniques: served-hessian, hessian-scales, four-over-six "
+                     "and global-sweep act through GPTQ: add --algo gptq");
         goto done;
     }
     if (needs_act && !opt->weights_only && !opt->calib_path) {

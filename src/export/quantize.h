@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "algo/optimize.h"
 #include "core/error.h"
 #include "recipe/plan.h"
 
@@ -32,6 +33,8 @@ typedef struct nq_quantize_options {
      * scheme), float otherwise (ModelOpt's max calibration). */
     enum { NQ_PROPAGATE_AUTO, NQ_PROPAGATE_FLOAT, NQ_PROPAGATE_QUANTIZED } propagate;
     bool kv_cache_fp8;              /* write FP8 KV scales when the recipe asks (default on) */
+    /* --optimize / --optimize-techniques (algo/optimize.h); needs calib_path */
+    nq_optimize optimize;
     /* NULL, or "float32"/"float16"/"bfloat16": written to config.json as
      * mamba_ssm_cache_dtype (vLLM's default for --mamba-ssm-cache-dtype). */
     const char *ssm_cache_dtype;
