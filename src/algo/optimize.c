@@ -21,10 +21,6 @@ static const technique table[] = {
     {"served-hessian", false, FIELD(served_hessian),
      "GPTQ Hessian from the NVFP4-quantized inputs a W4A4 server feeds (input_scale global)",
      "one more forward pass per layer"},
-    {"served-propagation", false, FIELD(served_propagation),
-     "the next layer is calibrated on the output of this layer as a W4A4 server computes it "
-     "(NVFP4 activations too, not only the quantized weights)",
-     "none"},
     {"hessian-scales", true, FIELD(hessian_scales),
      "each NVFP4 block's E4M3 scale by the output (GPTQ) loss it causes, 1/2..3/2 of the max",
      "about 20 trial quantizations of every block"},

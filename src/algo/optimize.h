@@ -24,8 +24,6 @@ typedef struct nq_optimize {
     bool enabled;            /* any technique on (set by nq_optimize_parse) */
     /* GPTQ (NVFP4 and INT4 modules; implies --algo gptq) */
     bool served_hessian;     /* NVFP4: Hessian from the NVFP4-quantized inputs a W4A4 server sees */
-    bool served_propagation; /* the next layer's calibration input from the layer as served:
-                              * quantized weights and NVFP4-quantized activations */
     /* NVFP4 weight scales */
     bool hessian_scales;     /* per block: the E4M3 scale with the least output (GPTQ) loss */
     bool four_over_six;      /* per block: scaled to 6 or to 4; global scale amax / (6 x 256) */

@@ -271,7 +271,6 @@ static void expert_family(const char *module, char *out, size_t size)
 typedef struct override_entry {
     char name[300];      /* "...weight" */
     float *w;
-    float act_scale;     /* > 0: NVFP4 input global scale (--optimize served-propagation) */
 } override_entry;
 
 typedef struct override_ctx {
@@ -289,22 +288,6 @@ static int override_fetch(void *ctx, const nq_weight_request *req, float *out, n
             return 0;
         }
     return nq_checkpoint_weight_fetch((void *)o->ck, req, out, err);
-}
-
-/* served-propagation: the module's inputs NVFP4-quantized as a W4A4 server
- * does (read-only lookups: safe on concurrent sequences) */
-static int served_rewrite(void *ctx, const nq_linear_input *in, float *x_out, nq_error *err)
-{
-    (void)err;
-    override_ctx *o = ctx;
-    for (size_t i = 0; i < o->n; i++)
-        if (o->e[i].act_scale > 0 && strcmp(o->e[i].name, in->weight_name) == 0) {
-            size_t count = (size_t)in->rows * in->in_features;
-            memcpy(x_out, in->x, count * sizeof *x_out);
-            nq_nvfp4_fake_quant(x_out, (int64_t)count, o->e[i].act_scale);
-            return 1;
-        }
-    return 0;
 }
 
 /* ---- the pass ---------------------------------------------------------- */
@@ -713,10 +696,6 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 }
                 ov.e = ne;
                 snprintf(ov.e[ov.n].name, sizeof ov.e[ov.n].name, "%s.weight", m->name);
-                ov.e[ov.n].act_scale = opt->optimize.served_propagation &&
-                                               m->format == NQ_FORMAT_NVFP4
-                                           ? input_scale
-                                           : 0.0f;
                 ov.e[ov.n++].w = deq;
                 deq = NULL;
             }
@@ -742,13 +721,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             memcpy(x, x_in, (size_t)S * plane * sizeof *x);
             nq_model_set_weights(model,
                                  (nq_weight_provider){.fetch = override_fetch, .ctx = &ov});
-            nq_forward_hooks served = {.rewrite_input = served_rewrite, .ctx = &ov,
-                                       .concurrent = true};
-            if (opt->optimize.served_propagation)
-                nq_model_set_hooks(model, &served);
-            int r = nq_model_blocks(model, l, x, S, T, err);
-            nq_model_set_hooks(model, NULL);
-            if (r != 0)
+            if (nq_model_blocks(model, l, x, S, T, err) != 0)
                 goto done;
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
