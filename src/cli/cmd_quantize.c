@@ -46,6 +46,10 @@ static const char *usage =
     "  --algo rtn|gptq        round-to-nearest (default) or GPTQ error feedback (NVFP4, INT4;\n"
     "                         needs --calib)\n"
     "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
+    "  --gptq-act-order       INT4 GPTQ: columns in order of decreasing Hessian diagonal, static\n"
+    "                         group scales (stored layout unchanged: g_idx stays i / group)\n"
+    "  --equalize             exact per-channel equalization folded into the weights (RMSNorm\n"
+    "                         -> Linears, gated norm -> out_proj, relu^2 up -> down; needs --calib)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
@@ -217,6 +221,10 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--algo '%s': expected rtn or gptq", v);
                 bad = true;
             }
+        } else if (strcmp(argv[i], "--equalize") == 0) {
+            opt.equalize = true;
+        } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
+            opt.gptq_act_order = true;
         } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
             char *end = NULL;
             opt.gptq_damp = bad ? 0 : strtod(v, &end);
@@ -494,6 +502,13 @@ int nq_cmd_quantize(int argc, char **argv)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,
                    opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
+        if (opt.equalize)
+            printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
+                   "error on calibration inputs %.1f%% lower than unscaled\n",
+                   sum.eq_pairs, sum.eq_searched,
+                   sum.eq_err_identity > 0
+                       ? 100.0 * (1.0 - sum.eq_err_best / sum.eq_err_identity)
+                       : 0.0);
         if (sum.experts_without_tokens)
             printf("note: %zu routed experts received no calibration token; they use their "
                    "layer's input scale (the max over its experts)\n",
@@ -547,6 +562,10 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
             json_object_set_new(summary, "experts_without_tokens",
                                 json_integer((json_int_t)sum.experts_without_tokens));
+            json_object_set_new(summary, "equalize", json_boolean(opt.equalize));
+            if (opt.equalize)
+                json_object_set_new(summary, "equalized_pairs",
+                                    json_integer((json_int_t)sum.eq_pairs));
         }
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)
