@@ -39,6 +39,8 @@ static const char *usage =
     "                         least-squared-error scale among nearby representable ones\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
+    "  --int4-wide-groups     when the routed experts force a smaller group size, the other\n"
+    "                         INT4 Linears keep the requested one (per-module `dynamic` rules)\n"
     "  --calib FILE           calibration text (.txt) or JSONL ({\"text\"} or {\"messages\"});\n"
     "                         required for NVFP4/FP8 (activation and FP8 KV-cache scales)\n"
     "  --calib-samples N      calibration windows (default 256)\n"
@@ -133,6 +135,7 @@ int nq_cmd_quantize(int argc, char **argv)
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
     int group = 0, rc = 2;
+    bool wide_groups = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
         const char *a = argv[i];
@@ -223,6 +226,8 @@ int nq_cmd_quantize(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--equalize") == 0) {
             opt.equalize = true;
+        } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
+            wide_groups = true;
         } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
             opt.gptq_act_order = true;
         } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
@@ -385,7 +390,8 @@ int nq_cmd_quantize(int argc, char **argv)
     opt.recipe = (nq_recipe_options){.preset = preset, .rules = all,
                                      .nrules = nrules + nfile_rules,
                                      .int4_group_size = group ? group : file_group,
-                                     .int4_group_explicit = group || file_group};
+                                     .int4_group_explicit = group || file_group,
+                                     .int4_wide_groups = wide_groups};
     opt.in_dir = in;
     opt.out_dir = out;
     if (opt.threads <= 0)
