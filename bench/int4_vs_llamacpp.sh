@@ -12,7 +12,8 @@
 # to convert_hf_to_gguf.py's, scripts/interop.sh).  Bits per weight outside
 # the embeddings and the output head: bench/bits_outside_embeddings.py.
 #
-#   bench/int4_vs_llamacpp.sh [OUTDIR]     (LLAMACPP_BUILD, default /work/llama.cpp-build)
+#   bench/int4_vs_llamacpp.sh [OUTDIR]     (LLAMACPP_BUILD, default /work/llama.cpp-build;
+#                                           NEMOQ_BIN: a nemoq binary instead of building)
 # Needs llama.cpp built (scripts/build-llama-cpp.sh), g++, Python with
 # numpy, tokenizers and gguf.  Not in CI.
 set -euo pipefail
@@ -26,7 +27,7 @@ bin="$build/bin"
 for t in llama-quantize llama-imatrix; do
     [ -x "$bin/$t" ] || { echo "int4_vs_llamacpp: no $bin/$t (run scripts/build-llama-cpp.sh)" >&2; exit 1; }
 done
-./scripts/build.sh >/dev/null
+if [ -n "${NEMOQ_BIN:-}" ]; then nq=$NEMOQ_BIN; else ./scripts/build.sh >/dev/null; nq=./build/nemoq; fi
 mkdir -p "$dir"
 model=models/tiny-nemotron-h
 head -c 375000 tests/fixtures/calib.txt > "$dir/calib.txt"
@@ -43,12 +44,26 @@ np.array(ids, dtype="<i4").tofile(sys.argv[3])
 PY
 
 # llama.cpp: F32 GGUF, imatrix on the calibration part, IQ4_XS
-./build/nemoq convert "$model" "$dir/f32.gguf" --gguf-rest f32 --force >/dev/null
+"$nq" convert "$model" "$dir/f32.gguf" --gguf-rest f32 --force >/dev/null
 "$bin/llama-imatrix" -m "$dir/f32.gguf" -f "$dir/calib.txt" -c 256 --chunks 64 -t "$threads" \
     --no-repack -o "$dir/imatrix.dat" > "$dir/imatrix.log" 2>&1
 "$bin/llama-quantize" --imatrix "$dir/imatrix.dat" "$dir/f32.gguf" "$dir/iq4_xs.gguf" IQ4_XS \
     "$threads" > "$dir/quantize.log" 2>&1
 
+row() { # name, label, then nemoq quantize flags (runs in the background)
+    local name=$1 label=$2; shift 2
+    "$nq" quantize "$model" "$dir/$name" --recipe int4 --calib "$dir/calib.txt" \
+        --calib-samples 64 --calib-len 256 --eval "$dir/heldout.txt" --eval-windows 64 \
+        --report "$dir/$name" --force "$@" > "$dir/$name.txt" 2>&1 &
+    names+=("$name"); labels+=("$label")
+}
+names=(); labels=()
+row gptq-mse "GPTQ + MSE (the quality table's row)" --algo gptq --weight-scale mse
+row ao "GPTQ + MSE, act-order" --algo gptq --weight-scale mse --gptq-act-order
+row ao-wide "GPTQ + MSE, act-order, wide groups" --algo gptq --weight-scale mse --gptq-act-order \
+    --int4-wide-groups
+row eq-ao-wide "GPTQ + MSE, act-order, wide groups, equalize" --algo gptq --weight-scale mse \
+    --gptq-act-order --int4-wide-groups --equalize
 echo "| model | bits/weight outside embeddings | perplexity | KL (nats/token) | top-1 agreement |"
 echo "|---|---|---|---|---|"
 bits() { python3 bench/bits_outside_embeddings.py "$model" "$1" | awk '{print $2}'; }
@@ -56,19 +71,12 @@ read -r _ _ _ _ _ bppl _ ppl _ kl _ top < <("$dir/llamacpp_kl" "$dir/f32.gguf" "
     "$dir/heldout.i32" 256 64 "$threads")
 echo "| llama.cpp IQ4_XS + imatrix | $(bits "$dir/iq4_xs.gguf") | $ppl | $kl | $top |"
 echo "llama.cpp F32 perplexity on these windows: $bppl" >&2
-row() { # name, label, then nemoq quantize flags
-    local name=$1 label=$2; shift 2
-    ./build/nemoq quantize "$model" "$dir/$name" --recipe int4 --calib "$dir/calib.txt" \
-        --calib-samples 64 --calib-len 256 --eval "$dir/heldout.txt" --eval-windows 64 \
-        --report "$dir/$name" --force "$@" > "$dir/$name.txt" 2>&1
-    python3 - "$dir/$name.json" "$label" "$(bits "$dir/$name")" <<'PY'
+wait   # the nemoq rows
+for k in "${!names[@]}"; do
+    python3 - "$dir/${names[$k]}.json" "${labels[$k]}" "$(bits "$dir/${names[$k]}")" <<'PY'
 import json, sys
 e = json.load(open(sys.argv[1]))["eval"]
 print(f"| nemoq INT4 {sys.argv[2]} | {sys.argv[3]} | {e['perplexity']:.4f} | {e['kl']:.5f} | {e['top1_agreement']:.4f} |")
 PY
-}
-row gptq-mse "GPTQ + MSE" --algo gptq --weight-scale mse
-row gptq-mse-ao "GPTQ + MSE + act-order" --algo gptq --weight-scale mse --gptq-act-order
-row gptq-mse-eq "GPTQ + MSE + equalize" --algo gptq --weight-scale mse --equalize
-row gptq-mse-eq-ao "GPTQ + MSE + equalize + act-order" --algo gptq --weight-scale mse --equalize --gptq-act-order
+done
 python3 -c "import json; print('nemoq BF16 perplexity on these windows:', round(json.load(open('$dir/gptq-mse.json'))['eval']['input_perplexity'], 4))" >&2

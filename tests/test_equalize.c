@@ -194,12 +194,9 @@ static void test_pairs_leave_float_model_unchanged(void **state)
                 nq_eq_apply_reader(table_get(&tab, p[i].readers[r]), t->shape[0], p[i].cols, c);
             }
             readers += p[i].n;
-            if (p[i].relu2)
-                relu2++;
-            else if (strstr(p[i].src, "mixer.norm"))
-                gated++;
-            else
-                norm_pairs++;
+            relu2 += p[i].kind == NQ_EQ_RELU2 && p[i].relu2;
+            gated += p[i].kind == NQ_EQ_GATED && strstr(p[i].src, "mixer.norm.weight");
+            norm_pairs += p[i].kind == NQ_EQ_NORM && !strstr(p[i].src, "mixer.");
             free(c);
         }
         nq_eq_pairs_free(p, np);

@@ -10,7 +10,7 @@ void nq_equalize_scales(const double *rms, int64_t cols, double alpha, float *c)
     double mx = 0.0;
     for (int64_t k = 0; k < cols; k++)
         mx = rms[k] > mx ? rms[k] : mx;
-    double floor_ = mx > 0 ? 1e-4 * mx : 1.0;
+    double floor_ = mx > 0 ? NQ_EQ_RMS_FLOOR * mx : 1.0;
     double lo = INFINITY, hi = 0.0;
     for (int64_t k = 0; k < cols; k++) {
         double m = rms[k] > floor_ ? rms[k] : floor_;

@@ -7,7 +7,9 @@
  * large get more of the grid.
  *
  * nq_equalize_search picks c = m^alpha / sqrt(max(m^alpha) min(m^alpha)),
- * m the inputs' RMS per channel (clamped below at 1e-4 of its max), alpha on
+ * m the inputs' RMS per channel (clamped below at NQ_EQ_RMS_FLOOR of its max:
+ * a channel calibration barely saw must not get a scale so small that its
+ * weights round to zero, since held-out text may use it), alpha on
  * the grid 0, 1/grid, ..., (grid-1)/grid (alpha = 0 is c = 1: no change), the
  * first alpha minimising the summed output error of the consumers sharing
  * the input,
@@ -23,6 +25,8 @@
 #include <stdint.h>
 
 #include "core/error.h"
+
+#define NQ_EQ_RMS_FLOOR 1e-2
 
 /* w [rows, cols] -> out [rows, cols]: the weight a loader reconstructs. */
 typedef int (*nq_qdq_fn)(void *ctx, const float *w, int64_t rows, int64_t cols, float *out,

@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "cuda/cuda.h"
 #include "export/lora.h"
+#include "export/equalize.h"
 #include "export/quantize.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -50,8 +51,10 @@ static const char *usage =
     "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
     "  --gptq-act-order       INT4 GPTQ: columns in order of decreasing Hessian diagonal, static\n"
     "                         group scales (stored layout unchanged: g_idx stays i / group)\n"
-    "  --equalize             exact per-channel equalization folded into the weights (RMSNorm\n"
-    "                         -> Linears, gated norm -> out_proj, relu^2 up -> down; needs --calib)\n"
+    "  --equalize             exact per-channel equalization folded into the weights: the Mamba\n"
+    "                         gated norm -> out_proj (needs --calib)\n"
+    "  --equalize-pairs LIST  equalize these pair kinds: norm (block RMSNorm -> its Linears,\n"
+    "                         the router absorbing), gated, relu2 (expert up rows -> down)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
@@ -226,6 +229,29 @@ int nq_cmd_quantize(int argc, char **argv)
             }
         } else if (strcmp(argv[i], "--equalize") == 0) {
             opt.equalize = true;
+        } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
+            opt.equalize = true;
+            opt.equalize_kinds = 0;
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", bad ? "" : v);
+            for (char *tok = strtok(buf, ","); !bad && tok; tok = strtok(NULL, ",")) {
+                if (strcmp(tok, "norm") == 0)
+                    opt.equalize_kinds |= NQ_EQ_NORM;
+                else if (strcmp(tok, "gated") == 0)
+                    opt.equalize_kinds |= NQ_EQ_GATED;
+                else if (strcmp(tok, "relu2") == 0)
+                    opt.equalize_kinds |= NQ_EQ_RELU2;
+                else {
+                    nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, "
+                                 "relu2", v);
+                    bad = true;
+                }
+            }
+            if (!bad && !opt.equalize_kinds) {
+                nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
+                             v);
+                bad = true;
+            }
         } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
             wide_groups = true;
         } else if (strcmp(argv[i], "--gptq-act-order") == 0) {

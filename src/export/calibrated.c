@@ -316,6 +316,8 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
 {
     nq_eq_pair *pairs;
     int np;
+    int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
+    int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
     if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
         return -1;
     int rc = -1;
@@ -326,6 +328,8 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     double *rms = NULL;
     for (int pi = 0; pi < np; pi++) {
         const nq_eq_pair *p = &pairs[pi];
+        if (!(kinds & p->kind))
+            continue;
         free(cons), free(qc), free(ent), free(c), free(rms);
         cons = calloc((size_t)p->n, sizeof *cons);
         qc = calloc((size_t)p->n, sizeof *qc);
@@ -343,7 +347,9 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
             const nq_plan_module *m = nq_module_of_weight(plan, p->readers[r]);
             nq_linear_stats *st = m && m->format != NQ_FORMAT_KEEP ? nq_calib_find(stats, m->name)
                                                                     : NULL;
-            if (!st || !st->hessian || st->rows == 0)
+            /* few rows: a Hessian of low rank, whose unseen directions
+             * the search would sacrifice */
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows)
                 continue;
             override_entry *re = eq_entry(eq, ck, p->readers[r], err);
             if (!re)
@@ -371,6 +377,9 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         sum->eq_searched++;
         sum->eq_err_identity += res.err_identity;
         sum->eq_err_best += res.err_best;
+        if (getenv("NEMOQ_EQ_LOG"))
+            fprintf(stderr, "\nequalize %s (%d readers searched): alpha %.1f, error %.4g -> %.4g\n",
+                    p->src, nc, res.alpha, res.err_identity, res.err_best);
         if (res.alpha == 0.0)
             continue;
         sum->eq_pairs++;

@@ -62,6 +62,7 @@ static int add_pair(builder *b, const nq_checkpoint *ck, const char *prefix, boo
     nq_eq_pair *p = &b->p[b->n++];
     memset(p, 0, sizeof *p);
     p->relu2 = relu2;
+    p->kind = relu2 ? NQ_EQ_RELU2 : strcmp(src, "norm.weight") == 0 ? NQ_EQ_NORM : NQ_EQ_GATED;
     snprintf(p->src, sizeof p->src, "%s", s->name);
     p->cols = cols;
     p->src_in = relu2 ? s->shape[1] : 0;

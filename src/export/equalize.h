@@ -24,7 +24,16 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 
+/* pair kinds (--equalize-pairs) */
+#define NQ_EQ_NORM 1     /* the block's RMSNorm and its readers */
+#define NQ_EQ_GATED 2    /* the Mamba gated RMSNorm and out_proj */
+#define NQ_EQ_RELU2 4    /* relu^2 up_proj rows and down_proj columns */
+/* what --equalize alone turns on: the kind that lowered held-out KL on the
+ * bundled model (README, "Equalization") */
+#define NQ_EQ_DEFAULT NQ_EQ_GATED
+
 typedef struct nq_eq_pair {
+    int kind;            /* NQ_EQ_* */
     bool relu2;          /* src: up_proj [cols, src_in]; else an RMSNorm weight [cols] */
     char src[256];
     int64_t cols, src_in;

@@ -32,6 +32,7 @@ typedef struct nq_quantize_options {
      * router absorbing them), between the gated RMSNorm and out_proj, and
      * between relu^2 up_proj rows and down_proj columns (needs calib_path). */
     bool equalize;
+    int equalize_kinds;             /* NQ_EQ_* bits; 0 with equalize: NQ_EQ_DEFAULT */
     bool gptq_act_order;            /* INT4: act-order with static groups (nq_gptq_int4_actorder) */
     /* Which activations feed the next layer during calibration:
      * NQ_PROPAGATE_AUTO = quantized with GPTQ (the standard sequential

@@ -2,7 +2,7 @@
 src/algo/equalize.h, written from the AWQ paper / llm-awq `auto_scale`
 (s = x_mean^alpha normalised by sqrt(max * min), alpha on a grid, the first
 minimum of the output error), with nemoq's conventions: the channel
-statistic is the input RMS (clamped below at 1e-4 of its max), the error is
+statistic is the input RMS (clamped below at 1e-2 of its max), the error is
 the exact calibration-set output error sum_r d_r H d_r^T with
 d = W - Q(W diag c) diag(1/c), and Q is INT4 round-to-nearest with max
 scales (src/formats/int4.c: scale = float16(amax / 7) in float32, code =
@@ -45,7 +45,7 @@ def qdq(w):
     return q
 
 def scales(alpha):
-    m = np.maximum(rms, 1e-4 * rms.max())
+    m = np.maximum(rms, 1e-2 * rms.max())
     v = m ** alpha
     c = v.astype(np.float32)
     norm = np.sqrt(v.max() * v.min())
