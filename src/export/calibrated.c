@@ -377,9 +377,6 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         sum->eq_searched++;
         sum->eq_err_identity += res.err_identity;
         sum->eq_err_best += res.err_best;
-        if (getenv("NEMOQ_EQ_LOG"))
-            fprintf(stderr, "\nequalize %s (%d readers searched): alpha %.1f, error %.4g -> %.4g\n",
-                    p->src, nc, res.alpha, res.err_identity, res.err_best);
         if (res.alpha == 0.0)
             continue;
         sum->eq_pairs++;
