@@ -9,6 +9,7 @@
 #include "core/interrupt.h"
 #include "eval/deploy.h"
 #include "export/dequant.h"
+#include "formats/rounding.h"
 #include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/nvfp4.h"
@@ -278,7 +279,8 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
                 }
                 if (!(a > 0.0f))
                     a = fam_amax > 0.0f ? fam_amax : 1.0f;
-                mb->input_scale = f == NQ_FORMAT_NVFP4 ? a / (6.0f * 448.0f) : a / 448.0f;
+                mb->input_scale = f == NQ_FORMAT_NVFP4 ? nq_scale_div(a, 6.0f * 448.0f)
+                                                          : nq_scale_div(a, 448.0f);
                 if (!(mb->w = quantized_weight(ck, pm, (nq_format)f, opt->mse_scales,
                                                opt->threads, err)))
                     goto done;

@@ -23,6 +23,7 @@
 #include "eval/perplexity.h"
 #include "eval/report.h"
 #include "tok/tokenizer.h"
+#include "formats/rounding.h"
 
 static const char *usage =
     "usage: nemoq quantize IN OUT --recipe NAME [options]\n"
@@ -37,6 +38,10 @@ static const char *usage =
     "  --include GLOB=FORMAT  quantize matching Linears as nvfp4|fp8|int4|bf16 (repeatable)\n"
     "  --weight-scale max|mse block/group scales: amax-based (ModelOpt's default) or the\n"
     "                         least-squared-error scale among nearby representable ones\n"
+    "  --rounding exact|modelopt-cuda  how scales divide by 448 and 2688: exactly (default;\n"
+    "                         ModelOpt on the CPU), or as ModelOpt's export on a CUDA GPU\n"
+    "                         (multiply by the f32 reciprocal; FP8 weights divided by the\n"
+    "                         BF16-rounded scale), byte for byte\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
     "  --calib FILE           calibration text (.txt) or JSONL ({\"text\"} or {\"messages\"});\n"
@@ -179,6 +184,16 @@ int nq_cmd_quantize(int argc, char **argv)
             else {
                 nq_cli_error("--weight-scale '%s': expected max or mse", v);
                 bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--rounding", &v, &bad)) {
+            nq_rounding r;
+            if (bad)
+                break;
+            if (nq_parse_rounding(v, &r) != 0) {
+                nq_cli_error("--rounding '%s': expected exact or modelopt-cuda", v);
+                bad = true;
+            } else {
+                nq_set_rounding(r);
             }
         } else if (nq_arg_value(argc, argv, &i, "--group-size", &v, &bad)) {
             if (!bad && (nq_parse_int(v, 32, 128, &group) != 0 ||
@@ -530,9 +545,10 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (report_path && rc == 0) {
         json_t *summary = json_pack(
-            "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
             "output", out, "recipe", opt.auto_bits > 0 ? "auto-quantize" : preset, "algorithm", opt.gptq ? "gptq" : "rtn",
-            "weight_scale", opt.mse_scales ? "mse" : "max", "bytes_in", (json_int_t)sum.bytes_in,
+            "weight_scale", opt.mse_scales ? "mse" : "max", "rounding",
+            nq_rounding_name(nq_get_rounding()), "bytes_in", (json_int_t)sum.bytes_in,
             "bytes_out", (json_int_t)sum.bytes_out, "bits_per_parameter", bits,
             "nvfp4_modules", (json_int_t)sum.modules[NQ_FORMAT_NVFP4], "fp8_modules",
             (json_int_t)sum.modules[NQ_FORMAT_FP8], "int4_modules",

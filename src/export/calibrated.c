@@ -32,6 +32,7 @@
 #include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
+#include "formats/rounding.h"
 #include "model/forward.h"
 #include "tok/tokenizer.h"
 
@@ -413,8 +414,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         m->name);
                 goto done;
             }
-            float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
-                                                             : amax / 448.0f;
+            float input_scale = m->format == NQ_FORMAT_NVFP4 ? nq_scale_div(amax, 6.0f * 448.0f)
+                                                             : nq_scale_div(amax, 448.0f);
             float *wf = nq_tensor_load_f32(t, true, err);
             if (!wf)
                 goto done;
