@@ -242,7 +242,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
                 missing_input_scales++;
             else if (needs_input_scale && !is)
                 problem(out, res, "%s: quant_algo %s needs an input_scale", module, algo);
-            if (layers && !json_object_get(layers, module))
+            if (layers && !nq_quantized_layers_entry(layers, module))
                 problem(out, res, "%s is quantized but missing from quantized_layers", module);
         } else if (f == NQ_STORED_FLOAT && hf && exclude && !excluded_by(exclude, module) &&
                    strcmp(module, "backbone.embeddings") != 0 && !ends_with(module, "embed_tokens")) {

@@ -556,3 +556,20 @@ char *nq_config_set_string(const char *text, size_t len, const char *source_name
     }
     return out;
 }
+
+json_t *nq_quantized_layers_entry(const json_t *layers, const char *module)
+{
+    json_t *e = json_object_get(layers, module);
+    if (e || !layers)
+        return e;
+    const char *x = strstr(module, ".experts.");
+    if (!x)
+        return NULL;
+    size_t len = (size_t)(x - module) + strlen(".experts");
+    char key[512];
+    if (len >= sizeof key)
+        return NULL;
+    memcpy(key, module, len);
+    key[len] = '\0';
+    return json_object_get(layers, key);
+}

@@ -80,6 +80,12 @@ typedef struct nq_modelopt_decl {
 /* Returns false when `doc` is neither form. */
 bool nq_modelopt_decl_read(const json_t *doc, nq_modelopt_decl *d);
 
+/* A module's entry in a MIXED_PRECISION quantized_layers map, looked up as
+ * vLLM's ModelOptMixedPrecisionConfig resolves it: the module's own name, or
+ * for a routed expert "P.experts.N.up_proj" the FusedMoE layer's "P.experts"
+ * (one entry for all experts, as ModelOpt 0.47 writes it).  NULL if none. */
+json_t *nq_quantized_layers_entry(const json_t *layers, const char *module);
+
 /* The output config.json: the input's text with every original byte kept and
  * new top-level keys inserted before its closing brace (quantization_config,
  * and hybrid_override_pattern/num_hidden_layers when the input only has
