@@ -4,12 +4,10 @@
 # an H200 (bench/modelopt_autoq.sh; per-module SHA-256 digests of weight,
 # weight_scale and weight_scale_2 in tests/fixtures/modelopt_model/, see
 # tests/gen/gen_modelopt_model_hashes.py).  The default (exact division) is
-# ModelOpt-on-the-CPU; --rounding modelopt-cuda is ModelOpt-on-CUDA.  The one
-# known difference in both: ModelOpt gives the q/k/v of an attention layer
-# one shared NVFP4 weight_scale_2 (the max of the three amax,
-# preprocess_linear_fusion) and nemoq does not yet, so the q/k/v projections
-# whose own amax is below their layer's max differ: layer 3 k and v, layer 8
-# q and k.
+# ModelOpt-on-the-CPU; --rounding modelopt-cuda is ModelOpt-on-CUDA.  Both
+# include the q/k/v of an attention layer sharing one NVFP4 weight_scale_2
+# (the max of the three amax, ModelOpt's preprocess_linear_fusion): before
+# nemoq did that, layer 3's k and v and layer 8's q and k differed.
 set -u
 bin=$1; src=$2
 model="$src/models/tiny-nemotron-h"
@@ -35,7 +33,6 @@ assert set(ref) == set(got), "module sets differ"
 print(" ".join(sorted(k for k in ref if ref[k] != got[k])))
 PY
 }
-qkv="backbone.layers.3.mixer.k_proj backbone.layers.3.mixer.v_proj backbone.layers.8.mixer.k_proj backbone.layers.8.mixer.q_proj"
 
 q nv nvfp4
 q nv-cuda nvfp4 --rounding modelopt-cuda
@@ -44,9 +41,9 @@ q f8-cuda fp8 --rounding modelopt-cuda
 check "exports written" '[ -f "$tmp/nv/model.safetensors" ] && [ -f "$tmp/nv-cuda/model.safetensors" ] && [ -f "$tmp/f8/model.safetensors" ] && [ -f "$tmp/f8-cuda/model.safetensors" ]'
 
 d=$(differ nvfp4-cpu nv)
-check "NVFP4 default = ModelOpt on the CPU but the unshared q/k/v global scales ($d)" '[ "$d" = "$qkv" ]'
+check "NVFP4 default = ModelOpt on the CPU, all 188 modules ($d)" '[ -z "$d" ]'
 d=$(differ nvfp4-cuda nv-cuda)
-check "NVFP4 --rounding modelopt-cuda = ModelOpt on an H200 but the q/k/v global scales ($d)" '[ "$d" = "$qkv" ]'
+check "NVFP4 --rounding modelopt-cuda = ModelOpt on an H200, all 188 modules ($d)" '[ -z "$d" ]'
 n=$(differ nvfp4-cuda nv | wc -w)
 check "NVFP4 default differs from the CUDA export in more modules ($n)" '[ "$n" -gt 30 ]'
 d=$(differ fp8-cpu f8)

@@ -75,12 +75,14 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
+            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads,
+                               m->shared_amax, e->packed,
                                e->scales8, &e->gs, &gst, err);
             e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
-            rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
-                                 &e->gs, &e->st, err);
+            nq_weight_view v = {x, NQ_F32, o, i};
+            rc = nq_encode_nvfp4_view_shared(&v, m->shared_amax, opt->mse_scales, opt->threads,
+                                             e->packed, e->scales8, &e->gs, &e->st, err);
             e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
         }
     } else if (m->format == NQ_FORMAT_FP8) {
