@@ -89,8 +89,8 @@ static const char *excluded_by(json_t *exclude, const char *module)
         const char *p = json_string_value(v);
         if (!p || nq_exclude_entry_corrupt(v, NULL, 0))
             continue;
-        if (nq_exclude_pattern_matches(p, module) || (e && !strstr(module, "shared_experts") &&
-                                                      nq_exclude_pattern_matches(p, fused)))
+        if (nq_exclude_matches(p, module) || (e && !strstr(module, "shared_experts") &&
+                                                      nq_exclude_matches(p, fused)))
             return p;
     }
     return NULL;
@@ -105,7 +105,7 @@ static json_t *corrupt_entry_for(json_t *exclude, const char *module, char *inte
     json_array_foreach(exclude, i, v)
     {
         if (nq_exclude_entry_corrupt(v, intended, cap) &&
-            nq_exclude_pattern_matches(intended, module))
+            nq_exclude_matches(intended, module))
             return v;
     }
     return NULL;
@@ -300,7 +300,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
             for (size_t i = 0; !any && i < nq_checkpoint_count(ck); i++) {
                 char module[512];
                 if (weight_module(nq_checkpoint_tensor(ck, i)->name, module, sizeof module))
-                    any = nq_exclude_pattern_matches(m, module);
+                    any = nq_exclude_matches(m, module);
             }
             if (!any)
                 problem(out, res, "exclude_modules entry %s matches no module of the checkpoint", m);
