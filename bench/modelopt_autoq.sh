@@ -35,7 +35,7 @@ work=/tmp/mowork; rm -rf "$work"; mkdir -p "$work"
 for mode in autoq-kl_div autoq-gradient ptq-nvfp4 ptq-fp8; do
   echo "=== $mode $(date -u +%T)" >> "$log"
   SECONDS=0
-  timeout 120 python3 "$here/modelopt_autoq.py" "$mode" models/tiny-nemotron-h \
+  timeout 170 python3 "$here/modelopt_autoq.py" "$mode" models/tiny-nemotron-h \
     tests/fixtures/calib.txt "$work/$mode" --bits "$bits" --device cuda > "$work/$mode.log" 2>&1
   echo "rc $? after $SECONDS s" >> "$log"
   # the progress bars and per-step prints are long: keep their ends
