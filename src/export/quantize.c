@@ -248,6 +248,14 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                      "activation scales");
         goto done;
     }
+    if (opt->equalize && !opt->calib_path) {
+        nq_fail(err, "--equalize needs --calib FILE (its scales come from calibration data)");
+        goto done;
+    }
+    if (opt->gptq_act_order && !opt->gptq) {
+        nq_fail(err, "--gptq-act-order needs --algo gptq");
+        goto done;
+    }
     if (opt->gptq && !opt->calib_path) {
         nq_fail(err, "--algo gptq needs --calib FILE (its Hessians come from calibration data)");
         goto done;
@@ -268,7 +276,9 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
     }
     for (int f = 0; f < 4; f++)
         sum->modules[f] = nq_plan_count(&plan, (nq_format)f);
-    if (share_qkv_amax(ck, &plan, opt->threads, err) != 0)
+    /* --equalize rescales q/k/v after this point (calibrated.c), so the
+     * amax read here would not be theirs: not shared there yet */
+    if (!opt->equalize && share_qkv_amax(ck, &plan, opt->threads, err) != 0)
         goto done;
     if (opt->calib_path) {
         rc = nq_quantize_calibrated(opt, ck, &cfg, &plan, sum, err);
