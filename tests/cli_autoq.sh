@@ -29,6 +29,29 @@ check "inspect reads it" '[ $rc -eq 0 ] && [[ "$out" == *MIXED_PRECISION* ]]'
 out=$("$bin" eval "$tmp/aq" --text "$tmp/eval.txt" --ctx 64 --windows 2 --against "$model" --json 2>&1); rc=$?
 check "eval runs it" '[ $rc -eq 0 ] && [[ "$out" == *"\"kl\""* ]]'
 check "report has the auto_quantize groups" 'grep -q "\"auto_quantize\"" "$tmp/rep.json" && grep -q "\"kl_fp8\"" "$tmp/rep.json"'
+# the Pareto plot: well-formed SVG (an XML parser), one circle per point of
+# auto_quantize.pareto, the chosen point on the knapsack curve, presets there
+svg=$(python3 - "$tmp/rep" <<'PY' 2>&1
+import json, re, sys, xml.etree.ElementTree as ET
+p = json.load(open(sys.argv[1] + ".json"))["auto_quantize"]
+html = open(sys.argv[1] + ".html").read()
+svgs = [ET.fromstring(s) for s in re.findall(r"<svg.*?</svg>", html, re.S)]
+ns = "{http://www.w3.org/2000/svg}"
+circles = sum(len(s.findall(ns + "circle")) for s in svgs)
+series = {s["label"]: s["points"] for s in p["pareto"]["series"]}
+curve = series["AutoQuantize (sum of group KLs)"]
+chosen = series["this run's choice (sum of group KLs)"][0]
+names = {q["name"] for q in series["uniform formats and presets (sum of group KLs)"]}
+ok = (len(svgs) == 1 and circles == sum(len(v) for v in series.values()) and len(curve) > 5
+      and abs(chosen["x"] - p["effective_bits"]) < 1e-9
+      and abs(chosen["y"] - p["sum_of_scores"]) < 1e-9
+      and any(abs(q["x"] - chosen["x"]) < 1e-9 and abs(q["y"] - chosen["y"]) < 1e-12 for q in curve)
+      and all(a["x"] < b["x"] and a["y"] >= b["y"] for a, b in zip(curve, curve[1:]))
+      and {"all nvfp4", "all fp8", "nvfp4-conservative"} <= names)
+print("ok" if ok else f"bad: {len(svgs)} svg, {circles} circles")
+PY
+)
+check "report: Pareto SVG parses, points match the JSON ($svg)" '[ "$svg" = ok ]'
 
 # the same scores with one thread (dry run: nothing written)
 "$bin" quantize "$model" "$tmp/dry" --auto-quantize 6 $cal --threads 1 --dry-run >"$tmp/out1" 2>"$tmp/err1"; rc=$?

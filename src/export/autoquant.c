@@ -4,6 +4,7 @@
  * back into the plan, which the ordinary calibrated export then writes
  * (NVFP4 + FP8 together as ModelOpt MIXED_PRECISION). */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,17 +17,147 @@
 #include "recipe/autoq.h"
 #include "tok/tokenizer.h"
 
+/* A preset's effective bits on the searchable groups, and its predicted KL
+ * (the sum of the group scores for the formats it gives; NAN when a group's
+ * modules get different or unscored formats). */
 static double preset_bits(const nq_autoq *aq, const nq_model_config *cfg,
-                          const nq_checkpoint *ck, const char *preset)
+                          const nq_checkpoint *ck, const char *preset, double *predicted)
 {
     nq_recipe_options ro = {.preset = preset};
     nq_plan p;
     nq_error e = {0};
+    *predicted = NAN;
     if (nq_plan_build(cfg, ck, &ro, &p, &e) != 0)
         return 0.0;
-    double b = nq_autoq_plan_bits(aq, &p);
+    double b = nq_autoq_plan_bits(aq, &p), sum = 0.0;
+    for (size_t j = 0; j < aq->count && !isnan(sum); j++) {
+        const nq_autoq_group *g = &aq->groups[j];
+        if (g->pinned)
+            continue;
+        nq_format f = p.modules[g->members[0]].format;
+        for (size_t k = 1; k < g->nmembers; k++)
+            if (p.modules[g->members[k]].format != f)
+                f = NQ_FORMAT_INT4;
+        sum = f == NQ_FORMAT_INT4 || (f != NQ_FORMAT_KEEP && !g->allowed[f]) ? NAN
+                                                                             : sum + g->score[f];
+    }
+    *predicted = sum;
     nq_plan_free(&p);
     return b;
+}
+
+static double predicted_kl(const nq_autoq *aq, const nq_format *choice)
+{
+    double sum = 0.0;
+    for (size_t j = 0; j < aq->count; j++)
+        if (!aq->groups[j].pinned)
+            sum += aq->groups[j].score[choice ? choice[j] : aq->groups[j].choice];
+    return sum;
+}
+
+static json_t *point(double x, double y, const char *name)
+{
+    return json_pack("{s:f, s:f, s:s}", "x", x, "y", y, "name", name);
+}
+
+/* auto_quantize.pareto for the report (eval/report.h draws it): the
+ * knapsack's answer at budgets spread from the cheapest to the dearest
+ * assignment, every format alone, and the presets, each at its effective
+ * bits and predicted KL (the sum of its groups' scores). */
+static json_t *pareto_json(nq_autoq *aq, const char *const *names, const double *pbits,
+                           const double *ppred, size_t npresets, uint64_t score_tokens,
+                           double own_budget)
+{
+    nq_format *saved = malloc(aq->count * sizeof *saved), *uni = malloc(aq->count * sizeof *uni);
+    json_t *curve = json_array(), *uniform = json_array(), *chosen = json_array();
+    if (!saved || !uni || !curve || !uniform || !chosen)
+        goto fail;
+    for (size_t j = 0; j < aq->count; j++)
+        saved[j] = aq->groups[j].choice;
+    json_array_append_new(chosen, point(nq_autoq_effective_bits(aq, NULL),
+                                        predicted_kl(aq, NULL), "this run's choice"));
+    for (int f = NQ_FORMAT_NVFP4; f <= NQ_FORMAT_FP8; f++) {
+        bool all = true;
+        for (size_t j = 0; j < aq->count; j++) {
+            const nq_autoq_group *g = &aq->groups[j];
+            uni[j] = g->pinned ? g->choice : (nq_format)f;
+            all &= g->pinned || g->allowed[f];
+        }
+        if (all) {
+            char name[32];
+            snprintf(name, sizeof name, "all %s", nq_format_name((nq_format)f));
+            json_array_append_new(uniform, point(nq_autoq_effective_bits(aq, uni),
+                                                 predicted_kl(aq, uni), name));
+        }
+    }
+    /* the cheapest assignment (uni) and the dearest (left in ->choice) */
+    for (size_t j = 0; j < aq->count; j++) {
+        nq_autoq_group *g = &aq->groups[j];
+        int c = -1, d = -1;
+        for (int f = 0; f < NQ_AUTOQ_NFORMATS && !g->pinned; f++)
+            if (g->allowed[f]) {
+                if (c < 0 || g->cost[f] < g->cost[c])
+                    c = f;
+                if (d < 0 || g->cost[f] > g->cost[d])
+                    d = f;
+            }
+        uni[j] = c < 0 ? g->choice : (nq_format)c;
+        g->choice = d < 0 ? g->choice : (nq_format)d;
+    }
+    double lo = nq_autoq_effective_bits(aq, uni), hi = nq_autoq_effective_bits(aq, NULL);
+    for (size_t i = 0; i < npresets; i++)
+        if (!isnan(ppred[i]))
+            json_array_append_new(uniform, point(pbits[i], ppred[i], names[i]));
+    double last = -1.0;
+    enum { STEPS = 40 };
+    /* the grid, with the run's own budget in its place (so its choice is on the curve) */
+    bool own_done = !(own_budget > lo && own_budget < hi);
+    for (int k = 0; k <= STEPS; k++) {
+        double budget = lo + (hi - lo) * k / STEPS;
+        if (!own_done && own_budget <= budget) {
+            own_done = true;
+            budget = own_budget;
+            k--;
+        }
+        nq_error e = {0};
+        if (nq_autoq_solve(aq, budget, &e) != 0)
+            continue;
+        double b = nq_autoq_effective_bits(aq, NULL);
+        if (b == last)
+            continue;
+        last = b;
+        char name[48];
+        snprintf(name, sizeof name, "budget %.3f", budget);
+        json_array_append_new(curve, point(b, predicted_kl(aq, NULL), name));
+    }
+    for (size_t j = 0; j < aq->count; j++)
+        aq->groups[j].choice = saved[j];
+    free(saved);
+    free(uni);
+    char caption[500], tokens[64] = "scores of an earlier report";
+    if (score_tokens > 0)
+        snprintf(tokens, sizeof tokens, "%llu scoring tokens", (unsigned long long)score_tokens);
+    snprintf(caption, sizeof caption,
+             "Predicted KL: the sum of the measured group KLs (%s) for the "
+             "formats each point assigns. The AutoQuantize curve is the exact knapsack at "
+             "budgets from the cheapest to the dearest assignment; the uniform points put every "
+             "searchable group in one format or follow a preset.",
+             tokens);
+    return json_pack("{s:s, s:s, s:s, s:[{s:s, s:b, s:o}, {s:s, s:b, s:o}, {s:s, s:b, s:o}]}",
+                     "caption", caption, "x_label",
+                     "effective bits per parameter (searchable modules)", "y_label",
+                     "KL (nats/token)", "series", "label", "AutoQuantize (sum of group KLs)",
+                     "line", 1, "points", curve, "label",
+                     "uniform formats and presets (sum of group KLs)", "line", 0, "points",
+                     uniform, "label", "this run's choice (sum of group KLs)", "line", 0,
+                     "points", chosen);
+fail:
+    free(saved);
+    free(uni);
+    json_decref(curve);
+    json_decref(uniform);
+    json_decref(chosen);
+    return NULL;
 }
 
 /* The scores of an earlier run's report (PATH.json, or its "auto_quantize"
@@ -144,10 +275,12 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
             searched++;
         }
     }
-    double b_cons = preset_bits(&aq, cfg, ck, "nvfp4-conservative");
-    double b_nv = preset_bits(&aq, cfg, ck, "nvfp4-aggressive");
-    double b_fp8 = preset_bits(&aq, cfg, ck, "fp8-aggressive");
-    double b_fp8c = preset_bits(&aq, cfg, ck, "fp8-conservative");
+    static const char *const presets[4] = {"nvfp4-conservative", "nvfp4-aggressive",
+                                           "fp8-conservative", "fp8-aggressive"};
+    double pbits[4], ppred[4];
+    for (int k = 0; k < 4; k++)
+        pbits[k] = preset_bits(&aq, cfg, ck, presets[k], &ppred[k]);
+    double b_cons = pbits[0], b_nv = pbits[1], b_fp8c = pbits[2], b_fp8 = pbits[3];
     printf("auto-quantize: budget %.4f, chosen %.4f effective bits/param over the %zu searched "
            "groups (for reference on the same scale: nvfp4-conservative %.4f, nvfp4-aggressive "
            "%.4f, fp8-conservative %.4f, fp8-aggressive %.4f); sum of chosen scores %.6f\n",
@@ -198,6 +331,13 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                                       "nvfp4-aggressive", b_nv, "fp8-conservative", b_fp8c,
                                       "fp8-aggressive", b_fp8));
         json_object_set_new(opt->auto_report, "groups", groups);
+        json_t *pareto = pareto_json(&aq, presets, pbits, ppred, 4, cost.score_tokens,
+                                     opt->auto_bits);
+        if (!pareto) {
+            nq_fail(err, "auto-quantize: out of memory");
+            goto done;
+        }
+        json_object_set_new(opt->auto_report, "pareto", pareto);
     }
     nq_autoq_apply(&aq, plan);
     if (nq_plan_count(plan, NQ_FORMAT_NVFP4) + nq_plan_count(plan, NQ_FORMAT_FP8) == 0) {
