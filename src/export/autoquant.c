@@ -240,7 +240,9 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                                  .score_windows = opt->auto_score_windows > 0
                                                       ? opt->auto_score_windows
                                                       : 16,
-                                 .mse_scales = opt->mse_scales, .threads = opt->threads,
+                                 .mse_scales = opt->mse_scales, .gptq = opt->gptq,
+                                 .gptq_damp = opt->gptq_damp,
+                                 .gptq_min_rows = opt->gptq_min_rows, .threads = opt->threads,
                                  .log = opt->log};
     nq_sensitivity_cost cost = {0};
     if (opt->auto_scores_path) {
@@ -285,13 +287,19 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
            "groups (for reference on the same scale: nvfp4-conservative %.4f, nvfp4-aggressive "
            "%.4f, fp8-conservative %.4f, fp8-aggressive %.4f); sum of chosen scores %.6f\n",
            opt->auto_bits, eff, searched, b_cons, b_nv, b_fp8c, b_fp8, predicted);
+    char gptq_note[160] = "";
+    if (opt->gptq)
+        snprintf(gptq_note, sizeof gptq_note,
+                 "; nvfp4 scored with gptq weights (%llu encodings; %llu with too few "
+                 "calibration rows by rtn+mse, as the export)",
+                 (unsigned long long)cost.gptq_modules, (unsigned long long)cost.gptq_fallbacks);
     if (opt->auto_scores_path)
         printf("auto-quantize: scores read from %s\n", opt->auto_scores_path);
     else
         printf("auto-quantize: sensitivity cost %llu layer evaluations of %d tokens, %.1f s "
                "(float pass %.1f s)%s\n",
                (unsigned long long)cost.layer_evals, T, cost.seconds, cost.float_pass_seconds,
-               opt->gptq ? "; note: scores use round-to-nearest weights, not GPTQ" : "");
+               gptq_note);
     if (opt->auto_report) {
         json_t *groups = json_array();
         for (size_t j = 0; j < aq.count; j++) {
