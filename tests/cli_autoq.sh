@@ -79,6 +79,13 @@ check "bad --auto-formats refused" '[ $rc -ne 0 ] && grep -q "not one of nvfp4, 
 check "--auto-* without --auto-quantize refused" '[ $rc -ne 0 ] && grep -q "need --auto-quantize" "$tmp/o"'
 "$bin" quantize "$model" --auto-quantize 6 $cal --auto-scores "$tmp/calib.txt" --dry-run >"$tmp/o" 2>&1; rc=$?
 check "--auto-scores on a non-report refused" '[ $rc -eq 1 ] && grep -q "auto-scores" "$tmp/o"'
+"$bin" quantize "$model" --auto-quantize 6 $cal --auto-score proxy --threads 2 --dry-run >"$tmp/o" 2>&1; rc=$?
+check "--auto-score proxy runs, fewer layer evaluations ($(grep -o '(proxy) [0-9]* layer' "$tmp/o"))" '[ $rc -eq 0 ] && grep -q "scores = proxy" "$tmp/o" && grep -q "sensitivity cost (proxy) 126 layer evaluations" "$tmp/o" && grep -q "auto-quantize: group proxy nvfp4" "$tmp/o"'
+check "report has proxies and residual errors" 'grep -q "\"res_err_nvfp4\"" "$tmp/rep.json" && grep -q "\"out_err_fp8\"" "$tmp/rep.json"'
+"$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --auto-score proxy $cal >"$tmp/o" 2>&1; rc=$?
+check "--auto-score without --auto-quantize refused" '[ $rc -ne 0 ] && grep -q "need --auto-quantize" "$tmp/o"'
+"$bin" quantize "$model" "$tmp/x" --auto-quantize 6 --auto-score fisher $cal >"$tmp/o" 2>&1; rc=$?
+check "bad --auto-score refused" '[ $rc -ne 0 ] && grep -q "expected kl or proxy" "$tmp/o"'
 "$bin" quantize "$model" --auto-quantize 6 $cal --auto-scores "$tmp/rep.json" --auto-cost active-moe --dry-run >"$tmp/o" 2>&1; rc=$?
 check "active-moe cost runs" '[ $rc -eq 0 ] && grep -q "(active-moe cost)" "$tmp/o"'
 

@@ -5,7 +5,9 @@
  * and its input fake-quantized with the calibration amax; the layer-by-layer
  * scorer must agree.  GPTQ changes the score; a module with too few
  * calibration rows falls back, as the export does, to round-to-nearest with
- * mse scales. */
+ * mse scales.  The residual-stream error the proxy uses matches the full
+ * forward's hidden states, and for a group alone in its layer the proxy
+ * (residual error x the layer's curvature) is the KL itself. */
 #include "testutil.h"
 
 #include <math.h>
@@ -96,8 +98,12 @@ static double kl_mean(const float *p_logits, const float *q_logits, int n, int v
     return total / n;
 }
 
-static double measure(const nq_checkpoint *ck, const nq_model_config *cfg, const nq_plan *plan,
-                      const int32_t *ids, bool gptq, bool mse, int min_rows)
+typedef struct result {
+    double score, res_err;
+} result;
+
+static result measure(const nq_checkpoint *ck, const nq_model_config *cfg, const nq_plan *plan,
+                      const int32_t *ids, bool gptq, bool mse, int min_rows, bool proxy)
 {
     nq_error err = {0};
     bool formats[NQ_AUTOQ_NFORMATS] = {true, true, false};
@@ -112,18 +118,23 @@ static double measure(const nq_checkpoint *ck, const nq_model_config *cfg, const
     assert_true(found);
     nq_sensitivity_options so = {.ids = ids, .samples = S, .len = T, .score_windows = 1,
                                  .mse_scales = mse, .gptq = gptq, .gptq_min_rows = min_rows,
-                                 .threads = 2};
+                                 .proxy_only = proxy, .threads = 2};
     nq_sensitivity_cost cost;
     if (nq_sensitivity_measure(ck, cfg, plan, &aq, &so, &cost, &err) != 0)
         fail_msg("%s", err.msg);
-    double score = 0.0;
+    result res = {0};
     for (size_t j = 0; j < aq.count; j++)
-        if (!aq.groups[j].pinned)
-            score = aq.groups[j].score[NQ_FORMAT_NVFP4];
-    assert_int_equal(cost.layer_evals, 2); /* layers 10 and 11, one window */
-    assert_int_equal(cost.gptq_modules + cost.gptq_fallbacks, gptq ? 1 : 0);
+        if (!aq.groups[j].pinned) {
+            res.score = aq.groups[j].score[NQ_FORMAT_NVFP4];
+            res.res_err = aq.groups[j].res_err[NQ_FORMAT_NVFP4];
+            assert_true(proxy == (aq.groups[j].proxy[NQ_FORMAT_NVFP4] > 0));
+        }
+    /* layers 10 and 11, one window; the proxy: the layer's curvature (the
+     * same two) and the group's own block */
+    assert_int_equal(cost.layer_evals, proxy ? 3 : 2);
+    assert_int_equal(cost.gptq_modules + cost.gptq_fallbacks, gptq ? (proxy ? 2 : 1) : 0);
     nq_autoq_free(&aq);
-    return score;
+    return res;
 }
 
 static void test_gptq_scores_match_full_forward(void **state)
@@ -161,8 +172,12 @@ static void test_gptq_scores_match_full_forward(void **state)
     assert_non_null(m);
     nq_forward_hooks hooks = {.linear_input = on_input, .ctx = &c};
     nq_model_set_hooks(m, &hooks);
+    size_t hsize = (size_t)(cfg.num_layers + 1) * T * cfg.hidden_size;
+    float *href = malloc(hsize * sizeof *href), *hq = malloc(hsize * sizeof *hq);
+    assert_true(href && hq);
     for (int s = 0; s < S; s++)
-        if (nq_model_forward(m, ids + s * T, T, s == 0 ? ref : q, NULL, &err) != 0)
+        if (nq_model_forward(m, ids + s * T, T, s == 0 ? ref : q, s == 0 ? href : NULL, &err) !=
+            0)
             fail_msg("%s", err.msg);
     assert_int_equal(c.rows, S * T);
     assert_int_equal(c.in, in);
@@ -188,17 +203,31 @@ static void test_gptq_scores_match_full_forward(void **state)
     nq_model_set_weights(m, (nq_weight_provider){.fetch = fetch, .ctx = &c});
     nq_forward_hooks qh = {.rewrite_input = rewrite, .ctx = &c};
     nq_model_set_hooks(m, &qh);
-    if (nq_model_forward(m, ids, T, q, NULL, &err) != 0)
+    if (nq_model_forward(m, ids, T, q, hq, &err) != 0)
         fail_msg("%s", err.msg);
     double expect = kl_mean(ref, q, T, V);
+    /* the residual stream after block 10 (entry 11) */
+    double expect_res = 0.0;
+    size_t off = (size_t)11 * T * cfg.hidden_size;
+    for (size_t k = 0; k < (size_t)T * cfg.hidden_size; k++)
+        expect_res += ((double)hq[off + k] - href[off + k]) * ((double)hq[off + k] - href[off + k]);
+    expect_res /= T;
     nq_model_close(m);
 
-    double gptq = measure(ck, &cfg, &plan, ids, true, false, 128);
-    double rtn = measure(ck, &cfg, &plan, ids, false, false, 0);
-    double rtn_mse = measure(ck, &cfg, &plan, ids, false, true, 0);
-    double fallback = measure(ck, &cfg, &plan, ids, true, false, S * T + 1);
-    printf("KL gptq %.8f (full forward %.8f), rtn %.8f, rtn+mse %.8f, fallback %.8f\n", gptq,
-           expect, rtn, rtn_mse, fallback);
+    result g = measure(ck, &cfg, &plan, ids, true, false, 128, false);
+    double gptq = g.score;
+    double rtn = measure(ck, &cfg, &plan, ids, false, false, 0, false).score;
+    double rtn_mse = measure(ck, &cfg, &plan, ids, false, true, 0, false).score;
+    double fallback = measure(ck, &cfg, &plan, ids, true, false, S * T + 1, false).score;
+    /* the only group of its layer: the proxy's curvature is its own KL over
+     * its own residual error, so the proxy equals the KL */
+    result px = measure(ck, &cfg, &plan, ids, true, false, 128, true);
+    printf("KL gptq %.8f (full forward %.8f), rtn %.8f, rtn+mse %.8f, fallback %.8f; "
+           "residual error %.6g (full forward %.6g); proxy %.8f\n",
+           gptq, expect, rtn, rtn_mse, fallback, g.res_err, expect_res, px.score);
+    assert_true(fabs(g.res_err - expect_res) <= 1e-4 * expect_res);
+    assert_true(fabs(px.res_err - g.res_err) <= 1e-12 * g.res_err);
+    assert_true(fabs(px.score - gptq) <= 1e-9 * gptq);
     assert_true(expect > 0.0);
     assert_true(fabs(gptq - expect) <= 1e-4 * expect);
     assert_true(fabs(gptq - rtn) > 1e-2 * rtn);   /* GPTQ is what was measured */
@@ -210,6 +239,8 @@ static void test_gptq_scores_match_full_forward(void **state)
     free(sc);
     free(ref);
     free(q);
+    free(href);
+    free(hq);
     nq_plan_free(&plan);
     nq_checkpoint_close(ck);
 }

@@ -1,5 +1,6 @@
 #include "algo/sensitivity.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,7 @@ static int group_rewrite(void *ctx, const nq_linear_input *in, float *x_out, nq_
  * with gptq set: the export's fallback, round-to-nearest with mse scales. */
 static float *quantized_weight(const nq_checkpoint *ck, const nq_plan_module *pm, nq_format f,
                                const nq_sensitivity_options *opt, const double *hessian,
-                               nq_error *err)
+                               float **orig, nq_error *err)
 {
     char name[300];
     snprintf(name, sizeof name, "%s.weight", pm->name);
@@ -84,6 +85,14 @@ static float *quantized_weight(const nq_checkpoint *ck, const nq_plan_module *pm
         return NULL;
     nq_tensor_release(t);
     int64_t o = pm->out_features, i = pm->in_features;
+    if (orig) {
+        if (!(*orig = malloc((size_t)(o * i) * sizeof **orig))) {
+            free(w);
+            nq_fail(err, "%s: out of memory", pm->name);
+            return NULL;
+        }
+        memcpy(*orig, w, (size_t)(o * i) * sizeof *w);
+    }
     nq_encode_stats st;
     int rc = -1;
     if (f == NQ_FORMAT_NVFP4) {
@@ -117,9 +126,48 @@ static float *quantized_weight(const nq_checkpoint *ck, const nq_plan_module *pm
     }
     if (rc != 0) {
         free(w);
+        if (orig) {
+            free(*orig);
+            *orig = NULL;
+        }
         return NULL;
     }
     return w;
+}
+
+/* Over the module's sampled calibration rows: the squared error of its
+ * output as served (emulated input, quantized weight). */
+static int output_error(const nq_linear_stats *st, const float *w, const float *q, int64_t o,
+                        int64_t in, nq_format f, float input_scale, double *e, nq_error *err)
+{
+    int n = st->sample_rows;
+    float *xq = malloc((size_t)n * in * sizeof *xq);
+    float *y = malloc((size_t)n * o * sizeof *y), *yq = malloc((size_t)n * o * sizeof *yq);
+    if (!xq || !y || !yq) {
+        free(xq);
+        free(y);
+        free(yq);
+        return nq_fail(err, "auto-quantize: out of memory");
+    }
+    memcpy(xq, st->sample, (size_t)n * in * sizeof *xq);
+    if (f == NQ_FORMAT_NVFP4)
+        nq_fake_quant_nvfp4(xq, (int64_t)n * in, input_scale);
+    else
+        nq_fake_quant_fp8(xq, (int64_t)n * in, input_scale);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)o, (int)in, 1.0f, st->sample,
+                (int)in, w, (int)in, 0.0f, y, (int)o);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)o, (int)in, 1.0f, xq, (int)in,
+                q, (int)in, 0.0f, yq, (int)o);
+    double es = 0.0;
+    for (size_t k = 0; k < (size_t)n * o; k++) {
+        double d = (double)y[k] - yq[k];
+        es += d * d;
+    }
+    *e = es;
+    free(xq);
+    free(y);
+    free(yq);
+    return 0;
 }
 
 /* ---- the measurement --------------------------------------------------- */
@@ -163,10 +211,12 @@ typedef struct scorer {
     const nq_sensitivity_options *opt;
     nq_model *model, *qmodel;
     int L, W, T, V;
+    uint64_t tokens;         /* calibration tokens of the statistics pass */
     size_t plane;
     const float *cache, *ref;
     float *work, *logits, *scratch;
     const float *amax;
+    double *curvature;       /* per layer (proxy only) */
     nq_calib_stats *stats;
     nq_sensitivity_cost *cost;
 } scorer;
@@ -178,7 +228,10 @@ static const double *module_hessian(const scorer *sc, const nq_plan_module *pm)
     return st && st->hessian && st->rows >= (uint64_t)min_rows ? st->hessian : NULL;
 }
 
-static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, nq_error *err)
+/* Quantizes g in format f, runs its block: out_err and res_err; then, when
+ * the KL is wanted (full, or not proxy_only), the rest of the model: score. */
+static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, bool full,
+                       nq_error *err)
 {
     const nq_plan *plan = sc->plan;
     const float *amax = sc->amax;
@@ -188,6 +241,7 @@ static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, nq_erro
     int rc = -1;
     if (!gc.m)
         return nq_fail(err, "auto-quantize: out of memory");
+    double out_err = 0.0;
     /* routed experts share their layer's input scale (as exported) */
     float fam_amax = 0.0f;
     for (size_t k = 0; k < g->nmembers; k++) {
@@ -206,9 +260,12 @@ static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, nq_erro
             /* up and down share nothing: the family is per projection */
             const char *proj = strstr(pm->name, "up_proj") ? "up_proj" : "down_proj";
             a = 0.0f;
-            for (size_t q = 0; q < g->nmembers; q++)
-                if (strstr(plan->modules[g->members[q]].name, proj) && amax[g->members[q]] > a)
+            for (size_t q = 0; q < g->nmembers; q++) {
+                const nq_plan_module *pq = &plan->modules[g->members[q]];
+                if (pq->role == NQ_ROLE_ROUTED_EXPERTS && pq->layer == pm->layer &&
+                    strstr(pq->name, proj) && amax[g->members[q]] > a)
                     a = amax[g->members[q]];
+            }
         }
         if (!(a > 0.0f))
             a = fam_amax > 0.0f ? fam_amax : 1.0f;
@@ -219,9 +276,22 @@ static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, nq_erro
             sc->cost->gptq_modules += h != NULL;
             sc->cost->gptq_fallbacks += h == NULL;
         }
-        if (!(mb->w = quantized_weight(sc->ck, pm, f, sc->opt, h, err)))
+        float *orig = NULL;
+        if (!(mb->w = quantized_weight(sc->ck, pm, f, sc->opt, h, &orig, err)))
             goto done;
+        nq_linear_stats *st = nq_calib_find(sc->stats, pm->name);
+        double e = 0.0;
+        int orc = st && st->sample_rows > 0
+                      ? output_error(st, orig, mb->w, pm->out_features, pm->in_features, f,
+                                     mb->input_scale, &e, err)
+                      : 0;
+        free(orig);
+        if (orc != 0)
+            goto done;
+        if (st && st->sample_rows > 0) /* per token: the module saw st->rows of them */
+            out_err += e * (double)st->rows / (double)sc->tokens / st->sample_rows;
     }
+    g->out_err[f] = out_err;
     int l0 = g->layer;
     memcpy(sc->work, sc->cache + (size_t)l0 * W * plane, (size_t)W * plane * sizeof *sc->work);
     /* the group's layer on its own model (new weights each time); the float
@@ -233,11 +303,25 @@ static int score_group(const scorer *sc, nq_autoq_group *g, nq_format f, nq_erro
         if (nq_model_block(sc->qmodel, l0, sc->work + (size_t)w * plane, T, NULL, err) != 0)
             goto done;
     nq_model_set_hooks(sc->qmodel, NULL);
+    sc->cost->layer_evals += (uint64_t)W;
+    double res = 0.0;
+    const float *h = sc->cache + (size_t)(l0 + 1) * W * plane;
+    for (size_t k = 0; k < (size_t)W * plane; k++) {
+        double d = (double)sc->work[k] - h[k];
+        res += d * d;
+    }
+    g->res_err[f] = res / ((double)W * T);
+    if (sc->opt->proxy_only && !full) {
+        g->proxy[f] = g->res_err[f] * sc->curvature[l0];
+        g->score[f] = g->proxy[f];
+        rc = 0;
+        goto done;
+    }
     for (int l = l0 + 1; l < sc->L; l++)
         for (int w = 0; w < W; w++)
             if (nq_model_block(sc->model, l, sc->work + (size_t)w * plane, T, NULL, err) != 0)
                 goto done;
-    sc->cost->layer_evals += (uint64_t)(sc->L - l0) * W;
+    sc->cost->layer_evals += (uint64_t)(sc->L - l0 - 1) * W;
     double kl = 0.0;
     for (int w = 0; w < W; w++) {
         if (nq_model_final(sc->model, sc->work + (size_t)w * plane, T, NULL, sc->logits, err) != 0)
@@ -251,6 +335,39 @@ done:
     for (size_t k = 0; k < gc.n; k++)
         free(gc.m[k].w);
     free(gc.m);
+    return rc;
+}
+
+/* c_L for the proxy: the KL per unit of squared residual error when every
+ * searchable group of layer L is quantized at once (NVFP4 where allowed
+ * everywhere, else FP8): how much the rest of the model amplifies an error
+ * of the kind quantization makes at layer L. */
+static int layer_curvature(scorer *sc, const nq_autoq *aq, int l, nq_error *err)
+{
+    nq_autoq_group u = {.layer = l};
+    bool nvfp4 = true;
+    size_t n = 0;
+    for (size_t j = 0; j < aq->count; j++)
+        if (!aq->groups[j].pinned && aq->groups[j].layer == l) {
+            n += aq->groups[j].nmembers;
+            nvfp4 &= aq->groups[j].allowed[NQ_FORMAT_NVFP4];
+        }
+    sc->curvature[l] = 0.0;
+    if (n == 0)
+        return 0;
+    if (!(u.members = malloc(n * sizeof *u.members)))
+        return nq_fail(err, "auto-quantize: out of memory");
+    for (size_t j = 0; j < aq->count; j++)
+        if (!aq->groups[j].pinned && aq->groups[j].layer == l) {
+            memcpy(u.members + u.nmembers, aq->groups[j].members,
+                   aq->groups[j].nmembers * sizeof *u.members);
+            u.nmembers += aq->groups[j].nmembers;
+        }
+    nq_format f = nvfp4 ? NQ_FORMAT_NVFP4 : NQ_FORMAT_FP8;
+    int rc = score_group(sc, &u, f, true, err);
+    if (rc == 0 && u.res_err[f] > 0)
+        sc->curvature[l] = u.score[f] / u.res_err[f];
+    free(u.members);
     return rc;
 }
 
@@ -271,18 +388,21 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
     nq_model *model = NULL, *qmodel = NULL;
     float *x = NULL, *cache = NULL, *ref = NULL, *work = NULL, *logits = NULL, *scratch = NULL;
     float *amax = NULL;
+    double *curvature = NULL;
     int rc = -1;
 
     /* statistics for every searchable module, whatever the plan says */
     stats_plan.modules = malloc((plan->count ? plan->count : 1) * sizeof *stats_plan.modules);
     amax = calloc(plan->count ? plan->count : 1, sizeof *amax);
     x = malloc((size_t)S * plane * sizeof *x);
-    cache = malloc((size_t)L * W * plane * sizeof *cache);
+    cache = malloc((size_t)(L + 1) * W * plane * sizeof *cache); /* + the last block's output */
     ref = malloc((size_t)W * T * V * sizeof *ref);
     work = malloc((size_t)W * plane * sizeof *work);
+    curvature = calloc((size_t)L, sizeof *curvature);
     logits = malloc((size_t)T * V * sizeof *logits);
-    scratch = malloc((size_t)V * sizeof *scratch);
-    if (!stats_plan.modules || !amax || !x || !cache || !ref || !work || !logits || !scratch) {
+    scratch = malloc((size_t)(V > 2 * H ? V : 2 * H) * sizeof *scratch);
+    if (!stats_plan.modules || !amax || !x || !cache || !ref || !work || !logits || !scratch ||
+        !curvature) {
         nq_fail(err, "auto-quantize: out of memory for %d x %d activations cached over %d "
                      "layers and %d x %d reference distributions",
                 W, T, L, W, V);
@@ -321,6 +441,7 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
             if (nq_model_block(model, l, work + (size_t)w * plane, T, NULL, err) != 0)
                 goto done;
     }
+    memcpy(cache + (size_t)L * W * plane, work, (size_t)W * plane * sizeof *work);
     for (int w = 0; w < W; w++) {
         if (nq_model_final(model, work + (size_t)w * plane, T, NULL, logits, err) != 0)
             goto done;
@@ -336,9 +457,9 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
         if (!aq->groups[j].pinned)
             total += aq->groups[j].allowed[NQ_FORMAT_NVFP4] + aq->groups[j].allowed[NQ_FORMAT_FP8];
     scorer sc = {.ck = ck, .plan = plan, .opt = opt, .model = model, .qmodel = qmodel, .L = L,
-                 .W = W, .T = T, .V = V, .plane = plane, .cache = cache, .ref = ref,
+                 .W = W, .T = T, .V = V, .tokens = (uint64_t)S * T, .plane = plane, .cache = cache, .ref = ref,
                  .work = work, .logits = logits, .scratch = scratch, .amax = amax,
-                 .stats = &stats, .cost = cost};
+                 .curvature = curvature, .stats = &stats, .cost = cost};
     for (int s = 0; s < S; s++)
         if (nq_model_embed(model, opt->ids + (size_t)s * T, T, x + s * plane, err) != 0)
             goto done;
@@ -361,6 +482,8 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
                     st->hessian[a * d + b] = st->hessian[b * d + a];
         }
         cost->float_pass_seconds += now_seconds() - t1;
+        if (opt->proxy_only && layer_curvature(&sc, aq, l, err) != 0)
+            goto done;
         for (size_t j = 0; j < aq->count; j++) {
             nq_autoq_group *g = &aq->groups[j];
             if (g->pinned || g->layer != l)
@@ -373,7 +496,7 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
                 if (opt->log)
                     fprintf(opt->log, "\rauto-quantize: scoring %zu/%zu %-60.60s", ++done_n,
                             total, g->name);
-                if (score_group(&sc, g, (nq_format)f, err) != 0)
+                if (score_group(&sc, g, (nq_format)f, false, err) != 0)
                     goto done;
             }
         }
@@ -381,7 +504,7 @@ int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
     }
     if (opt->log)
         fprintf(opt->log, "\r%-100s\r", "");
-    cost->score_tokens = (uint64_t)W * T;
+    cost->score_tokens = (uint64_t)W * T; /* 0: proxy only */
     cost->seconds = now_seconds() - t0;
     rc = 0;
 done:
@@ -398,5 +521,6 @@ done:
     free(work);
     free(logits);
     free(scratch);
+    free(curvature);
     return rc;
 }

@@ -43,6 +43,7 @@ typedef struct nq_sensitivity_options {
     bool gptq;               /* NVFP4 weights by GPTQ, as the export with --algo gptq */
     double gptq_damp;        /* <= 0: 0.01 */
     int gptq_min_rows;       /* fewer calibration rows: round-to-nearest + mse (<= 0: 128) */
+    bool proxy_only;         /* scores = the proxy below; no KL */
     int threads;
     FILE *log;               /* progress; NULL: quiet */
 } nq_sensitivity_options;
@@ -57,7 +58,25 @@ typedef struct nq_sensitivity_cost {
 } nq_sensitivity_cost;
 
 /* Fills aq->groups[*].score[NVFP4 / FP8] for every searchable group whose
- * format is allowed (others and bf16 stay 0). */
+ * format is allowed (others and bf16 stay 0), and two cheaper measures:
+ *
+ *   out_err = sum over the group's modules of (rows_m / tokens) x mean over
+ *             its sampled calibration rows of || x W^T - q(x) Q^T ||^2
+ *             (x a float input row, q the input emulation, Q the quantized
+ *             weight; rows_m the rows the module saw, fewer than the tokens
+ *             for routed experts; the first NQ_CALIB_SAMPLE_ROWS rows)
+ *   res_err = mean over the scoring tokens of || h_L' - h_L ||^2, h_L the
+ *             residual stream after the group's block L, ' with the group
+ *             quantized (one block evaluation)
+ *
+ * With opt->proxy_only the KL of each group is not measured: score = proxy
+ * = res_err x c_L, where c_L, the layer's curvature, is the KL per unit of
+ * res_err when all of layer L's searchable groups are quantized at once
+ * (NVFP4 where every group allows it, else FP8) — how much the rest of the
+ * model amplifies an error of the kind quantization makes at layer L.  Per
+ * scoring window that is one (num_layers - L)-block run per layer plus one
+ * block per group and format, instead of num_layers - L blocks per group
+ * and format. */
 int nq_sensitivity_measure(const nq_checkpoint *ck, const nq_model_config *cfg,
                            const nq_plan *plan, nq_autoq *aq, const nq_sensitivity_options *opt,
                            nq_sensitivity_cost *cost, nq_error *err);

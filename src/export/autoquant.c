@@ -138,19 +138,22 @@ static json_t *pareto_json(nq_autoq *aq, const char *const *names, const double 
     if (score_tokens > 0)
         snprintf(tokens, sizeof tokens, "%llu scoring tokens", (unsigned long long)score_tokens);
     snprintf(caption, sizeof caption,
-             "Predicted KL: the sum of the measured group KLs (%s) for the "
+             "Predicted: the sum of the %s (%s) for the "
              "formats each point assigns. The AutoQuantize curve is the exact knapsack at "
              "budgets from the cheapest to the dearest assignment; the uniform points put every "
              "searchable group in one format or follow a preset.",
-             tokens);
+             aq->proxy_scores ? "group proxies" : "measured group KLs", tokens);
+    const char *what = aq->proxy_scores ? "group proxies" : "group KLs";
+    char l1[80], l2[80], l3[80];
+    snprintf(l1, sizeof l1, "AutoQuantize (sum of %s)", what);
+    snprintf(l2, sizeof l2, "uniform formats and presets (sum of %s)", what);
+    snprintf(l3, sizeof l3, "this run's choice (sum of %s)", what);
     return json_pack("{s:s, s:s, s:s, s:[{s:s, s:b, s:o}, {s:s, s:b, s:o}, {s:s, s:b, s:o}]}",
                      "caption", caption, "x_label",
                      "effective bits per parameter (searchable modules)", "y_label",
-                     "KL (nats/token)", "series", "label", "AutoQuantize (sum of group KLs)",
-                     "line", 1, "points", curve, "label",
-                     "uniform formats and presets (sum of group KLs)", "line", 0, "points",
-                     uniform, "label", "this run's choice (sum of group KLs)", "line", 0,
-                     "points", chosen);
+                     aq->proxy_scores ? "proxy KL (nats/token)" : "KL (nats/token)",
+                     "series", "label", l1, "line", 1, "points", curve, "label", l2, "line", 0,
+                     "points", uniform, "label", l3, "line", 0, "points", chosen);
 fail:
     free(saved);
     free(uni);
@@ -163,7 +166,7 @@ fail:
 /* The scores of an earlier run's report (PATH.json, or its "auto_quantize"
  * object): every searched group must be there with a score for every
  * allowed format. */
-static int load_scores(const char *path, nq_autoq *aq, nq_error *err)
+static int load_scores(const char *path, bool proxy, nq_autoq *aq, nq_error *err)
 {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
@@ -195,10 +198,17 @@ static int load_scores(const char *path, nq_autoq *aq, nq_error *err)
             rc = nq_fail(err, "--auto-scores %s: no scores for group %s", path, g->name);
             break;
         }
-        static const char *keys[NQ_AUTOQ_NFORMATS] = {NULL, "kl_nvfp4", "kl_fp8"};
+        static const char *kl_keys[NQ_AUTOQ_NFORMATS] = {NULL, "kl_nvfp4", "kl_fp8"};
+        static const char *proxy_keys[NQ_AUTOQ_NFORMATS] = {NULL, "proxy_nvfp4", "proxy_fp8"};
+        static const char *out_keys[NQ_AUTOQ_NFORMATS] = {NULL, "out_err_nvfp4", "out_err_fp8"};
+        static const char *res_keys[NQ_AUTOQ_NFORMATS] = {NULL, "res_err_nvfp4", "res_err_fp8"};
+        const char *const *keys = proxy ? proxy_keys : kl_keys;
         for (int f = NQ_FORMAT_NVFP4; f <= NQ_FORMAT_FP8; f++) {
             if (!g->allowed[f])
                 continue;
+            g->proxy[f] = json_number_value(json_object_get(found, proxy_keys[f]));
+            g->out_err[f] = json_number_value(json_object_get(found, out_keys[f]));
+            g->res_err[f] = json_number_value(json_object_get(found, res_keys[f]));
             json_t *v = json_object_get(found, keys[f]);
             if (!json_is_number(v) || !(json_number_value(v) >= 0)) {
                 rc = nq_fail(err, "--auto-scores %s: group %s has no %s score", path, g->name,
@@ -243,10 +253,11 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                                  .mse_scales = opt->mse_scales, .gptq = opt->gptq,
                                  .gptq_damp = opt->gptq_damp,
                                  .gptq_min_rows = opt->gptq_min_rows, .threads = opt->threads,
-                                 .log = opt->log};
+                                 .proxy_only = opt->auto_score_proxy, .log = opt->log};
     nq_sensitivity_cost cost = {0};
+    aq.proxy_scores = opt->auto_score_proxy;
     if (opt->auto_scores_path) {
-        if (load_scores(opt->auto_scores_path, &aq, err) != 0)
+        if (load_scores(opt->auto_scores_path, opt->auto_score_proxy, &aq, err) != 0)
             goto done;
     } else if (nq_sensitivity_measure(ck, cfg, plan, &aq, &so, &cost, err) != 0) {
         goto done;
@@ -256,12 +267,19 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
     double eff = nq_autoq_effective_bits(&aq, NULL);
     double predicted = 0.0;
     size_t searched = 0;
-    printf("auto-quantize: %zu groups (%s cost), scores = KL(float || only this group "
-           "quantized) over %llu calibration tokens, nats/token\n",
-           aq.count, opt->auto_active_moe ? "active-moe" : "weight",
-           (unsigned long long)cost.score_tokens);
-    printf("%-58s %11s %10s %10s %-6s %s\n", "group", "params", "kl nvfp4", "kl fp8", "choice",
-           "bits/param");
+    if (opt->auto_score_proxy)
+        printf("auto-quantize: %zu groups (%s cost), scores = proxy: the group's residual "
+               "error after its block x the layer's curvature (KL per squared perturbation), "
+               "nats/token, no KL measured\n",
+               aq.count, opt->auto_active_moe ? "active-moe" : "weight");
+    else
+        printf("auto-quantize: %zu groups (%s cost), scores = KL(float || only this group "
+               "quantized) over %llu calibration tokens, nats/token\n",
+               aq.count, opt->auto_active_moe ? "active-moe" : "weight",
+               (unsigned long long)cost.score_tokens);
+    printf("%-58s %11s %10s %10s %-6s %s\n", "group", "params",
+           opt->auto_score_proxy ? "px nvfp4" : "kl nvfp4",
+           opt->auto_score_proxy ? "px fp8" : "kl fp8", "choice", "bits/param");
     for (size_t j = 0; j < aq.count; j++) {
         const nq_autoq_group *g = &aq.groups[j];
         char a[32] = "-", b[32] = "-";
@@ -295,6 +313,11 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                  (unsigned long long)cost.gptq_modules, (unsigned long long)cost.gptq_fallbacks);
     if (opt->auto_scores_path)
         printf("auto-quantize: scores read from %s\n", opt->auto_scores_path);
+    else if (opt->auto_score_proxy)
+        printf("auto-quantize: sensitivity cost (proxy) %llu layer evaluations of %d tokens, "
+               "%.1f s (float pass %.1f s)%s\n",
+               (unsigned long long)cost.layer_evals, T, cost.seconds, cost.float_pass_seconds,
+               gptq_note);
     else
         printf("auto-quantize: sensitivity cost %llu layer evaluations of %d tokens, %.1f s "
                "(float pass %.1f s)%s\n",
@@ -309,17 +332,31 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                 json_array_append_new(members, json_string(plan->modules[g->members[k]].name));
             bool sn = !g->pinned && g->allowed[NQ_FORMAT_NVFP4];
             bool sf = !g->pinned && g->allowed[NQ_FORMAT_FP8];
+            bool kl = !opt->auto_score_proxy;
             json_array_append_new(
                 groups, json_pack("{s:s, s:i, s:I, s:b, s:o, s:o, s:s, s:f, s:o}", "group",
                                   g->name, "layer", g->layer, "params", (json_int_t)g->params,
                                   "pinned", g->pinned, "kl_nvfp4",
-                                  sn ? json_real(g->score[NQ_FORMAT_NVFP4]) : json_null(),
-                                  "kl_fp8", sf ? json_real(g->score[NQ_FORMAT_FP8]) : json_null(),
+                                  sn && kl ? json_real(g->score[NQ_FORMAT_NVFP4]) : json_null(),
+                                  "kl_fp8",
+                                  sf && kl ? json_real(g->score[NQ_FORMAT_FP8]) : json_null(),
                                   "choice",
                                   nq_format_name(g->choice), "bits_per_param",
                                   (double)g->cost[g->choice] /
                                       ((double)g->params * (double)g->weight),
                                   "modules", members));
+            json_t *rec = json_array_get(groups, json_array_size(groups) - 1);
+            static const char *pk[NQ_AUTOQ_NFORMATS] = {NULL, "proxy_nvfp4", "proxy_fp8"};
+            static const char *ok[NQ_AUTOQ_NFORMATS] = {NULL, "out_err_nvfp4", "out_err_fp8"};
+            static const char *rk[NQ_AUTOQ_NFORMATS] = {NULL, "res_err_nvfp4", "res_err_fp8"};
+            for (int f = NQ_FORMAT_NVFP4; f <= NQ_FORMAT_FP8 && rec; f++) {
+                bool on = !g->pinned && g->allowed[f];
+                json_object_set_new(rec, pk[f], on && opt->auto_score_proxy
+                                                    ? json_real(g->proxy[f])
+                                                    : json_null());
+                json_object_set_new(rec, ok[f], on ? json_real(g->out_err[f]) : json_null());
+                json_object_set_new(rec, rk[f], on ? json_real(g->res_err[f]) : json_null());
+            }
         }
         json_object_set_new(opt->auto_report, "budget_bits", json_real(opt->auto_bits));
         json_object_set_new(opt->auto_report, "effective_bits", json_real(eff));
@@ -332,8 +369,9 @@ int nq_autoquantize_plan(const nq_quantize_options *opt, const nq_checkpoint *ck
                             json_integer((json_int_t)cost.layer_evals));
         json_object_set_new(opt->auto_report, "seconds", json_real(cost.seconds));
         json_object_set_new(opt->auto_report, "scores_from",
-                            opt->auto_scores_path ? json_string(opt->auto_scores_path)
-                                                  : json_string("measured"));
+                            opt->auto_scores_path  ? json_string(opt->auto_scores_path)
+                            : opt->auto_score_proxy ? json_string("proxy")
+                                                    : json_string("measured"));
         json_object_set_new(opt->auto_report, "preset_bits",
                             json_pack("{s:f, s:f, s:f, s:f}", "nvfp4-conservative", b_cons,
                                       "nvfp4-aggressive", b_nv, "fp8-conservative", b_fp8c,
