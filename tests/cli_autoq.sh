@@ -12,7 +12,7 @@ pass=0; fail=0
 check() { if eval "$2"; then pass=$((pass+1)); else echo "FAIL: $1"; fail=$((fail+1)); fi; }
 head -c 100000 "$src/tests/fixtures/calib.txt" > "$tmp/calib.txt"
 tail -c 50000 "$src/tests/fixtures/calib.txt" > "$tmp/eval.txt"
-cal="--calib $tmp/calib.txt --calib-samples 4 --calib-len 64 --auto-score-samples 1"
+cal="--calib $tmp/calib.txt --calib-samples 4 --calib-len 32 --auto-score-samples 1"
 
 "$bin" quantize "$model" "$tmp/aq" --auto-quantize 6 $cal --threads 2 --report "$tmp/rep" >"$tmp/out" 2>"$tmp/err"; rc=$?
 check "auto-quantize 6 runs ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
