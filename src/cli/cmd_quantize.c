@@ -90,6 +90,10 @@ static const char *usage =
     "  --auto-formats LIST    candidates, comma-separated from nvfp4,fp8,bf16 (default all)\n"
     "  --auto-cost weight|active-moe  bits per stored weight, or per weight a token reads\n"
     "                         (routed experts count top_k / n_experts)\n"
+    "  --auto-score kl|proxy  kl (default): measured KL of the model with one group\n"
+    "                         quantized; proxy: the group's error in the residual stream\n"
+    "                         after its block x its layer's KL per unit of that error (one\n"
+    "                         full KL per layer instead of per group and format)\n"
     "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n"
     "  --auto-scores FILE     reuse the scores in an earlier run's --report JSON instead of\n"
     "                         measuring (same model, groups and formats)\n";
@@ -142,6 +146,7 @@ int nq_cmd_quantize(int argc, char **argv)
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
+    bool auto_score_given = false;
     int group = 0, rc = 2;
     bool wide_groups = false;
     for (int i = 1; i < argc && !bad; i++) {
@@ -353,6 +358,14 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-score", &v, &bad)) {
+            if (!bad && strcmp(v, "proxy") == 0)
+                opt.auto_score_proxy = true;
+            else if (!bad && strcmp(v, "kl") != 0) {
+                nq_cli_error("--auto-score '%s': expected kl or proxy", v);
+                bad = true;
+            }
+            auto_score_given = true;
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
         } else if (strcmp(a, "--weights-only") == 0) {
@@ -408,9 +421,9 @@ int nq_cmd_quantize(int argc, char **argv)
          * conv1d quantizable; the search then sets their formats */
         preset = "nvfp4-aggressive";
     } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows ||
-               opt.auto_scores_path) {
-        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score-samples and "
-                     "--auto-scores need --auto-quantize BITS");
+               opt.auto_scores_path || auto_score_given) {
+        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score, --auto-score-samples "
+                     "and --auto-scores need --auto-quantize BITS");
         goto finish;
     }
     if (!in || (!out && !dry_run) || !preset) {
