@@ -189,7 +189,7 @@ static void test_gptq_scores_match_full_forward(void **state)
     assert_true(w && packed && sc);
     float gs;
     nq_gptq_stats gst;
-    if (nq_gptq_nvfp4(w, o, in, c.h, false, 0.01, 1, packed, sc, &gs, &gst, &err) != 0)
+    if (nq_gptq_nvfp4(w, o, in, c.h, false, 0.01, 1, 0.0f, packed, sc, &gs, &gst, &err) != 0)
         fail_msg("%s", err.msg);
     for (int64_t k = 0; k < o; k++)
         nq_nvfp4_decode_row(packed + k * in / 2, sc + k * in / 16, gs, in, w + k * in);

@@ -104,7 +104,7 @@ static float *quantized_weight(const nq_checkpoint *ck, const nq_plan_module *pm
         } else if (opt->gptq && hessian) {
             nq_gptq_stats gst;
             rc = nq_gptq_nvfp4(w, o, i, hessian, opt->mse_scales,
-                               opt->gptq_damp > 0 ? opt->gptq_damp : 0.01, opt->threads, packed,
+                               opt->gptq_damp > 0 ? opt->gptq_damp : 0.01, opt->threads, 0.0f, packed,
                                scales, &gs, &gst, err);
         } else {
             rc = nq_encode_nvfp4(w, o, i, mse, opt->threads, packed, scales, &gs, &st, err);
