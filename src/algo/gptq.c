@@ -427,10 +427,10 @@ done:
 }
 
 int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
-                  float *global_scale, nq_gptq_stats *st, nq_error *err)
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
 {
-    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f};
+    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f, .shared_amax = shared_amax};
     return nq_gptq_nvfp4_ex(w, rows, cols, hessian, &o, percdamp, threads, packed, block_scales,
                             global_scale, st, err);
 }
@@ -453,9 +453,10 @@ int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *h
             amax = a;
         }
     }
-    *global_scale = o->scale_max == 448.0f || !(amax > 0)
-                        ? nq_nvfp4_global_scale(amax)
-                        : amax / (6.0f * o->scale_max);
+    float amax_eff = o->shared_amax > amax ? o->shared_amax : amax;
+    *global_scale = o->scale_max == 448.0f || !(amax_eff > 0)
+                        ? nq_nvfp4_global_scale(amax_eff)
+                        : amax_eff / (6.0f * o->scale_max);
     memset(packed, 0, (size_t)(rows * cols / 2));
     gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16,
                   .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo, .hi = o->hi,

@@ -34,6 +34,7 @@
 #include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
+#include "formats/rounding.h"
 #include "model/forward.h"
 #include "tok/tokenizer.h"
 
@@ -66,7 +67,8 @@ static void encoded_free(encoded *e)
  * calibration rows): per block the E4M3 scale with the least dw^T H_b dw,
  * H_b the block's 16x16 diagonal block of h (upper triangle filled). */
 static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, const double *h,
-                                      uint8_t *packed, uint8_t *scales, float *gs, nq_error *err)
+                                      float shared_amax, uint8_t *packed, uint8_t *scales,
+                                      float *gs, nq_error *err)
 {
     float amax = 0.0f;
     for (int64_t k = 0; k < o * i; k++) {
@@ -74,7 +76,7 @@ static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, cons
             return nq_fail(err, "element %lld is not finite", (long long)k);
         amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
     }
-    *gs = nq_nvfp4_global_scale(amax);
+    *gs = nq_nvfp4_global_scale(shared_amax > amax ? shared_amax : amax);
     double hb[NQ_NVFP4_BLOCK * NQ_NVFP4_BLOCK];
     for (int64_t b = 0; b < i / NQ_NVFP4_BLOCK; b++) {
         int64_t c0 = b * NQ_NVFP4_BLOCK;
@@ -111,10 +113,12 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                                      .search = opt->optimize.hessian_scales,
                                      .lo = 0.5f, .hi = 1.5f,
                                      .four_over_six = opt->optimize.four_over_six,
-                                     .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f};
+                                     .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f,
+                                     .shared_amax = m->shared_amax};
             rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads, e->packed,
                                   e->scales8, &e->gs, &gst, err);
-            if (rc == 0 && opt->optimize.global_sweep) {
+            /* fused siblings share one weight_scale_2: no sweep for them */
+            if (rc == 0 && opt->optimize.global_sweep && !(m->shared_amax > 0)) {
                 /* the global scale with the least GPTQ loss (the output
                  * error it adds); ties keep the earlier, larger M */
                 static const float sweep[] = {384.0f, 320.0f, 256.0f};
@@ -145,11 +149,13 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                       : opt->mse_scales     ? "gptq+mse"
                                             : "gptq";
         } else if (local_h && opt->optimize.hessian_scales) {
-            rc = encode_nvfp4_local_hessian(x, o, i, local_h, e->packed, e->scales8, &e->gs, err);
+            rc = encode_nvfp4_local_hessian(x, o, i, local_h, m->shared_amax, e->packed,
+                                            e->scales8, &e->gs, err);
             e->algo = "rtn+local-hessian";
         } else {
-            rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
-                                 &e->gs, &e->st, err);
+            nq_weight_view v = {x, NQ_F32, o, i};
+            rc = nq_encode_nvfp4_view_shared(&v, m->shared_amax, opt->mse_scales, opt->threads,
+                                             e->packed, e->scales8, &e->gs, &e->st, err);
             e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
         }
     } else if (m->format == NQ_FORMAT_FP8) {
@@ -832,8 +838,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         m->name);
                 goto done;
             }
-            float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
-                                                             : amax / 448.0f;
+            float input_scale = m->format == NQ_FORMAT_NVFP4 ? nq_scale_div(amax, 6.0f * 448.0f)
+                                                             : nq_scale_div(amax, 448.0f);
             if (m->format == NQ_FORMAT_NVFP4 && opt->optimize.act_scale != NQ_ACT_SCALE_AMAX)
                 /* the family's chosen scale (experts without tokens: any member's) */
                 for (size_t i = 0; i < stats.count; i++) {
