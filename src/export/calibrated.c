@@ -26,6 +26,7 @@
 #include "algo/gptq.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
+#include "cuda/cuda.h"
 #include "formats/encode.h"
 #include "export/output.h"
 #include "formats/floatconv.h"
@@ -74,8 +75,8 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
-                               e->scales8, &e->gs, &gst, err);
+            rc = nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
+                                  opt->threads, e->packed, e->scales8, &e->gs, &gst, err);
             e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
             rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
@@ -98,8 +99,8 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_int4(x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw,
-                              e->qz, e->sc, e->gi, &gst, err);
+            rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
+                                 opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
             e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
@@ -363,13 +364,27 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (int l = 0; l < L; l++) {
         if (nq_interrupt_check(err) != 0)
             goto done;
+        double t_layer = now_seconds();
+        int kind = cfg->pattern[l] == NQ_BLOCK_MAMBA ? 0 : cfg->pattern[l] == NQ_BLOCK_MOE ? 1
+                 : cfg->pattern[l] == NQ_BLOCK_ATTENTION ? 2 : 3;
         /* 1. statistics of the float layer on its input */
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
-        nq_forward_hooks hooks = nq_calib_hooks(&stats);
-        nq_model_set_hooks(model, &hooks);
-        if (nq_model_blocks(model, l, x, S, T, err) != 0)
-            goto done;
-        nq_model_set_hooks(model, NULL);
+        if (opt->cuda) {
+            /* on the GPU the statistics are reduced where the activations
+             * are (cuda/stats.cu), and fetched once for the layer */
+            if (nq_calib_device_begin(&stats, opt->cuda, err) != 0 ||
+                nq_model_blocks(model, l, x, S, T, err) != 0 ||
+                nq_calib_device_collect(&stats, opt->cuda, err) != 0) {
+                nq_cuda_stats_end(opt->cuda);
+                goto done;
+            }
+        } else {
+            nq_forward_hooks hooks = nq_calib_hooks(&stats);
+            nq_model_set_hooks(model, &hooks);
+            if (nq_model_blocks(model, l, x, S, T, err) != 0)
+                goto done;
+            nq_model_set_hooks(model, NULL);
+        }
         uint64_t stat_bytes = 0;
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
@@ -377,6 +392,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
             sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
 
+        sum->layer_stats_seconds[kind] += now_seconds() - t_layer;
         /* 2. quantize and write the layer's tensors */
         for (; k < n && order[k].key == l; k++) {
             if (nq_interrupt_check(err) != 0)
@@ -466,9 +482,22 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             sum->sq_ref += wref;
             sum->sq_err_max_scale += hess ? 0.0 : e.st.sq_err_max_scale;
             double osq = 0.0, oref = 0.0;
-            if (st && st->sample_rows > 0)
+            if (st && st->sample_rows > 0 && opt->cuda) {
+                /* rows x out x in multiply-adds twice per module: a Nano
+                 * MoE layer's 256 expert modules make about 6.4e11, which
+                 * the single-threaded loop below takes minutes over */
+                if (nq_cuda_output_error(opt->cuda, st->sample, st->sample_rows, wf, deq,
+                                         m->out_features, m->in_features, &osq, &oref,
+                                         err) != 0) {
+                    encoded_free(&e);
+                    free(wf);
+                    free(deq);
+                    goto done;
+                }
+            } else if (st && st->sample_rows > 0) {
                 output_error(st->sample, st->sample_rows, wf, deq, m->out_features,
                              m->in_features, &osq, &oref);
+            }
             sum->out_sq_err += osq;
             sum->out_sq_ref += oref;
             if (opt->report_modules) {
@@ -530,6 +559,12 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         for (size_t i = 0; i < ov.n; i++)
             free(ov.e[i].w);
         ov.n = 0;
+        double dt_layer = now_seconds() - t_layer;
+        sum->layer_seconds[kind] += dt_layer;
+        sum->layers_of_kind[kind]++;
+        if (opt->log)
+            fprintf(opt->log, "\r[layer %d/%d] %c: %.1f s%-50s\n", l + 1, L, cfg->pattern[l],
+                    dt_layer, "");
     }
     /* the head */
     for (; k < n; k++)
