@@ -158,6 +158,15 @@ void nq_cuda_stats_end(nq_cuda *g);
 int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
                          int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err);
 
+/* NVFP4 round-to-nearest of w (host [out, in]) on the GPU (cuda/encode.cu):
+ * the bytes of formats/nq_encode_nvfp4 (packed [out, in/2], block scales
+ * [out, in/16], global scale), and stats[0..2] = sum (w - deq)^2, the same
+ * with max scales, sum w^2; with x (host [rows, in], else NULL) stats[3..4]
+ * = nq_cuda_output_error's two sums for the dequantized weight. */
+int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bool mse,
+                         const float *x, int rows, uint8_t *packed, uint8_t *scales,
+                         float *global_scale, double stats[5], nq_error *err);
+
 /* ---- GPTQ on the GPU (cuda/gptq.cu) -------------------------------------
  *
  * The core of algo/gptq.c for one weight: U = upper Cholesky factor of the

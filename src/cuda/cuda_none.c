@@ -65,3 +65,10 @@ int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, c
 {
     return nq_fail(err, NO_CUDA);
 }
+
+int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bool mse,
+                         const float *x, int rows, uint8_t *packed, uint8_t *scales,
+                         float *global_scale, double stats[5], nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}

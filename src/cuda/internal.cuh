@@ -21,6 +21,13 @@ struct nqs_stats **nqb_stats(nq_cuda *g);
 int nqs_linear(nq_cuda *g, const char *weight_name, int layer, int expert, const float *dx,
                int rows, int in, nq_error *err);
 int nqs_kv(nq_cuda *g, const float *k, const float *v, size_t count, nq_error *err);
+/* acc[0] = max(acc[0], max |x| of the finite x) as float bits, acc[1] |= 1
+ * when some x is not finite (device acc). */
+int nqs_amax(const float *dx, size_t count, unsigned *acc, nq_error *err);
+/* nq_cuda_output_error for w and q already on the device (f32 [out, in]). */
+int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32,
+                         const float *dq32, int64_t out, int64_t in, double *err_sq,
+                         double *ref_sq, nq_error *err);
 /* Frees everything (nq_cuda_close). */
 void nqs_free(nq_cuda *g);
 

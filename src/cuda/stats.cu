@@ -120,6 +120,11 @@ static int launch_amax(const float *dx, size_t count, unsigned *acc, nq_error *e
     return 0;
 }
 
+int nqs_amax(const float *dx, size_t count, unsigned *acc, nq_error *err)
+{
+    return launch_amax(dx, count, acc, err);
+}
+
 static nqs_stats *get(nq_cuda *g) { return *nqb_stats(g); }
 
 extern "C" int nq_cuda_stats_begin(nq_cuda *g, const nq_cuda_stats_spec *spec, nq_error *err)
@@ -358,61 +363,56 @@ extern "C" int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *
 
 /* ---- the output error of a quantized weight -------------------------- */
 
-extern "C" int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w,
-                                    const float *q, int64_t out, int64_t in, double *err_sq,
-                                    double *ref_sq, nq_error *err)
+/* The output errors for a weight and its dequantized form already on the
+ * device (f32 [out, in] each): uploads x, converts everything to double and
+ * runs the two DGEMMs. */
+int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32,
+                         const float *dq32, int64_t out, int64_t in, double *err_sq,
+                         double *ref_sq, nq_error *err)
 {
     *err_sq = *ref_sq = 0.0;
     if (rows <= 0)
         return 0;
     size_t xn = (size_t)rows * in, wn = (size_t)(out * in), yn = (size_t)rows * out;
-    /* one float staging buffer (the largest input), doubles for the rest */
-    size_t stage = wn > xn ? wn : xn;
-    float *dstage = NULL;
+    float *dx32 = NULL;
     double *dx = NULL, *dw = NULL, *dy = NULL;
     double *hy = (double *)malloc(2 * yn * sizeof(double));
     int rc = -1;
     const double one = 1.0, zero = 0.0;
+    cudaError_t e;
     if (!hy) {
         nq_fail(err, "cuda: out of host memory");
         goto done;
     }
-    if (nqb_alloc(g, (void **)&dstage, stage * 4, err) || nqb_alloc(g, (void **)&dx, xn * 8, err) ||
+    if (nqb_alloc(g, (void **)&dx32, xn * 4, err) || nqb_alloc(g, (void **)&dx, xn * 8, err) ||
         nqb_alloc(g, (void **)&dw, wn * 8, err) || nqb_alloc(g, (void **)&dy, 2 * yn * 8, err))
         goto done;
-    for (int pass = 0; pass < 3; pass++) {
-        const float *src = pass == 0 ? x : pass == 1 ? w : q;
-        size_t cnt = pass == 0 ? xn : wn;
-        double *dst = pass == 0 ? dx : dw;
-        cudaError_t e = cudaMemcpy(dstage, src, cnt * 4, cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) {
-            cuda_err(err, "uploading a weight", e);
-            goto done;
-        }
-        nqs_to_double<<<(unsigned)((cnt + 255) / 256), 256>>>(dstage, cnt, dst);
+    if ((e = cudaMemcpy(dx32, x, xn * 4, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        cuda_err(err, "uploading calibration rows", e);
+        goto done;
+    }
+    nqs_to_double<<<(unsigned)((xn + 255) / 256), 256>>>(dx32, xn, dx);
+    for (int pass = 0; pass < 2; pass++) {
+        nqs_to_double<<<(unsigned)((wn + 255) / 256), 256>>>(pass ? dq32 : dw32, wn, dw);
         if ((e = cudaGetLastError()) != cudaSuccess) {
             cuda_err(err, "converting a weight", e);
             goto done;
         }
-        if (pass == 0)
-            continue;
         /* row-major Y[rows, out] = X W^T: column-major Y^T = W X^T */
         cublasStatus_t s = cublasDgemm(nqb_blas(g), CUBLAS_OP_T, CUBLAS_OP_N, (int)out, rows,
                                        (int)in, &one, dw, (int)in, dx, (int)in, &zero,
-                                       dy + (pass - 1) * yn, (int)out);
+                                       dy + pass * yn, (int)out);
         if (s != CUBLAS_STATUS_SUCCESS) {
             nq_fail(err, "cublasDgemm: status %d", (int)s);
             goto done;
         }
     }
-    {
-        cudaError_t e = cudaMemcpy(hy, dy, 2 * yn * 8, cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) {
-            cuda_err(err, "downloading outputs", e);
-            goto done;
-        }
+    if ((e = cudaMemcpy(hy, dy, 2 * yn * 8, cudaMemcpyDeviceToHost)) != cudaSuccess) {
+        cuda_err(err, "downloading outputs", e);
+        goto done;
     }
     {
+        /* export/calibrated.c's order: rows, then outputs */
         double es = 0.0, rs = 0.0;
         for (size_t k = 0; k < yn; k++) {
             double a = hy[k], b = hy[yn + k];
@@ -425,9 +425,31 @@ extern "C" int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const 
     rc = 0;
 done:
     free(hy);
-    nqb_free(g, dstage, stage * 4);
+    nqb_free(g, dx32, xn * 4);
     nqb_free(g, dx, xn * 8);
     nqb_free(g, dw, wn * 8);
     nqb_free(g, dy, 2 * yn * 8);
+    return rc;
+}
+
+extern "C" int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w,
+                                    const float *q, int64_t out, int64_t in, double *err_sq,
+                                    double *ref_sq, nq_error *err)
+{
+    *err_sq = *ref_sq = 0.0;
+    if (rows <= 0)
+        return 0;
+    size_t wn = (size_t)(out * in);
+    float *dw = NULL;
+    int rc = -1;
+    if (nqb_alloc(g, (void **)&dw, 2 * wn * 4, err) == 0) {
+        cudaError_t e = cudaMemcpy(dw, w, wn * 4, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess)
+            e = cudaMemcpy(dw + wn, q, wn * 4, cudaMemcpyHostToDevice);
+        rc = e != cudaSuccess ? cuda_err(err, "uploading a weight", e)
+                              : nqs_output_error_dev(g, x, rows, dw, dw + wn, out, in, err_sq,
+                                                     ref_sq, err);
+    }
+    nqb_free(g, dw, 2 * wn * 4);
     return rc;
 }

@@ -452,13 +452,40 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (fallback)
                 o2.mse_scales = true;
             encoded e = {0};
-            float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-            int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+            /* NVFP4 round-to-nearest whose dequantized weight is not needed
+             * on the host: encoded and measured on the GPU (cuda/encode.cu,
+             * the same bytes as encode_module) */
+            bool gpu_rtn = opt->cuda && m->format == NQ_FORMAT_NVFP4 && !hess &&
+                           !quantized_propagation;
+            double gstats[5] = {0};
+            float *deq = NULL;
+            int r;
+            if (gpu_rtn) {
+                int64_t mo = m->out_features, mi = m->in_features;
+                e.m = m;
+                e.algo = o2.mse_scales ? "rtn+mse" : "rtn";
+                e.packed = malloc((size_t)(mo * mi / 2));
+                e.scales8 = malloc((size_t)(mo * mi / 16));
+                r = e.packed && e.scales8
+                        ? nq_cuda_encode_nvfp4(opt->cuda, wf, mo, mi, o2.mse_scales,
+                                               st && st->sample_rows > 0 ? st->sample : NULL,
+                                               st ? st->sample_rows : 0, e.packed, e.scales8,
+                                               &e.gs, gstats, err)
                         : nq_fail(err, "%s: out of memory", m->name);
-            if (r != 0)
-                nq_error_name(err, "tensor", t->name);
-            if (r == 0)
-                r = dequantize(&e, deq, err);
+                e.st.sq_err = gstats[0];
+                e.st.sq_err_max_scale = gstats[1];
+                e.st.sq_ref = gstats[2];
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+            } else {
+                deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
+                r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+                        : nq_fail(err, "%s: out of memory", m->name);
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+                if (r == 0)
+                    r = dequantize(&e, deq, err);
+            }
             if (r == 0)
                 r = write_encoded(w, &e, err) ||
                     (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
@@ -472,8 +499,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 e.algo = "rtn+mse (too few calibration rows for gptq)";
             sum->gptq_modules += hess != NULL;
             sum->gptq_fallbacks += fallback;
-            double wsq = 0.0, wref = 0.0;
-            for (int64_t q = 0; q < m->out_features * m->in_features; q++) {
+            double wsq = gstats[0], wref = gstats[2];
+            for (int64_t q = 0; !gpu_rtn && q < m->out_features * m->in_features; q++) {
                 double dlt = (double)wf[q] - deq[q];
                 wsq += dlt * dlt;
                 wref += (double)wf[q] * wf[q];
@@ -481,8 +508,10 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             sum->sq_err += wsq;
             sum->sq_ref += wref;
             sum->sq_err_max_scale += hess ? 0.0 : e.st.sq_err_max_scale;
-            double osq = 0.0, oref = 0.0;
-            if (st && st->sample_rows > 0 && opt->cuda) {
+            double osq = gstats[3], oref = gstats[4];
+            if (gpu_rtn) {
+                /* measured with the encoding */
+            } else if (st && st->sample_rows > 0 && opt->cuda) {
                 /* rows x out x in multiply-adds twice per module: a Nano
                  * MoE layer's 256 expert modules make about 6.4e11, which
                  * the single-threaded loop below takes minutes over */

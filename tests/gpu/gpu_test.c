@@ -258,6 +258,10 @@ static void test_perplexity(const char *dir, const char *label, const int32_t *i
     nq_loaded_close(&g);
 }
 
+/* The summary of the last quantize() */
+static nq_quantize_summary last_sum;
+static bool quantize_mse;
+
 static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
 {
     nq_quantize_options o = {0};
@@ -272,9 +276,9 @@ static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
     o.calib_len = 256;
     o.kv_cache_fp8 = true;
     o.cuda = dev;
-    nq_quantize_summary sum;
+    o.mse_scales = quantize_mse;
     nq_error err = {0};
-    if (nq_quantize(&o, &sum, &err) != 0)
+    if (nq_quantize(&o, &last_sum, &err) != 0)
         die(out, &err);
     return 0;
 }
@@ -288,18 +292,30 @@ static bool is_scale(const char *name)
 
 /* Calibrated NVFP4 on the CPU and on the GPU: every weight byte-identical,
  * input and KV scales within SCALE_TOL; the GPU twice: identical bytes. */
-static void test_calibrated_checkpoints(char *calib)
+static void test_calibrated_checkpoints(char *calib, bool mse)
 {
     char cpu_dir[4200], gpu_dir[4200], gpu2_dir[4200];
-    snprintf(cpu_dir, sizeof cpu_dir, "%s/q-cpu", tmp_dir);
-    snprintf(gpu_dir, sizeof gpu_dir, "%s/q-gpu", tmp_dir);
-    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/q-gpu2", tmp_dir);
+    const char *tag = mse ? "calibrated nvfp4 (mse scales)" : "calibrated nvfp4";
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/q-cpu%s", tmp_dir, mse ? "-mse" : "");
+    snprintf(gpu_dir, sizeof gpu_dir, "%s/q-gpu%s", tmp_dir, mse ? "-mse" : "");
+    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/q-gpu2%s", tmp_dir, mse ? "-mse" : "");
+    quantize_mse = mse;
     double t0 = now();
     quantize(cpu_dir, NULL, calib, false);
+    nq_quantize_summary sc = last_sum;
     double t1 = now();
     quantize(gpu_dir, gpu, calib, false);
+    nq_quantize_summary sg = last_sum;
     double t2 = now();
     quantize(gpu2_dir, gpu, calib, false);
+    quantize_mse = false;
+    /* reported errors: the same quantities summed in another order (and
+     * the output error on the GPU's own activations) */
+    double we = fabs(sqrt(sg.sq_err / sg.sq_ref) / sqrt(sc.sq_err / sc.sq_ref) - 1.0);
+    double oe = fabs(sqrt(sg.out_sq_err / sg.out_sq_ref) / sqrt(sc.out_sq_err / sc.out_sq_ref) - 1.0);
+    check(we <= 1e-9 && oe <= 1e-3, "%s: reported weight error GPU vs CPU rel diff %.2g (tol 1e-9), "
+          "output error on the calibration rows %.6f vs %.6f (rel %.2g, tol 1e-3)", tag, we,
+          sqrt(sg.out_sq_err / sg.out_sq_ref), sqrt(sc.out_sq_err / sc.out_sq_ref), oe);
     nq_error err = {0};
     nq_checkpoint *a = nq_checkpoint_open(cpu_dir, &err), *b = a ? nq_checkpoint_open(gpu_dir, &err) : NULL;
     nq_checkpoint *b2 = b ? nq_checkpoint_open(gpu2_dir, &err) : NULL;
@@ -331,13 +347,13 @@ static void test_calibrated_checkpoints(char *calib)
             weights++;
         }
     }
-    check(same_count && bad_w == 0, "calibrated nvfp4: %zu weight tensors byte-identical CPU vs GPU "
-          "(%zu differ)", weights, bad_w);
-    check(same_count && scales > 0 && bad_s == 0, "calibrated nvfp4: %zu input/KV scales CPU vs GPU "
-          "max rel diff %.3g (tol %g); calibration+export CPU %.2f s, GPU %.2f s", scales, worst,
-          SCALE_TOL, t1 - t0, t2 - t1);
-    check(same_count && diff2 == 0, "calibrated nvfp4 on the GPU twice: byte-identical (%zu tensors "
-          "differ)", diff2);
+    check(same_count && bad_w == 0, "%s: %zu weight tensors byte-identical CPU vs GPU "
+          "(%zu differ)", tag, weights, bad_w);
+    check(same_count && scales > 0 && bad_s == 0, "%s: %zu input/KV scales CPU vs GPU "
+          "max rel diff %.3g (tol %g); calibration+export CPU %.2f s, GPU %.2f s", tag, scales,
+          worst, SCALE_TOL, t1 - t0, t2 - t1);
+    check(same_count && diff2 == 0, "%s on the GPU twice: byte-identical (%zu tensors "
+          "differ)", tag, diff2);
     nq_checkpoint_close(a);
     nq_checkpoint_close(b);
     nq_checkpoint_close(b2);
@@ -816,7 +832,8 @@ int main(int argc, char **argv)
 
     char calib[4200];
     snprintf(calib, sizeof calib, "%s", path("tests/fixtures/calib.txt"));
-    test_calibrated_checkpoints(calib);
+    test_calibrated_checkpoints(calib, false);
+    test_calibrated_checkpoints(calib, true);
     char qdir[4200];
     snprintf(qdir, sizeof qdir, "%s/q-cpu", tmp_dir);
     test_perplexity(qdir, "calibrated nvfp4 (W4A4 + FP8 KV emulated)", ids, n, 16, 256);
