@@ -13,10 +13,12 @@
  * activations; routed experts are uploaded when a token first routes to
  * them.  Activations x come from and return to the host per call.
  *
- * Hooks (calibration statistics, activation / KV fake-quant, routing) run on
- * the host: when the model has hooks, each Linear's input, the keys/values
- * and the router's decision are copied back, the hook runs on that copy and
- * a rewritten input is copied up again.  Expert routing (sigmoid, grouped
+ * Hooks (activation / KV fake-quant, routing, any Linear-input observer) run
+ * on the host: when the model has hooks, each Linear's input, the
+ * keys/values and the router's decision are copied back, the hook runs on
+ * that copy and a rewritten input is copied up again.  Calibration's
+ * statistics have a device path instead (nq_cuda_stats_*, below), and so do
+ * its encoding and GPTQ (nq_cuda_encode_nvfp4, nq_cuda_gptq).  Expert routing (sigmoid, grouped
  * top-k) runs on the host with model/moe.c's own nq_moe_select (handed in
  * as a function pointer), so the GPU
  * path picks exactly the experts the CPU path picks for the same logits.
