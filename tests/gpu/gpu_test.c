@@ -515,9 +515,9 @@ static void gptq_pair(const char *label, const float *w, int64_t R, int64_t C, c
     uint8_t *p1 = malloc(pb), *p2 = malloc(pb), *p3 = malloc(pb);
     uint8_t *b1 = malloc(bb), *b2 = malloc(bb), *b3 = malloc(bb);
     float g1, g2, g3;
-    if (nq_gptq_nvfp4_on(NULL, w, R, C, h, mse, 0.01, 0, p1, b1, &g1, &sc, &err) != 0 ||
-        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, p2, b2, &g2, &sg, &err) != 0 ||
-        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, p3, b3, &g3, &sg2, &err) != 0)
+    if (nq_gptq_nvfp4_on(NULL, w, R, C, h, mse, 0.01, 0, 0.0f, p1, b1, &g1, &sc, &err) != 0 ||
+        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, 0.0f, p2, b2, &g2, &sg, &err) != 0 ||
+        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, 0.0f, p3, b3, &g3, &sg2, &err) != 0)
         die(label, &err);
     size_t dp = count_diff(p1, p2, pb), db = count_diff(b1, b2, bb);
     double lrel = fabs(sg.proxy_loss / sc.proxy_loss - 1.0);
@@ -773,7 +773,7 @@ static int bench_gptq_moe(char **argv)
                 const float *w = m ? w_down : w_up;
                 int64_t R = m ? hidden : inter, C = m ? inter : hidden;
                 uint8_t *pp = pass ? pc : p, *bp = pass ? bc : b;
-                if (nq_gptq_nvfp4_on(dev, w, R, C, m ? h_down : h_up, false, 0.01, 0, pp, bp,
+                if (nq_gptq_nvfp4_on(dev, w, R, C, m ? h_down : h_up, false, 0.01, 0, 0.0f, pp, bp,
                                      &gs, &st, &err) != 0) {
                     fprintf(stderr, "%s\n", err.msg);
                     return 1;
