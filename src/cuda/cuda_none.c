@@ -33,3 +33,12 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
 {
     return nq_fail(ex->err, NO_CUDA);
 }
+
+int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
+                       const float *score_bias, int n, int32_t *experts, float *weights,
+                       nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }

@@ -627,7 +627,7 @@ static int run_block_cuda(nq_model *m, int l, block_weights *b, const nq_exec *e
     nq_cuda_block cb = {
         .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
         .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
-        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+        .load_expert = load_expert_cb, .load_ctx = &el,
         .conv_state = st->conv[l], .ssm_state = st->ssm[l], .k_cache = st->k[l],
         .v_cache = st->v[l],
     };
@@ -853,7 +853,7 @@ int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int 
     nq_cuda_block cb = {
         .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
         .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
-        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+        .load_expert = load_expert_cb, .load_ctx = &el,
     };
     return nq_cuda_run_block(m->cuda, &ex, &m->cfg, &cb, x, samples, len,
                              (first ? NQ_CUDA_X_IN : 0u) | (last ? NQ_CUDA_X_OUT : 0u));
