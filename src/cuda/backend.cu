@@ -273,8 +273,7 @@ extern "C" nq_cuda *nq_cuda_open(int device, nq_error *err)
     /* the tiled attention and scan kernels stage their tiles in dynamic
      * shared memory beyond the default 48 KiB */
     g->shared_max = prop.sharedMemPerBlockOptin;
-    e = cudaFuncSetAttribute(nqk_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)nqk_attention_shared(NQ_ATT_MAX_HD));
+    e = nqk_attention_setup();
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(nqk_scan, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)nqk_scan_shared(NQ_CUDA_MAX_STATE));
@@ -343,17 +342,7 @@ extern "C" void nq_cuda_close(nq_cuda *g)
 {
     if (!g)
         return;
-    if (g->timing) {
-        mark(g, P_HOST);
-        double total = 0;
-        for (int i = 0; i < P_COUNT; i++)
-            total += g->phase_s[i];
-        fprintf(stderr, "cuda timing (%s), %.3f s in all:\n", g->desc, total);
-        for (int i = 0; i < P_COUNT; i++)
-            if (g->phase_s[i] > 0)
-                fprintf(stderr, "  %-32s %9.4f s  %5.1f%%\n", phase_names[i], g->phase_s[i],
-                        100.0 * g->phase_s[i] / total);
-    }
+    nq_cuda_timing_report(g, "at close");
     while (g->ncache > 0)
         evict(g, g->ncache - 1);
     list_free(g, &g->head_allocs);
@@ -361,6 +350,24 @@ extern "C" void nq_cuda_close(nq_cuda *g)
         dfree(g, g->scratch[i], g->scratch_bytes[i]);
     cublasDestroy(g->blas);
     free(g);
+}
+
+extern "C" void nq_cuda_timing_report(nq_cuda *g, const char *label)
+{
+    if (!g->timing)
+        return;
+    mark(g, P_HOST);
+    double total = 0;
+    for (int i = 0; i < P_COUNT; i++)
+        total += g->phase_s[i];
+    if (total > 0) {
+        fprintf(stderr, "cuda timing (%s), %s: %.4f s in all\n", g->desc, label, total);
+        for (int i = 0; i < P_COUNT; i++)
+            if (g->phase_s[i] > 0)
+                fprintf(stderr, "  %-32s %9.4f s  %5.1f%%\n", phase_names[i], g->phase_s[i],
+                        100.0 * g->phase_s[i] / total);
+    }
+    memset(g->phase_s, 0, sizeof g->phase_s);
 }
 
 extern "C" const char *nq_cuda_describe(const nq_cuda *g) { return g->desc; }
@@ -691,9 +698,7 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     }
     float scale = (float)pow((double)hd, -0.5);
     mark(g, P_A_ATTN);
-    nqk_attention<<<dim3((unsigned)((len + NQ_ATT_BQ - 1) / NQ_ATT_BQ), (unsigned)nh,
-                         (unsigned)samples),
-                    256, nqk_attention_shared(hd)>>>(q, k, v, len, nh, nkv, hd, scale, att);
+    nqk_attention(q, k, v, samples, len, nh, nkv, hd, scale, att);
     CK_LAUNCH(err);
     mark(g, P_A_O);
     return linear(g, ex, "o_proj.weight", -1, NULL, att, n, qdim, d->o, NULL, H, dy);

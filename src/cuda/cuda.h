@@ -120,6 +120,13 @@ int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logi
  * (the tests' tolerances are met with FP32).  Benchmarks only. */
 void nq_cuda_set_tf32(nq_cuda *g, bool on);
 
+/* With NEMOQ_CUDA_TIMING=1 in the environment (read by nq_cuda_open):
+ * prints the wall time spent in each phase (GEMMs, scan, attention,
+ * routing, uploads, host copies, time outside the backend; the device is
+ * synchronized at every phase change) since the last report to stderr and
+ * starts over; nq_cuda_close reports the rest.  Otherwise does nothing. */
+void nq_cuda_timing_report(nq_cuda *g, const char *label);
+
 /* ---- device selection (cuda/device.c, in every build) ---------------- */
 
 /* spec: "cpu", "auto", "cuda" or "cuda:N".  *out = the opened GPU, or NULL

@@ -42,3 +42,5 @@ int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logi
 }
 
 void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }
+
+void nq_cuda_timing_report(nq_cuda *g, const char *label) { (void)g; (void)label; }

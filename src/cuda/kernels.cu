@@ -175,10 +175,12 @@ __global__ void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups,
     }
 }
 
-__global__ void nqk_attention(const float *q, const float *k, const float *v, int len, int nh,
-                              int nkv, int hd, float scale, float *out)
+/* DC: head_dim / 32 rounded up, the output columns per lane. */
+template <int DC>
+__global__ void nqk_attention_dc(const float *q, const float *k, const float *v, int len, int nh,
+                                 int nkv, int hd, float scale, float *out)
 {
-    enum { BQ = NQ_ATT_BQ, BK = 32, QW = NQ_ATT_BQ / 8, DC = NQ_ATT_MAX_HD / 32 };
+    enum { BQ = NQ_ATT_BQ, BK = 32, QW = NQ_ATT_BQ / 8 };
     extern __shared__ float sh[];
     float *sq = sh;                    /* [BQ][hd] */
     float *sk = sq + BQ * hd;          /* [BK][hd + 1] (padded: lane j reads row j) */
@@ -283,6 +285,44 @@ __global__ void nqk_attention(const float *q, const float *k, const float *v, in
             if (d < hd)
                 out[(size_t)i * qdim + (size_t)h * hd + d] = o[a][c] * inv;
         }
+    }
+}
+
+cudaError_t nqk_attention_setup(void)
+{
+    int bytes = (int)nqk_attention_shared(NQ_ATT_MAX_HD);
+    cudaError_t e = cudaFuncSetAttribute(nqk_attention_dc<1>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_attention_dc<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_attention_dc<3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_attention_dc<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 bytes);
+    return e;
+}
+
+void nqk_attention(const float *q, const float *k, const float *v, int samples, int len, int nh,
+                   int nkv, int hd, float scale, float *out)
+{
+    dim3 grid((unsigned)((len + NQ_ATT_BQ - 1) / NQ_ATT_BQ), (unsigned)nh, (unsigned)samples);
+    size_t sh = nqk_attention_shared(hd);
+    switch ((hd + 31) / 32) {
+    case 1:
+        nqk_attention_dc<1><<<grid, 256, sh>>>(q, k, v, len, nh, nkv, hd, scale, out);
+        break;
+    case 2:
+        nqk_attention_dc<2><<<grid, 256, sh>>>(q, k, v, len, nh, nkv, hd, scale, out);
+        break;
+    case 3:
+        nqk_attention_dc<3><<<grid, 256, sh>>>(q, k, v, len, nh, nkv, hd, scale, out);
+        break;
+    default:
+        nqk_attention_dc<4><<<grid, 256, sh>>>(q, k, v, len, nh, nkv, hd, scale, out);
+        break;
     }
 }
 

@@ -56,7 +56,9 @@ __global__ void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups,
  * (lanes over head_dim, at most NQ_ATT_MAX_HD).  Keys are visited in
  * ascending order: a fixed summation order.  Dynamic shared memory:
  * nqk_attention_shared(hd) bytes.  Sequences of len tokens:
- * out[samples*len, nh*hd]. */
+ * out[samples*len, nh*hd].  nqk_attention launches the instance for hd
+ * (lanes own ceil(hd/32) output columns); nqk_attention_setup, once per
+ * device, allows their shared memory. */
 #define NQ_ATT_BQ 32
 #define NQ_ATT_MAX_HD 128
 static inline size_t nqk_attention_shared(int hd)
@@ -64,8 +66,9 @@ static inline size_t nqk_attention_shared(int hd)
     return sizeof(float) * ((size_t)NQ_ATT_BQ * hd + (size_t)32 * (hd + 1) + (size_t)32 * hd +
                             (size_t)NQ_ATT_BQ * 32);
 }
-__global__ void nqk_attention(const float *q, const float *k, const float *v, int len, int nh,
-                              int nkv, int hd, float scale, float *out);
+void nqk_attention(const float *q, const float *k, const float *v, int samples, int len, int nh,
+                   int nkv, int hd, float scale, float *out);
+cudaError_t nqk_attention_setup(void);
 
 /* In place: act = 0 relu2, 1 relu, 2 silu, 3 gelu (erf), 4 gelu tanh
  * (model/layers.h's nq_act order). */
