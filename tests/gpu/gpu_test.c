@@ -342,7 +342,9 @@ static void test_calibrated_checkpoints(char *calib)
  * `windows` windows of ctx tokens, on the CPU and on the GPU: the blocks
  * alone (what calibration runs) and with the logits of every position
  * copied to the host (what eval runs); on the GPU also with TF32 GEMMs,
- * with the logits' distance from the FP32 run.  The token ids go to
+ * with the logits' distance from the FP32 run.  The weights stay in memory
+ * (host and GPU) from pass to pass, as transformers holds its model on the
+ * GPU; the best of 3 passes counts.  The token ids go to
  * TMP_DIR/bench_ids_CTX.i32 so that bench/transformers_forward.py times
  * transformers on the very same tokens.  Lines "BENCH[case who] ...
  * N tokens/s" are what scripts/gpu-test.sh turns into ratios. */
@@ -362,6 +364,7 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
     if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &lm, &err) != 0)
         die("bench", &err);
     const nq_model_config *c = &lm.cfg;
+    nq_model_set_keep_weights(lm.model, true);
     size_t plane = (size_t)ctx * c->hidden_size, lplane = (size_t)ctx * c->vocab_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
     float *logits = malloc(lplane * sizeof *logits), *ref = malloc(lplane * sizeof *ref);
