@@ -275,8 +275,7 @@ extern "C" nq_cuda *nq_cuda_open(int device, nq_error *err)
     g->shared_max = prop.sharedMemPerBlockOptin;
     e = nqk_attention_setup();
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(nqk_scan, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)nqk_scan_shared(NQ_CUDA_MAX_STATE));
+        e = nqk_scan_setup();
     if (e != cudaSuccess) {
         cuda_fail(err, "kernel shared memory", e);
         nq_cuda_close(g);
@@ -630,9 +629,8 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
                                           dt);
     CK_LAUNCH(err);
     mark(g, P_M_SCAN);
-    nqk_scan<<<dim3((unsigned)((hd + NQ_SCAN_W - 1) / NQ_SCAN_W), (unsigned)nh, (unsigned)samples),
-               32 * NQ_SCAN_W, nqk_scan_shared(ns)>>>(xbc, conv_dim, inter, c->n_groups, ns, hd,
-                                                      nh, dt, d->A, d->D, len, scan, state);
+    nqk_scan(xbc, conv_dim, inter, c->n_groups, ns, hd, nh, dt, d->A, d->D, samples, len, scan,
+             state);
     CK_LAUNCH(err);
     if (keep_state && b->ssm_state &&
         download(b->ssm_state, state, (size_t)nh * hd * ns * sizeof(float), err) != 0)

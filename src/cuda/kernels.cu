@@ -90,11 +90,14 @@ __global__ void nqk_dt(const float *proj, int proj_dim, int off, const float *dt
     dt[idx] = v < dt_min ? dt_min : v;
 }
 
-__global__ void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups, int ns, int hd,
-                         int nh, const float *dt, const float *A, const float *D, int len,
-                         float *y, float *state_out)
+/* PER: state entries per lane (ns <= 32 * PER); a compile-time bound so
+ * that the sequential step is only the work ns needs. */
+template <int PER>
+__global__ void nqk_scan_per(const float *xbc, int conv_dim, int inter, int ngroups, int ns, int hd,
+                             int nh, const float *dt, const float *A, const float *D, int len,
+                             float *y, float *state_out)
 {
-    enum { PER = NQ_CUDA_MAX_STATE / 32, T = NQ_SCAN_T, W = NQ_SCAN_W };
+    enum { T = NQ_SCAN_T, W = NQ_SCAN_W };
     extern __shared__ float sm[];
     float *sB = sm;                  /* [T][ns] */
     float *sC = sB + T * ns;         /* [T][ns] */
@@ -173,6 +176,41 @@ __global__ void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups,
         if (k < ns)
             so[k] = s[j];
     }
+}
+
+cudaError_t nqk_scan_setup(void)
+{
+    int bytes = (int)nqk_scan_shared(NQ_CUDA_MAX_STATE);
+    cudaError_t e = cudaFuncSetAttribute(nqk_scan_per<1>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_scan_per<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_scan_per<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(nqk_scan_per<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    return e;
+}
+
+void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups, int ns, int hd, int nh,
+              const float *dt, const float *A, const float *D, int samples, int len, float *y,
+              float *state_out)
+{
+    dim3 grid((unsigned)((hd + NQ_SCAN_W - 1) / NQ_SCAN_W), (unsigned)nh, (unsigned)samples);
+    size_t sh = nqk_scan_shared(ns);
+    unsigned threads = 32 * NQ_SCAN_W;
+    if (ns <= 32)
+        nqk_scan_per<1><<<grid, threads, sh>>>(xbc, conv_dim, inter, ngroups, ns, hd, nh, dt, A, D,
+                                               len, y, state_out);
+    else if (ns <= 64)
+        nqk_scan_per<2><<<grid, threads, sh>>>(xbc, conv_dim, inter, ngroups, ns, hd, nh, dt, A, D,
+                                               len, y, state_out);
+    else if (ns <= 128)
+        nqk_scan_per<4><<<grid, threads, sh>>>(xbc, conv_dim, inter, ngroups, ns, hd, nh, dt, A, D,
+                                               len, y, state_out);
+    else
+        nqk_scan_per<8><<<grid, threads, sh>>>(xbc, conv_dim, inter, ngroups, ns, hd, nh, dt, A, D,
+                                               len, y, state_out);
 }
 
 /* DC: head_dim / 32 rounded up, the output columns per lane. */

@@ -37,7 +37,8 @@ __global__ void nqk_dt(const float *proj, int proj_dim, int off, const float *dt
  * memory (coalesced loads shared by the block's channels); each step's
  * s.C is left as per-lane partial sums, added in lane order after the tile
  * (no shuffle chain on the sequential path).  Dynamic shared memory:
- * nqk_scan_shared(ns) bytes.  state_out [samples, nh, hd, ns] or NULL. */
+ * nqk_scan_shared(ns) bytes; nqk_scan launches the instance with
+ * ceil(ns/32) (rounded up to 1, 2, 4 or 8) state entries per lane.  state_out [samples, nh, hd, ns] or NULL. */
 #define NQ_SCAN_T 32
 #define NQ_SCAN_W 8
 static inline size_t nqk_scan_shared(int ns)
@@ -45,9 +46,11 @@ static inline size_t nqk_scan_shared(int ns)
     return sizeof(float) * ((size_t)2 * NQ_SCAN_T * ns + 2 * NQ_SCAN_T +
                             (size_t)2 * NQ_SCAN_T * NQ_SCAN_W + (size_t)NQ_SCAN_W * NQ_SCAN_T * 33);
 }
-__global__ void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups, int ns, int hd,
-                         int nh, const float *dt, const float *A, const float *D, int len,
-                         float *y, float *state_out);
+void nqk_scan(const float *xbc, int conv_dim, int inter, int ngroups, int ns, int hd, int nh,
+              const float *dt, const float *A, const float *D, int samples, int len, float *y,
+              float *state_out);
+/* Once per device: allows the scan instances their shared memory. */
+cudaError_t nqk_scan_setup(void);
 
 /* Causal GQA attention, tiled (flash-attention's online softmax, f32):
  * grid (ceil(len / NQ_ATT_BQ), nh, samples), 256 threads; each block
