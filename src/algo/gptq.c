@@ -72,6 +72,10 @@ typedef struct gptq_job {
     float gs;             /* NVFP4 global scale */
     uint8_t *codes;       /* INT4: [rows, cols] 0..15; NVFP4: packed [rows, cols/2] */
     uint16_t *scales16;   /* INT4 [cols/group, rows] */
+    /* INT4 act-order: column i of the job is column perm[i] of the weight,
+     * quantized with the static scale of that column's group */
+    const int64_t *perm;
+    const uint16_t *static16;   /* [cols/group, rows] */
     uint8_t *scales8;     /* NVFP4 [rows, cols/16] */
     double *chunk_loss;   /* per chunk */
     bool oom;
@@ -106,7 +110,12 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
         for (int64_t a = 0; a < r; a++)
             memcpy(S + a * GPTQ_BLOCK, W + a * n + i1, (size_t)bw * sizeof *S);
         for (int64_t i = i1; i < i2; i++) {
-            if (i % j->group == 0) {
+            if (j->static16) {
+                for (int64_t a = 0; a < r; a++) {
+                    s16[a] = j->static16[(j->perm[i] / j->group) * j->rows + (int64_t)begin + a];
+                    scale_val[a] = nq_f16_to_f32(s16[a]);
+                }
+            } else if (i % j->group == 0) {
                 /* the group's scale, from the weights as updated so far */
                 for (int64_t a = 0; a < r; a++) {
                     for (int g = 0; g < j->group; g++)
@@ -135,7 +144,7 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
                 if (j->fmt == FMT_INT4) {
                     uint8_t code;
                     nq_int4_encode_group(&x, 1, s16[a], &code);
-                    j->codes[row * n + i] = code;
+                    j->codes[row * n + (j->perm ? j->perm[i] : i)] = code;
                     q = (double)scale_val[a] * ((int)code - 8);
                 } else {
                     uint8_t code = nq_e2m1_encode(x / scale_val[a]);
@@ -260,6 +269,91 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
     if (rc == 0)
         nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
     free(codes);
+    return rc;
+}
+
+typedef struct diag_item {
+    double d;
+    int64_t i;
+} diag_item;
+
+/* descending H_ii (dead inputs count as 1, as run() sets them), ties by index */
+static int cmp_desc_diag(const void *a, const void *b)
+{
+    const diag_item *x = a, *y = b;
+    if (x->d != y->d)
+        return x->d > y->d ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
+                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
+                          nq_error *err)
+{
+    if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
+        rows % 8 != 0)
+        return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
+                       (long long)rows, (long long)cols, group);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float a = fabsf(w[i]);
+        if (!(a <= amax)) {
+            if (!isfinite(a))
+                return nq_fail(err, "gptq int4: element %lld is %s", (long long)i,
+                               a != a ? "NaN" : "infinite");
+            amax = a;
+        }
+    }
+    if (nq_int4_check_amax(amax, err) != 0)
+        return -1;
+    int64_t n = cols;
+    uint8_t *codes = malloc((size_t)(rows * cols));
+    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    diag_item *diag = malloc((size_t)n * sizeof *diag);
+    double *hp = malloc((size_t)(n * n) * sizeof *hp);
+    float *wp = malloc((size_t)(rows * n) * sizeof *wp);
+    float *gbuf = malloc((size_t)group * sizeof *gbuf);
+    int rc = -1;
+    if (!codes || !perm || !diag || !hp || !wp || !gbuf) {
+        nq_fail(err, "gptq int4: out of memory");
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        diag[i].d = hessian[i * n + i] == 0.0 ? 1.0 : hessian[i * n + i];
+        diag[i].i = i;
+    }
+    /* static groups (AutoGPTQ static_groups): every scale from the weights
+     * before any update, dead inputs zeroed as run() zeroes them */
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t g = 0; g < n / group; g++) {
+            for (int k = 0; k < group; k++) {
+                int64_t c = g * group + k;
+                gbuf[k] = hessian[c * n + c] == 0.0 ? 0.0f : w[row * n + c];
+            }
+            double e;
+            scales[g * rows + row] = mse ? nq_int4_group_scale_mse(gbuf, group, &e)
+                                         : nq_int4_group_scale_max(gbuf, group);
+        }
+    qsort(diag, (size_t)n, sizeof *diag, cmp_desc_diag);
+    for (int64_t i = 0; i < n; i++)
+        perm[i] = diag[i].i;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = 0; b < n; b++)
+            hp[a * n + b] = hessian[perm[a] * n + perm[b]];
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t i = 0; i < n; i++)
+            wp[row * n + i] = w[row * n + perm[i]];
+    gptq_job j = {.fmt = FMT_INT4, .w = wp, .rows = rows, .cols = cols, .group = group,
+                  .mse = mse, .codes = codes, .perm = perm, .static16 = scales};
+    uint16_t *unused = malloc((size_t)(n / group * rows) * sizeof *unused);
+    j.scales16 = unused;
+    rc = unused ? run(&j, hp, percdamp, threads, st, err) : nq_fail(err, "gptq int4: out of memory");
+    free(unused);
+    if (rc == 0)
+        nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
+done:
+    free(codes), free(perm), free(diag), free(hp), free(wp), free(gbuf);
     return rc;
 }
 

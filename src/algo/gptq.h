@@ -41,6 +41,20 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
                  bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
                  uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err);
 
+/* The same with act-order and static groups (AutoGPTQ desc_act=True,
+ * static_groups=True): every group's scale is fixed first from the original
+ * weights (dead inputs zeroed), then the columns are quantized in order of
+ * decreasing H_ii (ties by index) with the usual error feedback, each with
+ * its own group's fixed scale.  The order only decides which columns
+ * compensate for which: codes, scales, qzeros and g_idx (i / group) are
+ * stored in the plain column order, so the checkpoint is the same
+ * desc_act=false layout vLLM's gptq_marlin loads without a g_idx
+ * permutation. */
+int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
+                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
+                          nq_error *err);
+
 /* NVFP4 as nq_encode_nvfp4 writes it. */
 int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
                   double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,

@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "cuda/cuda.h"
 #include "export/lora.h"
+#include "export/equalize.h"
 #include "export/quantize.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -39,6 +40,8 @@ static const char *usage =
     "                         least-squared-error scale among nearby representable ones\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
+    "  --int4-wide-groups     when the routed experts force a smaller group size, the other\n"
+    "                         INT4 Linears keep the requested one (per-module `dynamic` rules)\n"
     "  --calib FILE           calibration text (.txt) or JSONL ({\"text\"} or {\"messages\"});\n"
     "                         required for NVFP4/FP8 (activation and FP8 KV-cache scales)\n"
     "  --calib-samples N      calibration windows (default 256)\n"
@@ -46,6 +49,12 @@ static const char *usage =
     "  --algo rtn|gptq        round-to-nearest (default) or GPTQ error feedback (NVFP4, INT4;\n"
     "                         needs --calib)\n"
     "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
+    "  --gptq-act-order       INT4 GPTQ: columns in order of decreasing Hessian diagonal, static\n"
+    "                         group scales (stored layout unchanged: g_idx stays i / group)\n"
+    "  --equalize             exact per-channel equalization folded into the weights: the Mamba\n"
+    "                         gated norm -> out_proj (needs --calib)\n"
+    "  --equalize-pairs LIST  equalize these pair kinds: norm (block RMSNorm -> its Linears,\n"
+    "                         the router absorbing), gated, relu2 (expert up rows -> down)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
@@ -129,6 +138,7 @@ int nq_cmd_quantize(int argc, char **argv)
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
     int group = 0, rc = 2;
+    bool wide_groups = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
         const char *a = argv[i];
@@ -217,6 +227,35 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--algo '%s': expected rtn or gptq", v);
                 bad = true;
             }
+        } else if (strcmp(argv[i], "--equalize") == 0) {
+            opt.equalize = true;
+        } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
+            opt.equalize = true;
+            opt.equalize_kinds = 0;
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", bad ? "" : v);
+            for (char *tok = strtok(buf, ","); !bad && tok; tok = strtok(NULL, ",")) {
+                if (strcmp(tok, "norm") == 0)
+                    opt.equalize_kinds |= NQ_EQ_NORM;
+                else if (strcmp(tok, "gated") == 0)
+                    opt.equalize_kinds |= NQ_EQ_GATED;
+                else if (strcmp(tok, "relu2") == 0)
+                    opt.equalize_kinds |= NQ_EQ_RELU2;
+                else {
+                    nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, "
+                                 "relu2", v);
+                    bad = true;
+                }
+            }
+            if (!bad && !opt.equalize_kinds) {
+                nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
+                             v);
+                bad = true;
+            }
+        } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
+            wide_groups = true;
+        } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
+            opt.gptq_act_order = true;
         } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
             char *end = NULL;
             opt.gptq_damp = bad ? 0 : strtod(v, &end);
@@ -377,7 +416,8 @@ int nq_cmd_quantize(int argc, char **argv)
     opt.recipe = (nq_recipe_options){.preset = preset, .rules = all,
                                      .nrules = nrules + nfile_rules,
                                      .int4_group_size = group ? group : file_group,
-                                     .int4_group_explicit = group || file_group};
+                                     .int4_group_explicit = group || file_group,
+                                     .int4_wide_groups = wide_groups};
     opt.in_dir = in;
     opt.out_dir = out;
     if (opt.threads <= 0)
@@ -494,6 +534,13 @@ int nq_cmd_quantize(int argc, char **argv)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,
                    opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
+        if (opt.equalize)
+            printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
+                   "error on calibration inputs %.1f%% lower than unscaled\n",
+                   sum.eq_pairs, sum.eq_searched,
+                   sum.eq_err_identity > 0
+                       ? 100.0 * (1.0 - sum.eq_err_best / sum.eq_err_identity)
+                       : 0.0);
         if (sum.experts_without_tokens)
             printf("note: %zu routed experts received no calibration token; they use their "
                    "layer's input scale (the max over its experts)\n",
@@ -547,6 +594,10 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
             json_object_set_new(summary, "experts_without_tokens",
                                 json_integer((json_int_t)sum.experts_without_tokens));
+            json_object_set_new(summary, "equalize", json_boolean(opt.equalize));
+            if (opt.equalize)
+                json_object_set_new(summary, "equalized_pairs",
+                                    json_integer((json_int_t)sum.eq_pairs));
         }
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)

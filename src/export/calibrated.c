@@ -23,7 +23,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "algo/equalize.h"
 #include "algo/gptq.h"
+#include "export/equalize.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
 #include "formats/encode.h"
@@ -98,9 +100,11 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_int4(x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw,
-                              e->qz, e->sc, e->gi, &gst, err);
-            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+            rc = (opt->gptq_act_order ? nq_gptq_int4_actorder : nq_gptq_int4)(
+                x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw, e->qz, e->sc,
+                e->gi, &gst, err);
+            e->algo = opt->gptq_act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
+                                          : opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
                                 e->gi, &e->st, err);
@@ -209,17 +213,212 @@ typedef struct override_ctx {
     const nq_checkpoint *ck;
     override_entry *e;
     size_t n;
+    const struct override_ctx *next;   /* asked before the checkpoint */
 } override_ctx;
+
+static const override_entry *override_find(const override_ctx *o, const char *name)
+{
+    for (; o; o = o->next)
+        for (size_t i = 0; i < o->n; i++)
+            if (strcmp(o->e[i].name, name) == 0)
+                return &o->e[i];
+    return NULL;
+}
 
 static int override_fetch(void *ctx, const nq_weight_request *req, float *out, nq_error *err)
 {
     override_ctx *o = ctx;
-    for (size_t i = 0; i < o->n; i++)
-        if (strcmp(o->e[i].name, req->name) == 0) {
-            memcpy(out, o->e[i].w, req->numel * sizeof *out);
-            return 0;
-        }
+    const override_entry *e = override_find(o, req->name);
+    if (e) {
+        memcpy(out, e->w, req->numel * sizeof *out);
+        return 0;
+    }
     return nq_checkpoint_weight_fetch((void *)o->ck, req, out, err);
+}
+
+static void override_clear(override_ctx *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        free(o->e[i].w);
+    o->n = 0;
+}
+
+/* ---- exact equalization (algo/equalize.h, export/equalize.h) ------------ */
+
+/* alpha in 0, 0.1, ..., 0.9 */
+#define NQ_EQ_GRID 10
+
+typedef struct qdq_ctx {
+    const nq_plan_module *m;
+    const nq_quantize_options *opt;
+} qdq_ctx;
+
+/* round-to-nearest with the module's format and scale rule */
+static int qdq_module(void *ctx, const float *w, int64_t rows, int64_t cols, float *out,
+                      nq_error *err)
+{
+    const qdq_ctx *q = ctx;
+    if (rows != q->m->out_features || cols != q->m->in_features)
+        return nq_fail(err, "internal: %s: equalize shape", q->m->name);
+    encoded e = {0};
+    int rc = encode_module(w, q->m, q->opt, NULL, &e, err);
+    if (rc == 0)
+        rc = dequantize(&e, out, err);
+    encoded_free(&e);
+    return rc;
+}
+
+/* The float copy of checkpoint tensor `name` in the equalization table
+ * (loaded on first use). */
+static override_entry *eq_entry(override_ctx *eq, const nq_checkpoint *ck, const char *name,
+                                nq_error *err)
+{
+    for (size_t i = 0; i < eq->n; i++)
+        if (strcmp(eq->e[i].name, name) == 0)
+            return &eq->e[i];
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t) {
+        nq_fail(err, "internal: equalize: no tensor %s", name);
+        return NULL;
+    }
+    float *w = nq_tensor_load_f32(t, true, err);
+    override_entry *ne = w ? realloc(eq->e, (eq->n + 1) * sizeof *ne) : NULL;
+    if (!ne) {
+        if (w)
+            nq_fail(err, "out of memory");
+        free(w);
+        return NULL;
+    }
+    eq->e = ne;
+    snprintf(ne[eq->n].name, sizeof ne[eq->n].name, "%s", name);
+    ne[eq->n].w = w;
+    return &eq->e[eq->n++];
+}
+
+/* Rounds a float copy to what its stored dtype keeps (the checkpoint writes
+ * the tensors the plan keeps in their own dtype). */
+static void round_to_dtype(float *w, uint64_t n, nq_dtype dt)
+{
+    for (uint64_t i = 0; i < n; i++)
+        w[i] = dt == NQ_BF16 ? nq_bf16_to_f32(nq_f32_to_bf16(w[i]))
+             : dt == NQ_F16  ? nq_f16_to_f32(nq_f32_to_f16(w[i]))
+                             : w[i];
+}
+
+/* Fills eq with the equalized float tensors of layer l (export/equalize.h's
+ * pairs), each pair's scales searched on the float layer's statistics: the
+ * quantized readers with a Hessian are the search's consumers; every reader
+ * is rescaled. */
+static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint *ck,
+                          const nq_plan *plan, nq_calib_stats *stats,
+                          const nq_quantize_options *opt, override_ctx *eq,
+                          nq_quantize_summary *sum, nq_error *err)
+{
+    nq_eq_pair *pairs;
+    int np;
+    int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
+    int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
+        return -1;
+    int rc = -1;
+    nq_eq_consumer *cons = NULL;
+    qdq_ctx *qc = NULL;
+    float **ent = NULL;   /* weights, not entries: the table may move */
+    float *c = NULL;
+    double *rms = NULL;
+    for (int pi = 0; pi < np; pi++) {
+        const nq_eq_pair *p = &pairs[pi];
+        if (!(kinds & p->kind))
+            continue;
+        free(cons), free(qc), free(ent), free(c), free(rms);
+        cons = calloc((size_t)p->n, sizeof *cons);
+        qc = calloc((size_t)p->n, sizeof *qc);
+        ent = calloc((size_t)p->n, sizeof *ent);
+        c = malloc((size_t)p->cols * sizeof *c);
+        rms = malloc((size_t)p->cols * sizeof *rms);
+        if (!cons || !qc || !ent || !c || !rms) {
+            nq_fail(err, "out of memory");
+            goto done;
+        }
+        int nc = 0;
+        const double *rh = NULL;
+        uint64_t rrows = 0;
+        for (int r = 0; r < p->n; r++) {
+            const nq_plan_module *m = nq_module_of_weight(plan, p->readers[r]);
+            nq_linear_stats *st = m && m->format != NQ_FORMAT_KEEP ? nq_calib_find(stats, m->name)
+                                                                    : NULL;
+            /* few rows: a Hessian of low rank, whose unseen directions
+             * the search would sacrifice */
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows)
+                continue;
+            override_entry *re = eq_entry(eq, ck, p->readers[r], err);
+            if (!re)
+                goto done;
+            ent[r] = re->w;
+            int64_t d = m->in_features;
+            for (int64_t a = 0; a < d; a++) /* dsyrk filled the upper triangle */
+                for (int64_t b = 0; b < a; b++)
+                    st->hessian[a * d + b] = st->hessian[b * d + a];
+            qc[nc] = (qdq_ctx){.m = m, .opt = opt};
+            cons[nc] = (nq_eq_consumer){.w = ent[r], .rows = m->out_features,
+                                        .hessian = st->hessian, .qdq = qdq_module,
+                                        .qdq_ctx = &qc[nc]};
+            nc++;
+            if (st->rows > rrows)
+                rrows = st->rows, rh = st->hessian;
+        }
+        if (nc == 0)
+            continue;   /* no quantized reader saw data: leave the pair alone */
+        for (int64_t k = 0; k < p->cols; k++)
+            rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
+        nq_eq_result res;
+        if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
+            goto done;
+        sum->eq_searched++;
+        sum->eq_err_identity += res.err_identity;
+        sum->eq_err_best += res.err_best;
+        if (res.alpha == 0.0)
+            continue;
+        sum->eq_pairs++;
+        override_entry *se = eq_entry(eq, ck, p->src, err);
+        if (!se)
+            goto done;
+        nq_eq_apply_src(p, se->w, c);
+        for (int r = 0; r < p->n; r++) {
+            override_entry *re = ent[r] ? NULL : eq_entry(eq, ck, p->readers[r], err);
+            if (!ent[r] && !re)
+                goto done;
+            const nq_tensor *rt = nq_checkpoint_find(ck, p->readers[r]);
+            nq_eq_apply_reader(ent[r] ? ent[r] : re->w, rt->shape[0], p->cols, c);
+        }
+    }
+    /* what the checkpoint keeps in its own dtype is what the server runs */
+    for (size_t i = 0; i < eq->n; i++) {
+        const nq_tensor *et = nq_checkpoint_find(ck, eq->e[i].name);
+        const nq_plan_module *m = nq_module_of_weight(plan, et->name);
+        if (!m || m->format == NQ_FORMAT_KEEP)
+            round_to_dtype(eq->e[i].w, et->numel, et->dtype);
+    }
+    rc = 0;
+done:
+    free(cons), free(qc), free(ent), free(c), free(rms);
+    nq_eq_pairs_free(pairs, np);
+    return rc;
+}
+
+/* An equalized tensor the plan keeps, in its own dtype. */
+static int write_kept(nq_writer *w, const nq_tensor *t, const float *v, nq_error *err)
+{
+    if (t->dtype == NQ_F32)
+        return nq_writer_write(w, v, t->numel * sizeof *v, err);
+    uint16_t *h = malloc(t->numel * sizeof *h);
+    if (!h)
+        return nq_fail(err, "%s: out of memory", t->name);
+    for (uint64_t i = 0; i < t->numel; i++)
+        h[i] = t->dtype == NQ_BF16 ? nq_f32_to_bf16(v[i]) : nq_f32_to_f16(v[i]);
+    int rc = nq_writer_write(w, h, t->numel * sizeof *h, err);
+    free(h);
+    return rc;
 }
 
 /* ---- the pass ---------------------------------------------------------- */
@@ -276,8 +475,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     int32_t *ids = NULL;
     float *x = NULL, *x_in = NULL;
     order_item *order = NULL;
-    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq};
-    override_ctx ov = {.ck = ck};
+    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
+    override_ctx eq = {.ck = ck};
+    override_ctx ov = {.ck = ck, .next = &eq};
     int rc = -1;
     size_t n = nq_checkpoint_count(ck);
 
@@ -370,6 +570,27 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (nq_model_blocks(model, l, x, S, T, err) != 0)
             goto done;
         nq_model_set_hooks(model, NULL);
+        if (opt->equalize) {
+            /* the scales come from the float layer's statistics; the
+             * statistics GPTQ and the input scales use are those of the
+             * equalized layer (its inputs are divided by the scales) */
+            if (equalize_layer(l, cfg, ck, plan, &stats, opt, &eq, sum, err) != 0)
+                goto done;
+            if (eq.n > 0) {
+                nq_calib_stats_reset(&stats);
+                memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
+                nq_model_set_hooks(model, &hooks);
+                int brc = nq_model_blocks(model, l, x, S, T, err);
+                nq_model_set_hooks(model, NULL);
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
+                                                          .ctx = (void *)ck});
+                if (brc != 0)
+                    goto done;
+            }
+        }
         uint64_t stat_bytes = 0;
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
@@ -385,8 +606,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             const nq_plan_module *m = nq_module_of_weight(plan, t->name);
             if (opt->log)
                 fprintf(opt->log, "\r[layer %d/%d] %-60.60s", l + 1, L, t->name);
+            const override_entry *qe = override_find(&eq, t->name);
             if (!m || m->format == NQ_FORMAT_KEEP) {
-                if (nq_copy_tensor(w, t, err) != 0)
+                if ((qe ? write_kept(w, t, qe->w, err) : nq_copy_tensor(w, t, err)) != 0)
                     goto done;
                 continue;
             }
@@ -415,9 +637,14 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             }
             float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
                                                              : amax / 448.0f;
-            float *wf = nq_tensor_load_f32(t, true, err);
-            if (!wf)
+            float *wf = qe ? malloc(t->numel * sizeof *wf) : nq_tensor_load_f32(t, true, err);
+            if (!wf) {
+                if (qe)
+                    nq_fail(err, "%s: out of memory", t->name);
                 goto done;
+            }
+            if (qe)
+                memcpy(wf, qe->w, t->numel * sizeof *wf);
             nq_tensor_release(t);
             const double *hess = NULL;
             bool fallback = false;
@@ -527,9 +754,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
         }
-        for (size_t i = 0; i < ov.n; i++)
-            free(ov.e[i].w);
-        ov.n = 0;
+        override_clear(&ov);
+        override_clear(&eq);
     }
     /* the head */
     for (; k < n; k++)
@@ -548,9 +774,10 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     rc = 0;
 done:
     nq_calib_stats_reset(&stats);
-    for (size_t i = 0; i < ov.n; i++)
-        free(ov.e[i].w);
+    override_clear(&ov);
     free(ov.e);
+    override_clear(&eq);
+    free(eq.e);
     nq_writer_free(w);
     nq_model_close(model);
     nq_tokenizer_free(tok);

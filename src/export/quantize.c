@@ -172,6 +172,14 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                      "activation scales");
         goto done;
     }
+    if (opt->equalize && !opt->calib_path) {
+        nq_fail(err, "--equalize needs --calib FILE (its scales come from calibration data)");
+        goto done;
+    }
+    if (opt->gptq_act_order && !opt->gptq) {
+        nq_fail(err, "--gptq-act-order needs --algo gptq");
+        goto done;
+    }
     if (opt->gptq && !opt->calib_path) {
         nq_fail(err, "--algo gptq needs --calib FILE (its Hessians come from calibration data)");
         goto done;

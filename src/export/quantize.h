@@ -27,6 +27,13 @@ typedef struct nq_quantize_options {
     bool gptq;                      /* GPTQ for NVFP4 and INT4 modules (needs calib_path) */
     double gptq_damp;               /* <= 0: 0.01 */
     int gptq_min_rows;              /* fewer calibration rows: RTN + mse scales (<= 0: 128) */
+    /* Exact equalization folded into the weights (algo/equalize.h): per
+     * channel scales between each RMSNorm and the Linears it feeds (the
+     * router absorbing them), between the gated RMSNorm and out_proj, and
+     * between relu^2 up_proj rows and down_proj columns (needs calib_path). */
+    bool equalize;
+    int equalize_kinds;             /* NQ_EQ_* bits; 0 with equalize: NQ_EQ_DEFAULT */
+    bool gptq_act_order;            /* INT4: act-order with static groups (nq_gptq_int4_actorder) */
     /* Which activations feed the next layer during calibration:
      * NQ_PROPAGATE_AUTO = quantized with GPTQ (the standard sequential
      * scheme), float otherwise (ModelOpt's max calibration). */
@@ -75,6 +82,10 @@ typedef struct nq_quantize_summary {
     size_t calib_stream_tokens;
     size_t experts_without_tokens;  /* got their layer's input scale */
     size_t gptq_modules, gptq_fallbacks;
+    /* --equalize: pairs equalized (alpha > 0) of those searched, and the
+     * searched W4A16 output error summed over them at alpha = 0 / chosen */
+    size_t eq_pairs, eq_searched;
+    double eq_err_identity, eq_err_best;
     size_t kv_layers;
     double out_sq_err, out_sq_ref;  /* output error on calibration samples */
     double calib_seconds;

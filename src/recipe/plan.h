@@ -62,6 +62,10 @@ typedef struct nq_recipe_options {
     size_t nrules;
     int int4_group_size;      /* 0: 128 with automatic fallback (see plan.c) */
     bool int4_group_explicit; /* user fixed the group size: never change it */
+    /* When the routed experts force a smaller base group, the other INT4
+     * Linears keep the requested size (a `dynamic` override each): fewer
+     * bits, same loaders (--int4-wide-groups) */
+    bool int4_wide_groups;
 } nq_recipe_options;
 
 /* Names of the presets, NULL-terminated. */
