@@ -358,8 +358,8 @@ done:
 }
 
 int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
-                  float *global_scale, nq_gptq_stats *st, nq_error *err)
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
 {
     if (cols % 16 != 0)
         return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
@@ -374,7 +374,7 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
             amax = a;
         }
     }
-    *global_scale = nq_nvfp4_global_scale(amax);
+    *global_scale = nq_nvfp4_global_scale(shared_amax > amax ? shared_amax : amax);
     memset(packed, 0, (size_t)(rows * cols / 2));
     gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16, .mse = mse,
                   .gs = *global_scale, .codes = packed, .scales8 = block_scales};

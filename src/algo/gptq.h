@@ -55,9 +55,10 @@ int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const doub
                           int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
                           nq_error *err);
 
-/* NVFP4 as nq_encode_nvfp4 writes it. */
+/* NVFP4 as nq_encode_nvfp4 writes it; the global scale from max(amax,
+ * shared_amax) as nq_encode_nvfp4_view_shared. */
 int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
-                  float *global_scale, nq_gptq_stats *st, nq_error *err);
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err);
 
 #endif

@@ -24,6 +24,7 @@
 #include "eval/perplexity.h"
 #include "eval/report.h"
 #include "tok/tokenizer.h"
+#include "formats/rounding.h"
 
 static const char *usage =
     "usage: nemoq quantize IN OUT --recipe NAME [options]\n"
@@ -38,6 +39,10 @@ static const char *usage =
     "  --include GLOB=FORMAT  quantize matching Linears as nvfp4|fp8|int4|bf16 (repeatable)\n"
     "  --weight-scale max|mse block/group scales: amax-based (ModelOpt's default) or the\n"
     "                         least-squared-error scale among nearby representable ones\n"
+    "  --rounding exact|modelopt-cuda  how scales divide by 448 and 2688: exactly (default;\n"
+    "                         ModelOpt on the CPU), or as ModelOpt's export on a CUDA GPU\n"
+    "                         (multiply by the f32 reciprocal; FP8 weights divided by the\n"
+    "                         BF16-rounded scale), byte for byte\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
     "  --int4-wide-groups     when the routed experts force a smaller group size, the other\n"
@@ -85,6 +90,10 @@ static const char *usage =
     "  --auto-formats LIST    candidates, comma-separated from nvfp4,fp8,bf16 (default all)\n"
     "  --auto-cost weight|active-moe  bits per stored weight, or per weight a token reads\n"
     "                         (routed experts count top_k / n_experts)\n"
+    "  --auto-score kl|proxy  kl (default): measured KL of the model with one group\n"
+    "                         quantized; proxy: the group's error in the residual stream\n"
+    "                         after its block x its layer's KL per unit of that error (one\n"
+    "                         full KL per layer instead of per group and format)\n"
     "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n"
     "  --auto-scores FILE     reuse the scores in an earlier run's --report JSON instead of\n"
     "                         measuring (same model, groups and formats)\n";
@@ -137,6 +146,7 @@ int nq_cmd_quantize(int argc, char **argv)
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
+    bool auto_score_given = false;
     int group = 0, rc = 2;
     bool wide_groups = false;
     for (int i = 1; i < argc && !bad; i++) {
@@ -189,6 +199,16 @@ int nq_cmd_quantize(int argc, char **argv)
             else {
                 nq_cli_error("--weight-scale '%s': expected max or mse", v);
                 bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--rounding", &v, &bad)) {
+            nq_rounding r;
+            if (bad)
+                break;
+            if (nq_parse_rounding(v, &r) != 0) {
+                nq_cli_error("--rounding '%s': expected exact or modelopt-cuda", v);
+                bad = true;
+            } else {
+                nq_set_rounding(r);
             }
         } else if (nq_arg_value(argc, argv, &i, "--group-size", &v, &bad)) {
             if (!bad && (nq_parse_int(v, 32, 128, &group) != 0 ||
@@ -338,6 +358,14 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-score", &v, &bad)) {
+            if (!bad && strcmp(v, "proxy") == 0)
+                opt.auto_score_proxy = true;
+            else if (!bad && strcmp(v, "kl") != 0) {
+                nq_cli_error("--auto-score '%s': expected kl or proxy", v);
+                bad = true;
+            }
+            auto_score_given = true;
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
         } else if (strcmp(a, "--weights-only") == 0) {
@@ -393,9 +421,9 @@ int nq_cmd_quantize(int argc, char **argv)
          * conv1d quantizable; the search then sets their formats */
         preset = "nvfp4-aggressive";
     } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows ||
-               opt.auto_scores_path) {
-        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score-samples and "
-                     "--auto-scores need --auto-quantize BITS");
+               opt.auto_scores_path || auto_score_given) {
+        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score, --auto-score-samples "
+                     "and --auto-scores need --auto-quantize BITS");
         goto finish;
     }
     if (!in || (!out && !dry_run) || !preset) {
@@ -577,9 +605,10 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (report_path && rc == 0) {
         json_t *summary = json_pack(
-            "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
             "output", out, "recipe", opt.auto_bits > 0 ? "auto-quantize" : preset, "algorithm", opt.gptq ? "gptq" : "rtn",
-            "weight_scale", opt.mse_scales ? "mse" : "max", "bytes_in", (json_int_t)sum.bytes_in,
+            "weight_scale", opt.mse_scales ? "mse" : "max", "rounding",
+            nq_rounding_name(nq_get_rounding()), "bytes_in", (json_int_t)sum.bytes_in,
             "bytes_out", (json_int_t)sum.bytes_out, "bits_per_parameter", bits,
             "nvfp4_modules", (json_int_t)sum.modules[NQ_FORMAT_NVFP4], "fp8_modules",
             (json_int_t)sum.modules[NQ_FORMAT_FP8], "int4_modules",

@@ -34,6 +34,7 @@
 #include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
+#include "formats/rounding.h"
 #include "model/forward.h"
 #include "tok/tokenizer.h"
 
@@ -76,12 +77,14 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
+            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads,
+                               m->shared_amax, e->packed,
                                e->scales8, &e->gs, &gst, err);
             e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
-            rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
-                                 &e->gs, &e->st, err);
+            nq_weight_view v = {x, NQ_F32, o, i};
+            rc = nq_encode_nvfp4_view_shared(&v, m->shared_amax, opt->mse_scales, opt->threads,
+                                             e->packed, e->scales8, &e->gs, &e->st, err);
             e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
         }
     } else if (m->format == NQ_FORMAT_FP8) {
@@ -635,8 +638,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         m->name);
                 goto done;
             }
-            float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
-                                                             : amax / 448.0f;
+            float input_scale = m->format == NQ_FORMAT_NVFP4 ? nq_scale_div(amax, 6.0f * 448.0f)
+                                                             : nq_scale_div(amax, 448.0f);
             float *wf = qe ? malloc(t->numel * sizeof *wf) : nq_tensor_load_f32(t, true, err);
             if (!wf) {
                 if (qe)

@@ -52,6 +52,7 @@ typedef struct nq_quantize_options {
     bool auto_formats[3];           /* indexed by nq_format: bf16, nvfp4, fp8 */
     bool auto_active_moe;           /* --auto-cost active-moe */
     int auto_score_windows;         /* scoring windows (<= 0: 16) */
+    bool auto_score_proxy;          /* --auto-score proxy: output-error proxy, no KL */
     struct json_t *auto_report;     /* optional object: groups, scores, choice, cost */
     const char *auto_scores_path;   /* reuse the scores of an earlier --report (no measuring) */
     /* Print the plan (with AutoQuantize: its scores) to stdout and stop. */

@@ -4,6 +4,7 @@
 
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
+#include "formats/rounding.h"
 
 static const float e2m1_values[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6,
                                       -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
@@ -27,7 +28,7 @@ uint8_t nq_e2m1_encode(float x)
 
 float nq_nvfp4_global_scale(float amax)
 {
-    return amax > 0 ? amax / (6.0f * 448.0f) : 1.0f;
+    return amax > 0 ? nq_scale_div(amax, 6.0f * 448.0f) : 1.0f;
 }
 
 static float block_amax(const float *x)

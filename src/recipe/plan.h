@@ -36,6 +36,8 @@ typedef struct nq_plan_module {
     bool quantizable;   /* a 2-D Linear a loader can quantize */
     nq_format format;
     int group_size;     /* NVFP4: 16; INT4: the group used for this module; else 0 */
+    float shared_amax;  /* NVFP4: the weight amax its global scale is computed from when it
+                         * shares one with fused siblings (q/k/v); 0: its own amax */
     char reason[200];
 } nq_plan_module;
 
