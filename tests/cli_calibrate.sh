@@ -87,7 +87,13 @@ check "eval with too little text" '[ $rc -eq 1 ] && [[ "$err" == *"none left"* ]
 "$bin" quantize "$model" "$tmp/int" --recipe nvfp4-conservative --calib "$tmp/calib.txt" \
   --calib-samples 64 --calib-len 256 --algo gptq >/dev/null 2>"$tmp/interr" &
 pid=$!
-sleep 1
+# signal once the run is under way (its temporary output directory exists,
+# so the handler is installed): a fixed sleep raced the start-up, which
+# loading the CUDA libraries makes slow on a busy machine
+for _ in $(seq 600); do
+  ls -A "$tmp" | grep -q nemoq-tmp && break
+  sleep 0.1
+done
 kill -INT $pid
 wait $pid; rc=$?
 left=$(ls -A "$tmp" | grep -c nemoq-tmp)

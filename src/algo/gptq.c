@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "formats/floatconv.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
@@ -171,8 +172,22 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
     return 0;
 }
 
-static int run(gptq_job *j, const double *hessian, double percdamp, int threads,
-               nq_gptq_stats *st, nq_error *err)
+/* The inverse Cholesky and the sweep on GPU g (cuda/gptq.cu): 0, 1 when
+ * the damped Hessian is not positive definite, -1 on error. */
+static int run_gpu(struct nq_cuda *g, gptq_job *j, const double *h, const bool *dead,
+                   double damp_abs, double *loss, nq_error *err)
+{
+    nq_cuda_gptq_job cj = {.fmt = j->fmt == FMT_INT4 ? 0 : 1, .w = j->w, .rows = j->rows,
+                           .cols = j->cols, .hessian = h, .dead = dead, .damp_abs = damp_abs,
+                           .group = j->group, .mse = j->mse, .gs = j->gs, .codes = j->codes,
+                           .scales16 = j->scales16, .scales8 = j->scales8};
+    int r = nq_cuda_gptq(g, &cj, err);
+    *loss = cj.proxy_loss;
+    return r;
+}
+
+static int run(struct nq_cuda *gpu, gptq_job *j, const double *hessian, double percdamp,
+               int threads, nq_gptq_stats *st, nq_error *err)
 {
     int64_t n = j->cols;
     memset(st, 0, sizeof *st);
@@ -206,6 +221,19 @@ static int run(gptq_job *j, const double *hessian, double percdamp, int threads,
     }
     mean_diag /= (double)n;
     st->damp = percdamp;
+    if (gpu) {
+        int r = 1;
+        for (int attempt = 0; attempt < 5 && r == 1; attempt++) {
+            r = run_gpu(gpu, j, h, dead, st->damp * mean_diag, &st->proxy_loss, err);
+            if (r == 1)
+                st->damp *= 10.0;
+        }
+        if (r == 1)
+            nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
+                    st->damp / 10.0);
+        rc = r == 0 ? 0 : -1;
+        goto done;
+    }
     for (int attempt = 0; attempt < 5 && !u; attempt++) {
         u = inverse_cholesky_upper(h, (int)n, st->damp * mean_diag);
         if (!u)
@@ -237,6 +265,23 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
                  bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
                  uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
 {
+    return nq_gptq_int4_on(NULL, w, rows, cols, hessian, group, mse, percdamp, threads, qweight,
+                           qzeros, scales, g_idx, st, err);
+}
+
+int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    return nq_gptq_nvfp4_on(NULL, w, rows, cols, hessian, mse, percdamp, threads, shared_amax,
+                            packed, block_scales, global_scale, st, err);
+}
+
+int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, double percdamp, int threads,
+                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
+                    nq_gptq_stats *st, nq_error *err)
+{
     if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
         rows % 8 != 0)
         return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
@@ -258,7 +303,7 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
         return nq_fail(err, "gptq int4: out of memory");
     gptq_job j = {.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
                   .mse = mse, .codes = codes, .scales16 = scales};
-    int rc = run(&j, hessian, percdamp, threads, st, err);
+    int rc = run(gpu, &j, hessian, percdamp, threads, st, err);
     /* error feedback moves weights: a group may end up past what amax/7
      * in F16 can hold even when the input did not */
     for (int64_t k = 0; rc == 0 && k < (cols / group) * rows; k++)
@@ -348,7 +393,9 @@ int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const doub
                   .mse = mse, .codes = codes, .perm = perm, .static16 = scales};
     uint16_t *unused = malloc((size_t)(n / group * rows) * sizeof *unused);
     j.scales16 = unused;
-    rc = unused ? run(&j, hp, percdamp, threads, st, err) : nq_fail(err, "gptq int4: out of memory");
+    /* act-order runs on the CPU (cuda/gptq.cu has no permuted static groups) */
+    rc = unused ? run(NULL, &j, hp, percdamp, threads, st, err)
+                : nq_fail(err, "gptq int4: out of memory");
     free(unused);
     if (rc == 0)
         nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
@@ -357,9 +404,10 @@ done:
     return rc;
 }
 
-int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, float shared_amax, uint8_t *packed,
-                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
+int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, bool mse, double percdamp, int threads,
+                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
+                     float *global_scale, nq_gptq_stats *st, nq_error *err)
 {
     if (cols % 16 != 0)
         return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
@@ -378,5 +426,5 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
     memset(packed, 0, (size_t)(rows * cols / 2));
     gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16, .mse = mse,
                   .gs = *global_scale, .codes = packed, .scales8 = block_scales};
-    return run(&j, hessian, percdamp, threads, st, err);
+    return run(gpu, &j, hessian, percdamp, threads, st, err);
 }

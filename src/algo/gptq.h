@@ -61,4 +61,18 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
                   double percdamp, int threads, float shared_amax, uint8_t *packed,
                   uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err);
 
+/* The same on a GPU (cuda/cuda.h, nq_cuda_gptq): the inverse Cholesky and
+ * the column sweep run there (gpu NULL: on the CPU, as above).  Same
+ * algorithm and scale searches; only the order of the sums inside the
+ * factorization and the block updates differs (see cuda/gptq.cu). */
+struct nq_cuda;
+int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, double percdamp, int threads,
+                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
+                    nq_gptq_stats *st, nq_error *err);
+int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, bool mse, double percdamp, int threads,
+                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
+                     float *global_scale, nq_gptq_stats *st, nq_error *err);
+
 #endif

@@ -57,6 +57,14 @@ typedef struct nq_calib_stats {
 nq_forward_hooks nq_calib_hooks(nq_calib_stats *s);
 /* The statistics of a module, or NULL when it saw no input. */
 nq_linear_stats *nq_calib_find(nq_calib_stats *s, const char *module);
+/* The same statistics computed on a GPU (cuda/cuda.h, "calibration
+ * statistics"): begin before the layer's blocks run on g with no host
+ * hooks, collect after them; collect fills s as the hooks would have
+ * (amax, rows, sampled rows, Hessians, K/V amax, the same errors for
+ * non-finite activations) and ends the GPU's collection. */
+struct nq_cuda;
+int nq_calib_device_begin(nq_calib_stats *s, struct nq_cuda *g, nq_error *err);
+int nq_calib_device_collect(nq_calib_stats *s, struct nq_cuda *g, nq_error *err);
 /* Frees every item, keeps plan and the hessians flag. */
 void nq_calib_stats_reset(nq_calib_stats *s);
 

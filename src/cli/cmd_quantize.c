@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -558,6 +559,24 @@ int nq_cmd_quantize(int argc, char **argv)
                "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
                sum.calib_samples, sum.calib_len, sum.calib_seconds,
                sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0, sum.kv_layers);
+        static const char *const kinds[4] = {"Mamba", "MoE", "attention", "MLP"};
+        bool any = false;
+        for (int k = 0; k < 4; k++)
+            if (sum.layers_of_kind[k] > 0) {
+                printf("%s %s layers: %.2f s each (forward with statistics %.2f s) x %d",
+                       any ? ";" : "time per layer:", kinds[k],
+                       sum.layer_seconds[k] / sum.layers_of_kind[k],
+                       sum.layer_stats_seconds[k] / sum.layers_of_kind[k], sum.layers_of_kind[k]);
+                any = true;
+            }
+        if (any)
+            printf("\n");
+        if (opt.cuda) {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            printf("memory: GPU peak %.2f GiB allocated by nemoq; host peak RSS %.2f GiB\n",
+                   nq_cuda_peak_bytes(opt.cuda) / 1073741824.0, ru.ru_maxrss / 1048576.0);
+        }
         if (opt.gptq)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "cuda/cuda.h"
+#include "cuda/internal.cuh"
 #include "cuda/kernels.cuh"
 
 /* ---- errors ------------------------------------------------------------ */
@@ -121,6 +122,7 @@ struct nq_cuda {
     alloc_list head_allocs;
     void *scratch[S_COUNT];
     size_t scratch_bytes[S_COUNT];
+    struct nqs_stats *stats;    /* calibration statistics (stats.cu), or NULL */
 };
 
 static double wall(void)
@@ -342,6 +344,7 @@ extern "C" void nq_cuda_close(nq_cuda *g)
     if (!g)
         return;
     nq_cuda_timing_report(g, "at close");
+    nqs_free(g);
     while (g->ncache > 0)
         evict(g, g->ncache - 1);
     list_free(g, &g->head_allocs);
@@ -370,6 +373,10 @@ extern "C" void nq_cuda_timing_report(nq_cuda *g, const char *label)
 }
 
 extern "C" const char *nq_cuda_describe(const nq_cuda *g) { return g->desc; }
+cublasHandle_t nqb_blas(nq_cuda *g) { return g->blas; }
+int nqb_alloc(nq_cuda *g, void **p, size_t bytes, nq_error *err) { return dalloc(g, p, bytes, err); }
+void nqb_free(nq_cuda *g, void *p, size_t bytes) { dfree(g, p, bytes); }
+struct nqs_stats **nqb_stats(nq_cuda *g) { return &g->stats; }
 extern "C" size_t nq_cuda_peak_bytes(const nq_cuda *g) { return g->peak_bytes; }
 
 /* ---- weights ------------------------------------------------------------ */
@@ -503,9 +510,14 @@ static int linear(nq_cuda *g, const nq_exec *ex, const char *suffix, int expert,
     if (n <= 0)
         return 0;
     const nq_forward_hooks *hk = ex->hooks;
-    if (hk && (hk->linear_input || hk->rewrite_input)) {
-        char name[256];
+    char name[256];
+    if (g->stats || (hk && (hk->linear_input || hk->rewrite_input)))
         snprintf(name, sizeof name, "%s%s", ex->prefix ? ex->prefix : "", suffix);
+    /* calibration statistics on the GPU (stats.cu), before any rewrite as
+     * the host hook sees the input */
+    if (g->stats && nqs_linear(g, name, ex->layer, expert, dx, n, in, err) != 0)
+        return -1;
+    if (hk && (hk->linear_input || hk->rewrite_input)) {
         size_t count = (size_t)n * in;
         float *hx = (float *)malloc(count * sizeof *hx);
         float *hr = hk->rewrite_input ? (float *)malloc(count * sizeof *hr) : NULL;
@@ -668,6 +680,8 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
         linear(g, ex, "v_proj.weight", -1, NULL, dxn, n, H, d->v, NULL, kvdim, v) != 0)
         return -1;
     mark(g, P_A_KV_HOST);
+    if (g->stats && nqs_kv(g, k, v, (size_t)n * kvdim, err) != 0)
+        return -1;
     bool hook = ex->hooks && ex->hooks->kv_output;
     if (hook || k_cache) {
         size_t bytes = (size_t)n * kvdim * sizeof(float);

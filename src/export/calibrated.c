@@ -28,6 +28,7 @@
 #include "export/equalize.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
+#include "cuda/cuda.h"
 #include "formats/encode.h"
 #include "export/output.h"
 #include "formats/floatconv.h"
@@ -77,9 +78,9 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads,
-                               m->shared_amax, e->packed,
-                               e->scales8, &e->gs, &gst, err);
+            rc = nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
+                                  opt->threads, m->shared_amax, e->packed, e->scales8, &e->gs,
+                                  &gst, err);
             e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
             nq_weight_view v = {x, NQ_F32, o, i};
@@ -103,9 +104,12 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = (opt->gptq_act_order ? nq_gptq_int4_actorder : nq_gptq_int4)(
-                x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw, e->qz, e->sc,
-                e->gi, &gst, err);
+            if (opt->gptq_act_order) /* on the CPU: not ported to the GPU */
+                rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
+                                           opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            else
+                rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
+                                     opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
             e->algo = opt->gptq_act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
                                           : opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
@@ -460,6 +464,28 @@ static int write_scalar(nq_writer *w, float v, nq_error *err)
     return nq_writer_write(w, &v, sizeof v, err);
 }
 
+/* Runs block l over x gathering its statistics into stats: on the GPU its
+ * device statistics (cuda/stats.cu, fetched once for the layer), on the
+ * CPU the host hooks. */
+static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_stats *stats,
+                       struct nq_cuda *g, nq_error *err)
+{
+    if (g) {
+        if (nq_calib_device_begin(stats, g, err) != 0 ||
+            nq_model_blocks(model, l, x, S, T, err) != 0 ||
+            nq_calib_device_collect(stats, g, err) != 0) {
+            nq_cuda_stats_end(g);
+            return -1;
+        }
+        return 0;
+    }
+    nq_forward_hooks hooks = nq_calib_hooks(stats);
+    nq_model_set_hooks(model, &hooks);
+    int rc = nq_model_blocks(model, l, x, S, T, err);
+    nq_model_set_hooks(model, NULL);
+    return rc;
+}
+
 int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
                            const nq_model_config *cfg, const nq_plan *plan,
                            nq_quantize_summary *sum, nq_error *err)
@@ -566,13 +592,13 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (int l = 0; l < L; l++) {
         if (nq_interrupt_check(err) != 0)
             goto done;
+        double t_layer = now_seconds();
+        int kind = cfg->pattern[l] == NQ_BLOCK_MAMBA ? 0 : cfg->pattern[l] == NQ_BLOCK_MOE ? 1
+                 : cfg->pattern[l] == NQ_BLOCK_ATTENTION ? 2 : 3;
         /* 1. statistics of the float layer on its input */
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
-        nq_forward_hooks hooks = nq_calib_hooks(&stats);
-        nq_model_set_hooks(model, &hooks);
-        if (nq_model_blocks(model, l, x, S, T, err) != 0)
+        if (layer_stats(model, l, x, S, T, &stats, opt->cuda, err) != 0)
             goto done;
-        nq_model_set_hooks(model, NULL);
         if (opt->equalize) {
             /* the scales come from the float layer's statistics; the
              * statistics GPTQ and the input scales use are those of the
@@ -584,9 +610,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 memcpy(x, x_in, (size_t)S * plane * sizeof *x);
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
-                nq_model_set_hooks(model, &hooks);
-                int brc = nq_model_blocks(model, l, x, S, T, err);
-                nq_model_set_hooks(model, NULL);
+                int brc = layer_stats(model, l, x, S, T, &stats, opt->cuda, err);
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                           .ctx = (void *)ck});
@@ -601,6 +625,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
             sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
 
+        sum->layer_stats_seconds[kind] += now_seconds() - t_layer;
         /* 2. quantize and write the layer's tensors */
         for (; k < n && order[k].key == l; k++) {
             if (nq_interrupt_check(err) != 0)
@@ -666,13 +691,40 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (fallback)
                 o2.mse_scales = true;
             encoded e = {0};
-            float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-            int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+            /* NVFP4 round-to-nearest whose dequantized weight is not needed
+             * on the host: encoded and measured on the GPU (cuda/encode.cu,
+             * the same bytes as encode_module) */
+            bool gpu_rtn = opt->cuda && m->format == NQ_FORMAT_NVFP4 && !hess &&
+                           !quantized_propagation && !(m->shared_amax > 0.0f);
+            double gstats[5] = {0};
+            float *deq = NULL;
+            int r;
+            if (gpu_rtn) {
+                int64_t mo = m->out_features, mi = m->in_features;
+                e.m = m;
+                e.algo = o2.mse_scales ? "rtn+mse" : "rtn";
+                e.packed = malloc((size_t)(mo * mi / 2));
+                e.scales8 = malloc((size_t)(mo * mi / 16));
+                r = e.packed && e.scales8
+                        ? nq_cuda_encode_nvfp4(opt->cuda, wf, mo, mi, o2.mse_scales,
+                                               st && st->sample_rows > 0 ? st->sample : NULL,
+                                               st ? st->sample_rows : 0, e.packed, e.scales8,
+                                               &e.gs, gstats, err)
                         : nq_fail(err, "%s: out of memory", m->name);
-            if (r != 0)
-                nq_error_name(err, "tensor", t->name);
-            if (r == 0)
-                r = dequantize(&e, deq, err);
+                e.st.sq_err = gstats[0];
+                e.st.sq_err_max_scale = gstats[1];
+                e.st.sq_ref = gstats[2];
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+            } else {
+                deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
+                r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+                        : nq_fail(err, "%s: out of memory", m->name);
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+                if (r == 0)
+                    r = dequantize(&e, deq, err);
+            }
             if (r == 0)
                 r = write_encoded(w, &e, err) ||
                     (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
@@ -686,8 +738,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 e.algo = "rtn+mse (too few calibration rows for gptq)";
             sum->gptq_modules += hess != NULL;
             sum->gptq_fallbacks += fallback;
-            double wsq = 0.0, wref = 0.0;
-            for (int64_t q = 0; q < m->out_features * m->in_features; q++) {
+            double wsq = gstats[0], wref = gstats[2];
+            for (int64_t q = 0; !gpu_rtn && q < m->out_features * m->in_features; q++) {
                 double dlt = (double)wf[q] - deq[q];
                 wsq += dlt * dlt;
                 wref += (double)wf[q] * wf[q];
@@ -695,10 +747,25 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             sum->sq_err += wsq;
             sum->sq_ref += wref;
             sum->sq_err_max_scale += hess ? 0.0 : e.st.sq_err_max_scale;
-            double osq = 0.0, oref = 0.0;
-            if (st && st->sample_rows > 0)
+            double osq = gstats[3], oref = gstats[4];
+            if (gpu_rtn) {
+                /* measured with the encoding */
+            } else if (st && st->sample_rows > 0 && opt->cuda) {
+                /* rows x out x in multiply-adds twice per module: a Nano
+                 * MoE layer's 256 expert modules make about 6.4e11, which
+                 * the single-threaded loop below takes minutes over */
+                if (nq_cuda_output_error(opt->cuda, st->sample, st->sample_rows, wf, deq,
+                                         m->out_features, m->in_features, &osq, &oref,
+                                         err) != 0) {
+                    encoded_free(&e);
+                    free(wf);
+                    free(deq);
+                    goto done;
+                }
+            } else if (st && st->sample_rows > 0) {
                 output_error(st->sample, st->sample_rows, wf, deq, m->out_features,
                              m->in_features, &osq, &oref);
+            }
             sum->out_sq_err += osq;
             sum->out_sq_ref += oref;
             if (opt->report_modules) {
@@ -759,6 +826,12 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         }
         override_clear(&ov);
         override_clear(&eq);
+        double dt_layer = now_seconds() - t_layer;
+        sum->layer_seconds[kind] += dt_layer;
+        sum->layers_of_kind[kind]++;
+        if (opt->log)
+            fprintf(opt->log, "\r[layer %d/%d] %c: %.1f s%-50s\n", l + 1, L, cfg->pattern[l],
+                    dt_layer, "");
     }
     /* the head */
     for (; k < n; k++)

@@ -90,6 +90,11 @@ typedef struct nq_quantize_summary {
     size_t kv_layers;
     double out_sq_err, out_sq_ref;  /* output error on calibration samples */
     double calib_seconds;
+    /* per kind of block (0 Mamba, 1 MoE, 2 attention, 3 MLP): layers, their
+     * seconds in all (statistics forward, quantization, writing,
+     * propagation) and in the statistics forward alone */
+    int layers_of_kind[4];
+    double layer_seconds[4], layer_stats_seconds[4];
     uint64_t peak_activation_bytes; /* activations + per-layer statistics */
 } nq_quantize_summary;
 
