@@ -8,24 +8,31 @@
  * sums; only the summation order inside products differs).  The CPU path is
  * the reference the GPU tests compare against.
  *
- * Weights: a block's f32 host weights are uploaded once per weights_id (the
- * previous block's are freed first), so GPU memory holds one block plus
- * activations; routed experts are uploaded when a token first routes to
- * them.  Activations x come from and return to the host per call.
+ * Weights: a block's f32 host weights are uploaded once per weights_id and
+ * kept in a small device cache (least recently used blocks dropped beyond
+ * min(4 GiB, 1/16 of the GPU); NEMOQ_CUDA_WEIGHT_CACHE_MIB overrides), so
+ * repeated passes over a model whose weights stay on the host do not upload
+ * them again, while a streamed large model holds one block (plus the
+ * cache's budget); routed experts are uploaded when a token first routes
+ * to them.  The residual stream stays on the device between blocks.
+ *
+ * Expert routing runs on the device (router.cu): the same float operations
+ * as model/moe.c's nq_moe_select in the same order (sigmoid, correction
+ * bias for the choice only, group top-k, norm_topk_prob, scaling), so both
+ * paths pick the same experts for the same router logits (nq_cuda_moe_select
+ * lets the GPU tests check that against nq_moe_select).
  *
  * Hooks (activation / KV fake-quant, routing, any Linear-input observer) run
  * on the host: when the model has hooks, each Linear's input, the
  * keys/values and the router's decision are copied back, the hook runs on
  * that copy and a rewritten input is copied up again.  Calibration's
  * statistics have a device path instead (nq_cuda_stats_*, below), and so do
- * its encoding and GPTQ (nq_cuda_encode_nvfp4, nq_cuda_gptq).  Expert routing (sigmoid, grouped
- * top-k) runs on the host with model/moe.c's own nq_moe_select (handed in
- * as a function pointer), so the GPU
- * path picks exactly the experts the CPU path picks for the same logits.
+ * its encoding and GPTQ (nq_cuda_encode_nvfp4, nq_cuda_gptq).
  *
- * Determinism: no atomics; every reduction has a fixed order; cuBLAS SGEMM
- * with TF32 off (CUBLAS_DEFAULT_MATH) is bitwise reproducible on one GPU
- * model.  Same GPU, input and flags: the same bytes out.
+ * Determinism: no atomics; every reduction has a fixed order (the expert
+ * sort is a stable radix sort); cuBLAS SGEMM with TF32 off
+ * (CUBLAS_DEFAULT_MATH) is bitwise reproducible on one GPU model.  Same
+ * GPU, input and flags: the same bytes out.
  *
  * In a build without CUDA (cuda_none.c) every function below reports that
  * the build has no CUDA backend. */
@@ -75,10 +82,6 @@ typedef struct nq_cuda_block {
     /* Loads routed expert e into moe->experts[e] (host), 0 or -1. */
     int (*load_expert)(void *ctx, int expert, nq_error *err);
     void *load_ctx;
-    /* The router's grouped top-k for one token (model/moe.c's
-     * nq_moe_select, passed in so that cuda/ calls nothing in model/). */
-    void (*select)(const nq_model_config *cfg, const float *scores, const float *score_bias,
-                   int32_t *experts, float *weights);
     /* The sequence state after the n tokens, filled for later decoding
      * steps (each may be NULL): Mamba conv [kernel-1, conv_dim] and SSM
      * [heads, head_dim, state]; attention rows 0..n-1 of the K/V caches. */
@@ -106,6 +109,25 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
                       const float *norm_f, const float *lm_head, const float *x, int n,
                       float *normed_out, float *logits);
 
+/* The device router alone, for tests: experts/weights [n, top_k] (in
+ * selection order) for host router logits [n, n_routed_experts] and the
+ * correction bias (may be NULL), as nq_moe_select gives them from
+ * sigmoid(logits). */
+int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
+                       const float *score_bias, int n, int32_t *experts, float *weights,
+                       nq_error *err);
+
+/* TF32 tensor-core GEMMs (cuBLAS CUBLAS_TF32_TENSOR_OP_MATH) instead of
+ * plain FP32: faster, ~1e-3 relative error per product; off by default
+ * (the tests' tolerances are met with FP32).  Benchmarks only. */
+void nq_cuda_set_tf32(nq_cuda *g, bool on);
+
+/* With NEMOQ_CUDA_TIMING=1 in the environment (read by nq_cuda_open):
+ * prints the wall time spent in each phase (GEMMs, scan, attention,
+ * routing, uploads, host copies, time outside the backend; the device is
+ * synchronized at every phase change) since the last report to stderr and
+ * starts over; nq_cuda_close reports the rest.  Otherwise does nothing. */
+void nq_cuda_timing_report(nq_cuda *g, const char *label);
 /* ---- calibration statistics on the GPU (cuda/stats.cu) ----------------
  *
  * Between nq_cuda_stats_begin and nq_cuda_stats_end every Linear input the

@@ -34,6 +34,8 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
     return nq_fail(ex->err, NO_CUDA);
 }
 
+int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
+                       const float *score_bias, int n, int32_t *experts, float *weights,
 int nq_cuda_stats_begin(nq_cuda *g, const nq_cuda_stats_spec *spec, nq_error *err)
 {
     return nq_fail(err, NO_CUDA);
@@ -47,6 +49,9 @@ int nq_cuda_stats_item(nq_cuda *g, size_t i, nq_cuda_linear_stat *out, double *h
     return nq_fail(err, NO_CUDA);
 }
 
+void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }
+
+void nq_cuda_timing_report(nq_cuda *g, const char *label) { (void)g; (void)label; }
 int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool *nonfinite,
                      nq_error *err)
 {

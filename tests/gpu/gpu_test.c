@@ -23,6 +23,7 @@
 #include "core/file.h"
 #include "core/parallel.h"
 #include "cuda/cuda.h"
+#include "gpu_check.h"
 #include "eval/loaded.h"
 #include "eval/perplexity.h"
 #include "export/quantize.h"
@@ -44,8 +45,7 @@ static const char *src_dir, *tmp_dir;
 static int passed, failed;
 static nq_cuda *gpu;
 
-static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(bool ok, const char *fmt, ...)
+void check(bool ok, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -576,10 +576,15 @@ static void test_gptq_kernels(void)
 }
 
 /* Forward throughput (not a test): the layer-by-layer runner over
- * `windows` windows of ctx tokens plus the logits of every position, on
- * each device.  The token ids go to TMP_DIR/bench_ids.i32 so that
- * bench/transformers_forward.py times transformers on the very same
- * tokens. */
+ * `windows` windows of ctx tokens, on the CPU and on the GPU: the blocks
+ * alone (what calibration runs) and with the logits of every position
+ * copied to the host (what eval runs); on the GPU also with TF32 GEMMs,
+ * with the logits' distance from the FP32 run.  The weights stay in memory
+ * (host and GPU) from pass to pass, as transformers holds its model on the
+ * GPU; the best of 3 passes counts.  The token ids go to
+ * TMP_DIR/bench_ids_CTX.i32 so that bench/transformers_forward.py times
+ * transformers on the very same tokens.  Lines "BENCH[case who] ...
+ * N tokens/s" are what scripts/gpu-test.sh turns into ratios. */
 static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
 {
     if ((size_t)windows * ctx > n)
@@ -596,28 +601,46 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
     if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &lm, &err) != 0)
         die("bench", &err);
     const nq_model_config *c = &lm.cfg;
-    size_t plane = (size_t)ctx * c->hidden_size;
+    nq_model_set_keep_weights(lm.model, true);
+    size_t plane = (size_t)ctx * c->hidden_size, lplane = (size_t)ctx * c->vocab_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
-    float *logits = malloc((size_t)ctx * c->vocab_size * sizeof *logits);
-    for (int dev = 0; dev < 2; dev++) {
+    float *logits = malloc(lplane * sizeof *logits), *ref = malloc(lplane * sizeof *ref);
+    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32"};
+    for (int dev = 0; dev < 3; dev++) {
         nq_model_set_cuda(lm.model, dev ? gpu : NULL);
-        double best = 1e30;
+        if (dev)
+            nq_cuda_set_tf32(gpu, dev == 2);
+        double best_bb = 1e30, best = 1e30;
         for (int rep = 0; rep < (dev ? 3 : 1); rep++) {
             double t0 = now();
             if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0)
                 die("bench", &err);
+            double t1 = now();
             for (int w = 0; w < windows; w++)
                 if (nq_model_final(lm.model, x + w * plane, ctx, NULL, logits, &err) != 0)
                     die("bench", &err);
-            double t = now() - t0;
-            best = t < best ? t : best;
+            double t2 = now();
+            best_bb = t1 - t0 < best_bb ? t1 - t0 : best_bb;
+            best = t2 - t0 < best ? t2 - t0 : best;
         }
-        printf("BENCH nemoq %s forward (%d windows x %d tokens, logits included): %.3f s, "
-               "%.0f tokens/s%s\n", dev ? "GPU" : "CPU", windows, ctx, best,
-               windows * (double)ctx / best, dev ? " (best of 3)" : "");
+        /* the last window's logits: FP32 GPU is the reference of TF32 */
+        char extra[160] = "";
+        if (dev == 1)
+            memcpy(ref, logits, lplane * sizeof *ref);
+        if (dev == 2)
+            snprintf(extra, sizeof extra, "; logits max rel diff vs FP32 %.3g",
+                     max_rel_diff(logits, ref, lplane));
+        printf("BENCH[bundled-%d-backbone %s] nemoq %s blocks (%d windows x %d tokens, no "
+               "lm_head): %.3f s, %.0f tokens/s\n", ctx, who[dev], who[dev], windows, ctx, best_bb,
+               windows * (double)ctx / best_bb);
+        printf("BENCH[bundled-%d-logits %s] nemoq %s forward (%d windows x %d tokens, logits "
+               "copied to the host): %.3f s, %.0f tokens/s%s%s\n", ctx, who[dev], who[dev], windows,
+               ctx, best, windows * (double)ctx / best, dev ? " (best of 3)" : "", extra);
     }
+    nq_cuda_set_tf32(gpu, false);
     free(x);
     free(logits);
+    free(ref);
     nq_loaded_close(&lm);
 }
 
@@ -691,14 +714,20 @@ static void test_gptq(char *calib, const int32_t *ids, size_t n)
 }
 
 /* --bench-backbone MODEL IDS CTX WINDOWS: the blocks (no lm_head) of a
- * model, e.g. a synthetic Nano-width checkpoint, over WINDOWS windows of
- * CTX tokens of the int32 ids file, on the GPU: time per pass (weights
- * streamed from the checkpoint layer by layer, included) and peak GPU
- * memory.  Not a test. */
+ * model, e.g. the Nano-width checkpoint, over WINDOWS windows of CTX
+ * tokens of the int32 ids file, on the GPU, three passes: time per pass and
+ * peak GPU memory.  By default the weights are streamed from the checkpoint
+ * every pass (read, widened to f32 on the host, uploaded: what a model too
+ * large for the GPU costs); NEMOQ_BENCH_RESIDENT=1 keeps them on the host
+ * and the device after the first pass (as transformers holds its model on
+ * the GPU), so later passes time the computation.  NEMOQ_BENCH_TAG names
+ * the case in the BENCH lines.  Not a test. */
 static int bench_backbone(char **argv)
 {
     const char *dir = argv[2], *ids_path = argv[3];
     int ctx = atoi(argv[4]), windows = atoi(argv[5]);
+    const char *tag = getenv("NEMOQ_BENCH_TAG") ? getenv("NEMOQ_BENCH_TAG") : "model";
+    bool resident = getenv("NEMOQ_BENCH_RESIDENT") && atoi(getenv("NEMOQ_BENCH_RESIDENT"));
     nq_error err = {0};
     size_t len = 0;
     int32_t *ids = (int32_t *)nq_read_file(ids_path, &len, &err);
@@ -706,6 +735,8 @@ static int bench_backbone(char **argv)
         fprintf(stderr, "%s: too few ids\n", ids_path);
         return 1;
     }
+    if (resident)
+        setenv("NEMOQ_CUDA_WEIGHT_CACHE_MIB", "65536", 1);
     char desc[384];
     nq_loaded_model lm = {0};
     if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0 ||
@@ -714,20 +745,28 @@ static int bench_backbone(char **argv)
         return 1;
     }
     nq_model_set_cuda(lm.model, gpu);
+    if (resident)
+        nq_model_set_keep_weights(lm.model, true);
     size_t plane = (size_t)ctx * lm.cfg.hidden_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
-    for (int rep = 0; rep < 2; rep++) {
+    for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
         if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0) {
             fprintf(stderr, "%s\n", err.msg);
             return 1;
         }
         double t = now() - t0;
-        printf("BENCH nemoq GPU backbone %s (%d layers %s, hidden %d): %d windows x %d tokens: "
-               "%.3f s, %.0f tokens/s, %.3f s per layer (run %d, weights streamed from the "
-               "checkpoint as f32 included)\n", desc, lm.cfg.num_layers, lm.cfg.pattern,
-               lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
-               t / lm.cfg.num_layers, rep + 1);
+        char label[32];
+        snprintf(label, sizeof label, "pass %d", rep + 1);
+        nq_cuda_timing_report(gpu, label);
+        printf("BENCH[%s-%d-backbone nemoq-gpu-f32%s] nemoq GPU backbone %s (%d layers %s, hidden "
+               "%d): %d windows x %d tokens: %.3f s, %.0f tokens/s, %.3f s per layer (pass %d, "
+               "%s)\n", tag, ctx, resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
+               lm.cfg.pattern, lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
+               t / lm.cfg.num_layers, rep + 1,
+               resident && rep ? "weights resident on the GPU"
+                               : "weights streamed from the checkpoint as f32 included");
+        fflush(stdout);
     }
     printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
            nq_cuda_peak_bytes(gpu) / 1073741824.0, windows * plane * 4 / 1073741824.0);
@@ -821,11 +860,17 @@ int main(int argc, char **argv)
         die("device", &err);
     printf("device: %s\n", desc);
 
+    test_router_gpu(gpu);
     test_fixture_logits("models/tiny-nemotron-h", "tests/fixtures/tiny_ref.json",
                         "tests/fixtures/tiny_logits_4x64.f32");
     test_fixture_logits("tests/fixtures/dense", "tests/fixtures/dense/dense_ref.json",
                         "tests/fixtures/dense/dense_logits.f32");
 
+    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only */
+        nq_cuda_close(gpu);
+        printf("%d passed, %d failed\n", passed, failed);
+        return failed ? 1 : 0;
+    }
     size_t n = 0;
     int32_t *ids = tokens("models/tiny-nemotron-h", "tests/fixtures/calib.txt", &n);
     test_perplexity(path("models/tiny-nemotron-h"), "bundled model", ids, n, 32, 256);
@@ -840,6 +885,8 @@ int main(int argc, char **argv)
     test_device_stats(ids);
     test_gptq_kernels();
     test_gptq(calib, ids, n);
+    if (!getenv("NEMOQ_GPU_SKIP_NANO"))
+        test_nano_width_gpu(gpu, src_dir);
     bench_forward(ids, n, 64, 256);
     bench_forward(ids, n, 32, 2048);
     printf("peak GPU memory allocated by nemoq: %.1f MiB\n", nq_cuda_peak_bytes(gpu) / 1048576.0);
