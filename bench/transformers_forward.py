@@ -5,8 +5,11 @@ to TMP/bench_ids.i32), for the tokens/s comparison in the README.
 usage: python3 bench/transformers_forward.py MODEL_DIR IDS_FILE CTX [WINDOWS [backbone]]
   WINDOWS: use only the first WINDOWS windows; backbone: time the blocks
   only (model.model, no lm_head), bf16 only, as nemoq-gpu-test
-  --bench-backbone does.
+  --bench-backbone does.  NEMOQ_BENCH_TAG names the case in the output
+  ("BENCH[TAG-CTX-backbone|logits transformers-bf16|f32] ... N tokens/s"),
+  which scripts/gpu-test.sh pairs with nemoq's lines into ratios.
 """
+import os
 import sys
 import time
 
@@ -37,7 +40,9 @@ def main():
                 best = min(best, time.perf_counter() - t0)
         name = "bf16" if dtype == torch.bfloat16 else "f32"
         what = "backbone, no lm_head" if backbone else "logits included"
-        print(f"BENCH transformers {torch.__version__}/{__import__('transformers').__version__} "
+        tag = os.environ.get("NEMOQ_BENCH_TAG", "bundled")
+        kind = "backbone" if backbone else "logits"
+        print(f"BENCH[{tag}-{ctx}-{kind} transformers-{name}] transformers {torch.__version__}/{__import__('transformers').__version__} "
               f"GPU {name} forward ({windows} windows x {ctx} tokens, batched, {what}): "
               f"{best:.3f} s, {windows * ctx / best:.0f} tokens/s (best of 3; peak "
               f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)", flush=True)

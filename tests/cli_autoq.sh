@@ -12,7 +12,7 @@ pass=0; fail=0
 check() { if eval "$2"; then pass=$((pass+1)); else echo "FAIL: $1"; fail=$((fail+1)); fi; }
 head -c 100000 "$src/tests/fixtures/calib.txt" > "$tmp/calib.txt"
 tail -c 50000 "$src/tests/fixtures/calib.txt" > "$tmp/eval.txt"
-cal="--calib $tmp/calib.txt --calib-samples 4 --calib-len 64 --auto-score-samples 1"
+cal="--calib $tmp/calib.txt --calib-samples 4 --calib-len 32 --auto-score-samples 1"
 
 "$bin" quantize "$model" "$tmp/aq" --auto-quantize 6 $cal --threads 2 --report "$tmp/rep" >"$tmp/out" 2>"$tmp/err"; rc=$?
 check "auto-quantize 6 runs ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
@@ -29,6 +29,29 @@ check "inspect reads it" '[ $rc -eq 0 ] && [[ "$out" == *MIXED_PRECISION* ]]'
 out=$("$bin" eval "$tmp/aq" --text "$tmp/eval.txt" --ctx 64 --windows 2 --against "$model" --json 2>&1); rc=$?
 check "eval runs it" '[ $rc -eq 0 ] && [[ "$out" == *"\"kl\""* ]]'
 check "report has the auto_quantize groups" 'grep -q "\"auto_quantize\"" "$tmp/rep.json" && grep -q "\"kl_fp8\"" "$tmp/rep.json"'
+# the Pareto plot: well-formed SVG (an XML parser), one circle per point of
+# auto_quantize.pareto, the chosen point on the knapsack curve, presets there
+svg=$(python3 - "$tmp/rep" <<'PY' 2>&1
+import json, re, sys, xml.etree.ElementTree as ET
+p = json.load(open(sys.argv[1] + ".json"))["auto_quantize"]
+html = open(sys.argv[1] + ".html").read()
+svgs = [ET.fromstring(s) for s in re.findall(r"<svg.*?</svg>", html, re.S)]
+ns = "{http://www.w3.org/2000/svg}"
+circles = sum(len(s.findall(ns + "circle")) for s in svgs)
+series = {s["label"]: s["points"] for s in p["pareto"]["series"]}
+curve = series["AutoQuantize (sum of group KLs)"]
+chosen = series["this run's choice (sum of group KLs)"][0]
+names = {q["name"] for q in series["uniform formats and presets (sum of group KLs)"]}
+ok = (len(svgs) == 1 and circles == sum(len(v) for v in series.values()) and len(curve) > 5
+      and abs(chosen["x"] - p["effective_bits"]) < 1e-9
+      and abs(chosen["y"] - p["sum_of_scores"]) < 1e-9
+      and any(abs(q["x"] - chosen["x"]) < 1e-9 and abs(q["y"] - chosen["y"]) < 1e-12 for q in curve)
+      and all(a["x"] < b["x"] and a["y"] >= b["y"] for a, b in zip(curve, curve[1:]))
+      and {"all nvfp4", "all fp8", "nvfp4-conservative"} <= names)
+print("ok" if ok else f"bad: {len(svgs)} svg, {circles} circles")
+PY
+)
+check "report: Pareto SVG parses, points match the JSON ($svg)" '[ "$svg" = ok ]'
 
 # the same scores with one thread (dry run: nothing written)
 "$bin" quantize "$model" "$tmp/dry" --auto-quantize 6 $cal --threads 1 --dry-run >"$tmp/out1" 2>"$tmp/err1"; rc=$?
@@ -56,6 +79,13 @@ check "bad --auto-formats refused" '[ $rc -ne 0 ] && grep -q "not one of nvfp4, 
 check "--auto-* without --auto-quantize refused" '[ $rc -ne 0 ] && grep -q "need --auto-quantize" "$tmp/o"'
 "$bin" quantize "$model" --auto-quantize 6 $cal --auto-scores "$tmp/calib.txt" --dry-run >"$tmp/o" 2>&1; rc=$?
 check "--auto-scores on a non-report refused" '[ $rc -eq 1 ] && grep -q "auto-scores" "$tmp/o"'
+"$bin" quantize "$model" --auto-quantize 6 $cal --auto-score proxy --threads 2 --dry-run >"$tmp/o" 2>&1; rc=$?
+check "--auto-score proxy runs, fewer layer evaluations ($(grep -o '(proxy) [0-9]* layer' "$tmp/o"))" '[ $rc -eq 0 ] && grep -q "scores = proxy" "$tmp/o" && grep -q "sensitivity cost (proxy) 126 layer evaluations" "$tmp/o" && grep -q "auto-quantize: group proxy nvfp4" "$tmp/o"'
+check "report has proxies and residual errors" 'grep -q "\"res_err_nvfp4\"" "$tmp/rep.json" && grep -q "\"out_err_fp8\"" "$tmp/rep.json"'
+"$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --auto-score proxy $cal >"$tmp/o" 2>&1; rc=$?
+check "--auto-score without --auto-quantize refused" '[ $rc -ne 0 ] && grep -q "need --auto-quantize" "$tmp/o"'
+"$bin" quantize "$model" "$tmp/x" --auto-quantize 6 --auto-score fisher $cal >"$tmp/o" 2>&1; rc=$?
+check "bad --auto-score refused" '[ $rc -ne 0 ] && grep -q "expected kl or proxy" "$tmp/o"'
 "$bin" quantize "$model" --auto-quantize 6 $cal --auto-scores "$tmp/rep.json" --auto-cost active-moe --dry-run >"$tmp/o" 2>&1; rc=$?
 check "active-moe cost runs" '[ $rc -eq 0 ] && grep -q "(active-moe cost)" "$tmp/o"'
 

@@ -77,5 +77,41 @@ make_export "$tmp/none" "$none"
 out=$("$bin" verify "$tmp/none" 2>&1); rc=$?
 check "verify: wildcard matching nothing ($out)" '[ $rc -eq 1 ] && [[ "$out" == *"exclude_modules entry mtp.* matches no module"* ]]'
 
+# MIXED_PRECISION as ModelOpt 0.47's auto_quantize exports NemotronH: one
+# quantized_layers entry per FusedMoE ("...mixer.experts") for all its
+# experts (vLLM's lookup finds the layer by that name), and, as written, every
+# key corrupted with the name sentinel; jansson refuses a NUL in an object
+# key, so verify says what the file is instead of reading it
+mixed() { # mixed DIR corrupt|clean
+  rm -rf "$1"; cp -r "$tmp/base" "$1"
+  python3 - "$1" "$2" <<'PY'
+import json, struct, sys
+d, mode = sys.argv[1], sys.argv[2]
+with open(d + "/model.safetensors", "rb") as f:
+    names = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+mods = sorted({k[:-len(".weight_scale")] for k in names if k.endswith(".weight_scale")})
+sfx = ".\u0000backbone.pt_name_sentinel" if mode == "corrupt" else ""
+layers = {}
+for m in mods:
+    key = m.split(".experts.")[0] + ".experts" if ".experts." in m else m
+    layers[key + sfx] = {"quant_algo": "NVFP4", "group_size": 16}
+hf = {"producer": {"name": "modelopt", "version": "0.47.0"},
+      "quantization": {"quant_algo": "MIXED_PRECISION", "kv_cache_quant_algo": None,
+                       "quantized_layers": layers}}
+json.dump(hf, open(d + "/hf_quant_config.json", "w"), indent=4)
+c = json.load(open(d + "/config.json"))
+c["quantization_config"] = dict(hf["quantization"], quant_method="modelopt")
+json.dump(c, open(d + "/config.json", "w"), indent=2)
+PY
+}
+mixed "$tmp/mixed" clean
+out=$("$bin" verify "$tmp/mixed" 2>&1); rc=$?
+check "verify: one quantized_layers entry covers a FusedMoE's experts ($out)" '[ $rc -eq 0 ] && [[ "$out" == *"ok: consistent"* ]]'
+mixed "$tmp/mixed-nul" corrupt
+out=$("$bin" verify "$tmp/mixed-nul" 2>&1); rc=$?
+check "verify: NUL-corrupted quantized_layers keys named as ModelOpt's bug ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"hf_quant_config.json: not valid JSON: NUL byte in object key not supported"*"a ModelOpt 0.47 export of NemotronH"* ]]'
+out=$("$bin" eval "$tmp/mixed-nul" --text "$src/tests/fixtures/calib.txt" --windows 1 2>&1); rc=$?
+check "eval: the same, one line ($out)" '[ $rc -ne 0 ] && [ "$(printf "%s\n" "$out" | wc -l)" -eq 1 ] && [[ "$out" == *"remove that suffix to read it"* ]]'
+
 echo "cli_modelopt_exports: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "export/metadata.h"
+#include "model/roles.h"
 
 static void plan_for(const char *preset, nq_model_config *cfg, nq_plan *plan)
 {
@@ -231,7 +232,7 @@ static void test_exclude_pattern_matches_like_vllm(void **state)
         {"backbone.layers.1.mixer.experts.*", "backbone.layers.4.mixer.experts", false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        if (nq_exclude_pattern_matches(cases[i].pattern, cases[i].module) != cases[i].match)
+        if (nq_exclude_matches(cases[i].pattern, cases[i].module) != cases[i].match)
             fail_msg("%s vs %s: expected %d", cases[i].pattern, cases[i].module, cases[i].match);
 }
 

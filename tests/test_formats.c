@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/rounding.h"
 #include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
@@ -126,7 +127,7 @@ static void check_nvfp4_fixture(const char *file, const char *skip)
         memcpy(&amax, find(rec, n, key)->data, 4);
         snprintf(key, sizeof key, "%s.input_scale", base);
         memcpy(&is, find(rec, n, key)->data, 4);
-        assert_true(amax / (6.0f * 448.0f) == is);
+        assert_true(nq_scale_div(amax, 6.0f * 448.0f) == is);
         free(w), free(packed), free(scales);
         cases++;
     }
@@ -145,19 +146,18 @@ static void test_nvfp4_matches_modelopt(void **state)
     check_nvfp4_fixture("tests/fixtures/formats/nvfp4_modelopt_cuda.bin", "gscale");
 }
 
-/* FP8 per tensor, bit-identical to ModelOpt's CPU export.  (On CUDA torch
- * rounds the f32 scale to BF16 before dividing the BF16 weight by it, so
- * its bytes differ in a few elements: nemoq follows the exact f32
- * arithmetic; the CUDA fixture is kept for reference.) */
-static void test_fp8_matches_modelopt(void **state)
+/* FP8 per tensor against one ModelOpt fixture; returns how many cases
+ * differ (weight bytes, weight_scale or input_scale; a refused case where
+ * ModelOpt wrote a real tensor counts too).  *refused counts the cases the
+ * encoder refuses where ModelOpt wrote NaN codes (0x7f, 0xff) everywhere. */
+static int fp8_fixture_mismatches(const char *file, int *cases, int *refused)
 {
-    (void)state;
     size_t len;
-    unsigned char *b = nq_test_read_file(nq_test_path("tests/fixtures/formats/fp8_modelopt.bin"),
-                                         &len);
+    unsigned char *b = nq_test_read_file(nq_test_path(file), &len);
     assert_non_null(b);
     record rec[128];
-    int n = read_records(b, len, rec, 128), cases = 0;
+    int n = read_records(b, len, rec, 128), bad = 0;
+    *cases = *refused = 0;
     for (int i = 0; i < n; i++) {
         size_t nl = strlen(rec[i].name);
         if (nl < 7 || strcmp(rec[i].name + nl - 7, ".w_bf16") != 0)
@@ -170,21 +170,83 @@ static void test_fp8_matches_modelopt(void **state)
         float s;
         nq_encode_stats st;
         nq_error err = {0};
-        assert_int_equal(nq_encode_fp8(w, rows, cols, 1, q, &s, &st, &err), 0);
+        int rc = nq_encode_fp8(w, rows, cols, 1, q, &s, &st, &err);
         snprintf(key, sizeof key, "%s.weight", base);
         const record *want = find(rec, n, key);
-        if (memcmp(q, want->data, want->nbytes) != 0)
-            fail_msg("%s: FP8 bytes differ from ModelOpt", base);
+        (*cases)++;
+        if (rc != 0) {
+            bool all_nan = true;
+            for (uint64_t k = 0; k < want->nbytes; k++)
+                all_nan = all_nan && (want->data[k] & 0x7f) == 0x7f;
+            if (all_nan)
+                (*refused)++;
+            else
+                bad++;
+            free(w), free(q);
+            continue;
+        }
+        float ws, is, amax;
         snprintf(key, sizeof key, "%s.weight_scale", base);
-        float ws;
         memcpy(&ws, find(rec, n, key)->data, 4);
-        if (memcmp(&s, &ws, 4) != 0)
-            fail_msg("%s: weight_scale %a, ModelOpt %a", base, (double)s, (double)ws);
+        snprintf(key, sizeof key, "%s.input_scale", base);
+        memcpy(&is, find(rec, n, key)->data, 4);
+        snprintf(key, sizeof key, "%s.act_amax", base);
+        memcpy(&amax, find(rec, n, key)->data, 4);
+        if (memcmp(q, want->data, want->nbytes) != 0 || memcmp(&s, &ws, 4) != 0 ||
+            nq_scale_div(amax, 448.0f) != is)
+            bad++;
         free(w), free(q);
-        cases++;
     }
-    assert_true(cases >= 8);
     free(b);
+    return bad;
+}
+
+/* FP8 per tensor, bit-identical to ModelOpt's CPU export by default.  On
+ * CUDA torch rounds the f32 scale to BF16 before dividing the BF16 weight
+ * by it and computes amax / 448 as amax * f32(1/448): the default differs
+ * there (a few elements of some cases), --rounding modelopt-cuda does
+ * not. */
+static void test_fp8_matches_modelopt(void **state)
+{
+    (void)state;
+    int cases, refused;
+    assert_int_equal(
+        fp8_fixture_mismatches("tests/fixtures/formats/fp8_modelopt.bin", &cases, &refused), 0);
+    assert_int_equal(refused, 0);
+    assert_true(cases >= 8);
+    assert_true(
+        fp8_fixture_mismatches("tests/fixtures/formats/fp8_modelopt_cuda.bin", &cases, &refused) >
+        0);
+}
+
+/* --rounding modelopt-cuda: every case of ModelOpt's CUDA exports, NVFP4
+ * (the "gscale" global scale included) and FP8, byte for byte. */
+static void test_modelopt_cuda_rounding(void **state)
+{
+    (void)state;
+    nq_set_rounding(NQ_ROUNDING_MODELOPT_CUDA);
+    check_nvfp4_fixture("tests/fixtures/formats/nvfp4_modelopt_cuda.bin", NULL);
+    int cases, refused, cpu_cases, cpu_refused;
+    int bad = fp8_fixture_mismatches("tests/fixtures/formats/fp8_modelopt_cuda.bin", &cases,
+                                     &refused);
+    /* the CPU export is not what this mode reproduces */
+    int cpu_bad = fp8_fixture_mismatches("tests/fixtures/formats/fp8_modelopt.bin", &cpu_cases,
+                                         &cpu_refused);
+    nq_set_rounding(NQ_ROUNDING_EXACT);
+    assert_int_equal(bad, 0);
+    assert_true(cases >= 8);
+    /* "denorm" (amax 2e-38): the BF16 scale is 0 and ModelOpt's CUDA export
+     * is all NaN; nemoq refuses it in this mode */
+    assert_int_equal(refused, 1);
+    assert_true(cpu_bad > 0);
+    /* 0.765625 / 2688 rounds differently from 0.765625 * f32(1 / 2688) */
+    float exact = nq_nvfp4_global_scale(0.765625f);
+    nq_set_rounding(NQ_ROUNDING_MODELOPT_CUDA);
+    float cuda = nq_nvfp4_global_scale(0.765625f);
+    nq_set_rounding(NQ_ROUNDING_EXACT);
+    assert_true(exact == 0.765625f / 2688.0f);
+    assert_true(cuda == 0.765625f * (1.0f / 2688.0f));
+    assert_true(exact != cuda);
 }
 
 /* E2M1 (ModelOpt _cast_fp4): nearest of 0 .5 1 1.5 2 3 4 6, ties to the
@@ -301,6 +363,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nvfp4_matches_modelopt), cmocka_unit_test(test_fp8_matches_modelopt),
+        cmocka_unit_test(test_modelopt_cuda_rounding),
         cmocka_unit_test(test_kv_cache_scale_by_hand),
         cmocka_unit_test(test_e2m1_by_hand),           cmocka_unit_test(test_e4m3_by_hand),
         cmocka_unit_test(test_nvfp4_blocks_by_hand),   cmocka_unit_test(test_int4_by_hand),

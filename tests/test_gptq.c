@@ -110,7 +110,7 @@ static void test_beats_round_to_nearest(void **state)
     for (int r = 0; r < R; r++)
         nq_nvfp4_decode_row(packed + r * C / 2, bs + r * C / 16, gs, C, q + r * C);
     rtn = output_err(w, q, h, R, C);
-    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, false, 0.01, 1, packed, bs, &gs, &st, &err), 0);
+    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, false, 0.01, 1, 0.0f, packed, bs, &gs, &st, &err), 0);
     for (int r = 0; r < R; r++)
         nq_nvfp4_decode_row(packed + r * C / 2, bs + r * C / 16, gs, C, q + r * C);
     gptq = output_err(w, q, h, R, C);
@@ -136,8 +136,8 @@ static void test_identity_hessian_is_rtn(void **state)
         b3[R * C / 16];
     float g1, g2, g3;
     assert_int_equal(nq_encode_nvfp4(w, R, C, true, 1, p1, b1, &g1, &es, &err), 0);
-    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, true, 0.01, 1, p2, b2, &g2, &st, &err), 0);
-    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, true, 0.01, 3, p3, b3, &g3, &st, &err), 0);
+    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, true, 0.01, 1, 0.0f, p2, b2, &g2, &st, &err), 0);
+    assert_int_equal(nq_gptq_nvfp4(w, R, C, h, true, 0.01, 3, 0.0f, p3, b3, &g3, &st, &err), 0);
     assert_true(g1 == g2 && g2 == g3);
     assert_memory_equal(p1, p2, sizeof p1);
     assert_memory_equal(b1, b2, sizeof b1);

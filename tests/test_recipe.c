@@ -130,6 +130,25 @@ static void test_int4_group_size_follows_the_experts(void **state)
     nq_plan_free(&p);
 }
 
+/* --int4-wide-groups: the fused MoE keeps the base the experts need (64 for
+ * Nano's 1856), every other INT4 Linear the requested 128 */
+static void test_int4_wide_groups(void **state)
+{
+    (void)state;
+    nq_model_config cfg = nano();
+    nq_recipe_options opt = {.preset = "int4", .int4_wide_groups = true};
+    nq_plan p;
+    nq_error err = {0};
+    assert_int_equal(nq_plan_build(&cfg, NULL, &opt, &p, &err), 0);
+    assert_int_equal(p.int4_group_size, 64);
+    assert_int_equal(nq_plan_find(&p, "backbone.layers.1.mixer.experts.0.down_proj")->group_size, 64);
+    assert_int_equal(nq_plan_find(&p, "backbone.layers.1.mixer.experts.0.up_proj")->group_size, 64);
+    assert_int_equal(nq_plan_find(&p, "backbone.layers.1.mixer.shared_experts.down_proj")->group_size, 128);
+    assert_int_equal(nq_plan_find(&p, "backbone.layers.0.mixer.in_proj")->group_size, 128);
+    assert_int_equal(nq_plan_find(&p, "backbone.layers.5.mixer.q_proj")->group_size, 128);
+    nq_plan_free(&p);
+}
+
 static void test_tiny_checkpoint_plan(void **state)
 {
     (void)state;
@@ -250,6 +269,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nano_nvfp4_conservative),
         cmocka_unit_test(test_int4_group_size_follows_the_experts),
+        cmocka_unit_test(test_int4_wide_groups),
         cmocka_unit_test(test_tiny_checkpoint_plan),
         cmocka_unit_test(test_user_rules),
         cmocka_unit_test(test_recipe_file),

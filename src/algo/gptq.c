@@ -6,7 +6,9 @@
 #include <string.h>
 
 #include "core/parallel.h"
+#include "cuda/cuda.h"
 #include "formats/floatconv.h"
+#include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
 
@@ -69,13 +71,81 @@ typedef struct gptq_job {
     const bool *dead;
     int group;            /* INT4 group, 16 for NVFP4 */
     bool mse;
+    bool search;          /* NVFP4: scales by the GPTQ loss (nq_gptq_nvfp4_opts) */
+    float lo, hi;
+    bool four_over_six;
     float gs;             /* NVFP4 global scale */
     uint8_t *codes;       /* INT4: [rows, cols] 0..15; NVFP4: packed [rows, cols/2] */
     uint16_t *scales16;   /* INT4 [cols/group, rows] */
+    /* INT4 act-order: column i of the job is column perm[i] of the weight,
+     * quantized with the static scale of that column's group */
+    const int64_t *perm;
+    const uint16_t *static16;   /* [cols/group, rows] */
     uint8_t *scales8;     /* NVFP4 [rows, cols/16] */
     double *chunk_loss;   /* per chunk */
     bool oom;
 } gptq_job;
+
+/* The GPTQ loss of one 16-column NVFP4 block of a row (w: the row's
+ * weights as updated so far, from column i) quantized with scale code s8,
+ * running the block's own error feedback as the main loop does. */
+static double block_loss(const gptq_job *j, const double *w, int64_t i, uint8_t s8)
+{
+    int64_t n = j->cols;
+    double loc[16];
+    memcpy(loc, w + i, sizeof loc);
+    float sv = nq_e4m3_to_f32(s8) * j->gs;
+    double loss = 0.0;
+    for (int k = 0; k < 16; k++) {
+        float x = (float)loc[k];
+        double q = (double)nq_e2m1_value(nq_e2m1_encode(x / sv)) * sv;
+        const double *ur = j->u + (i + k) * n + i;
+        double e = (loc[k] - q) / ur[k];
+        loss += e * e;
+        for (int c = k + 1; c < 16; c++)
+            loc[c] -= e * ur[c];
+    }
+    return loss;
+}
+
+/* The scale of the block starting at column i with the least GPTQ loss among
+ * the candidates of nq_gptq_nvfp4_opts (ties keep the max scale). */
+static uint8_t search_scale(const gptq_job *j, const double *w, int64_t i)
+{
+    float x[16];
+    for (int k = 0; k < 16; k++)
+        x[k] = (float)w[i + k];
+    uint8_t max_code = nq_nvfp4_block_scale_max(x, j->gs);
+    uint8_t cand[130];
+    int nc = 0;
+    cand[nc++] = max_code;
+    if (j->four_over_six) {
+        float amax = 0.0f;
+        for (int k = 0; k < 16; k++)
+            amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+        float s = amax / (4.0f * j->gs);
+        if (s >= 0.001953125f && nq_f32_to_e4m3(s) != max_code)
+            cand[nc++] = nq_f32_to_e4m3(s);
+    } else {
+        float ref = nq_e4m3_to_f32(max_code);
+        for (int code = max_code - 1; code >= 1 && nq_e4m3_to_f32((uint8_t)code) >= j->lo * ref;
+             code--)
+            cand[nc++] = (uint8_t)code;
+        for (int code = max_code + 1;
+             code <= 0x7e && nq_e4m3_to_f32((uint8_t)code) <= j->hi * ref; code++)
+            cand[nc++] = (uint8_t)code;
+    }
+    uint8_t best = max_code;
+    double best_loss = 0.0;
+    for (int c = 0; c < nc; c++) {
+        double l = block_loss(j, w, i, cand[c]);
+        if (c == 0 || l < best_loss) {
+            best_loss = l;
+            best = cand[c];
+        }
+    }
+    return best;
+}
 
 static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
 {
@@ -106,7 +176,12 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
         for (int64_t a = 0; a < r; a++)
             memcpy(S + a * GPTQ_BLOCK, W + a * n + i1, (size_t)bw * sizeof *S);
         for (int64_t i = i1; i < i2; i++) {
-            if (i % j->group == 0) {
+            if (j->static16) {
+                for (int64_t a = 0; a < r; a++) {
+                    s16[a] = j->static16[(j->perm[i] / j->group) * j->rows + (int64_t)begin + a];
+                    scale_val[a] = nq_f16_to_f32(s16[a]);
+                }
+            } else if (i % j->group == 0) {
                 /* the group's scale, from the weights as updated so far */
                 for (int64_t a = 0; a < r; a++) {
                     for (int g = 0; g < j->group; g++)
@@ -118,6 +193,10 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
                                         : nq_int4_group_scale_max(gbuf, j->group);
                         scale_val[a] = nq_f16_to_f32(s16[a]);
                         j->scales16[(i / j->group) * j->rows + row] = s16[a];
+                    } else if (j->search) {
+                        s8[a] = search_scale(j, W + a * n, i);
+                        scale_val[a] = nq_e4m3_to_f32(s8[a]) * j->gs;
+                        j->scales8[row * (n / 16) + i / 16] = s8[a];
                     } else {
                         double e;
                         s8[a] = j->mse ? nq_nvfp4_block_scale_mse(gbuf, j->gs, &e)
@@ -135,7 +214,7 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
                 if (j->fmt == FMT_INT4) {
                     uint8_t code;
                     nq_int4_encode_group(&x, 1, s16[a], &code);
-                    j->codes[row * n + i] = code;
+                    j->codes[row * n + (j->perm ? j->perm[i] : i)] = code;
                     q = (double)scale_val[a] * ((int)code - 8);
                 } else {
                     uint8_t code = nq_e2m1_encode(x / scale_val[a]);
@@ -162,8 +241,22 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
     return 0;
 }
 
-static int run(gptq_job *j, const double *hessian, double percdamp, int threads,
-               nq_gptq_stats *st, nq_error *err)
+/* The inverse Cholesky and the sweep on GPU g (cuda/gptq.cu): 0, 1 when
+ * the damped Hessian is not positive definite, -1 on error. */
+static int run_gpu(struct nq_cuda *g, gptq_job *j, const double *h, const bool *dead,
+                   double damp_abs, double *loss, nq_error *err)
+{
+    nq_cuda_gptq_job cj = {.fmt = j->fmt == FMT_INT4 ? 0 : 1, .w = j->w, .rows = j->rows,
+                           .cols = j->cols, .hessian = h, .dead = dead, .damp_abs = damp_abs,
+                           .group = j->group, .mse = j->mse, .gs = j->gs, .codes = j->codes,
+                           .scales16 = j->scales16, .scales8 = j->scales8};
+    int r = nq_cuda_gptq(g, &cj, err);
+    *loss = cj.proxy_loss;
+    return r;
+}
+
+static int run(struct nq_cuda *gpu, gptq_job *j, const double *hessian, double percdamp,
+               int threads, nq_gptq_stats *st, nq_error *err)
 {
     int64_t n = j->cols;
     memset(st, 0, sizeof *st);
@@ -197,6 +290,19 @@ static int run(gptq_job *j, const double *hessian, double percdamp, int threads,
     }
     mean_diag /= (double)n;
     st->damp = percdamp;
+    if (gpu) {
+        int r = 1;
+        for (int attempt = 0; attempt < 5 && r == 1; attempt++) {
+            r = run_gpu(gpu, j, h, dead, st->damp * mean_diag, &st->proxy_loss, err);
+            if (r == 1)
+                st->damp *= 10.0;
+        }
+        if (r == 1)
+            nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
+                    st->damp / 10.0);
+        rc = r == 0 ? 0 : -1;
+        goto done;
+    }
     for (int attempt = 0; attempt < 5 && !u; attempt++) {
         u = inverse_cholesky_upper(h, (int)n, st->damp * mean_diag);
         if (!u)
@@ -228,6 +334,23 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
                  bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
                  uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
 {
+    return nq_gptq_int4_on(NULL, w, rows, cols, hessian, group, mse, percdamp, threads, qweight,
+                           qzeros, scales, g_idx, st, err);
+}
+
+int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    return nq_gptq_nvfp4_on(NULL, w, rows, cols, hessian, mse, percdamp, threads, shared_amax,
+                            packed, block_scales, global_scale, st, err);
+}
+
+int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, double percdamp, int threads,
+                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
+                    nq_gptq_stats *st, nq_error *err)
+{
     if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
         rows % 8 != 0)
         return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
@@ -249,7 +372,7 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
         return nq_fail(err, "gptq int4: out of memory");
     gptq_job j = {.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
                   .mse = mse, .codes = codes, .scales16 = scales};
-    int rc = run(&j, hessian, percdamp, threads, st, err);
+    int rc = run(gpu, &j, hessian, percdamp, threads, st, err);
     /* error feedback moves weights: a group may end up past what amax/7
      * in F16 can hold even when the input did not */
     for (int64_t k = 0; rc == 0 && k < (cols / group) * rows; k++)
@@ -263,9 +386,122 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
     return rc;
 }
 
-int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
-                  float *global_scale, nq_gptq_stats *st, nq_error *err)
+typedef struct diag_item {
+    double d;
+    int64_t i;
+} diag_item;
+
+/* descending H_ii (dead inputs count as 1, as run() sets them), ties by index */
+static int cmp_desc_diag(const void *a, const void *b)
+{
+    const diag_item *x = a, *y = b;
+    if (x->d != y->d)
+        return x->d > y->d ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
+                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
+                          nq_error *err)
+{
+    if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
+        rows % 8 != 0)
+        return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
+                       (long long)rows, (long long)cols, group);
+    float amax = 0.0f;
+    for (int64_t i = 0; i < rows * cols; i++) {
+        float a = fabsf(w[i]);
+        if (!(a <= amax)) {
+            if (!isfinite(a))
+                return nq_fail(err, "gptq int4: element %lld is %s", (long long)i,
+                               a != a ? "NaN" : "infinite");
+            amax = a;
+        }
+    }
+    if (nq_int4_check_amax(amax, err) != 0)
+        return -1;
+    int64_t n = cols;
+    uint8_t *codes = malloc((size_t)(rows * cols));
+    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    diag_item *diag = malloc((size_t)n * sizeof *diag);
+    double *hp = malloc((size_t)(n * n) * sizeof *hp);
+    float *wp = malloc((size_t)(rows * n) * sizeof *wp);
+    float *gbuf = malloc((size_t)group * sizeof *gbuf);
+    int rc = -1;
+    if (!codes || !perm || !diag || !hp || !wp || !gbuf) {
+        nq_fail(err, "gptq int4: out of memory");
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        diag[i].d = hessian[i * n + i] == 0.0 ? 1.0 : hessian[i * n + i];
+        diag[i].i = i;
+    }
+    /* static groups (AutoGPTQ static_groups): every scale from the weights
+     * before any update, dead inputs zeroed as run() zeroes them */
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t g = 0; g < n / group; g++) {
+            for (int k = 0; k < group; k++) {
+                int64_t c = g * group + k;
+                gbuf[k] = hessian[c * n + c] == 0.0 ? 0.0f : w[row * n + c];
+            }
+            double e;
+            scales[g * rows + row] = mse ? nq_int4_group_scale_mse(gbuf, group, &e)
+                                         : nq_int4_group_scale_max(gbuf, group);
+        }
+    qsort(diag, (size_t)n, sizeof *diag, cmp_desc_diag);
+    for (int64_t i = 0; i < n; i++)
+        perm[i] = diag[i].i;
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = 0; b < n; b++)
+            hp[a * n + b] = hessian[perm[a] * n + perm[b]];
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t i = 0; i < n; i++)
+            wp[row * n + i] = w[row * n + perm[i]];
+    gptq_job j = {.fmt = FMT_INT4, .w = wp, .rows = rows, .cols = cols, .group = group,
+                  .mse = mse, .codes = codes, .perm = perm, .static16 = scales};
+    uint16_t *unused = malloc((size_t)(n / group * rows) * sizeof *unused);
+    j.scales16 = unused;
+    /* act-order runs on the CPU (cuda/gptq.cu has no permuted static groups) */
+    rc = unused ? run(NULL, &j, hp, percdamp, threads, st, err)
+                : nq_fail(err, "gptq int4: out of memory");
+    free(unused);
+    if (rc == 0)
+        nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
+done:
+    free(codes), free(perm), free(diag), free(hp), free(wp), free(gbuf);
+    return rc;
+}
+
+static int gptq_nvfp4_impl(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                           const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
+                           int threads, uint8_t *packed, uint8_t *block_scales,
+                           float *global_scale, nq_gptq_stats *st, nq_error *err);
+
+int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, bool mse, double percdamp, int threads,
+                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
+                     float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f, .shared_amax = shared_amax};
+    return gptq_nvfp4_impl(gpu, w, rows, cols, hessian, &o, percdamp, threads, packed,
+                           block_scales, global_scale, st, err);
+}
+
+/* --optimize's options (the scale searches) run on the CPU only */
+int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
+                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
+                     nq_error *err)
+{
+    return gptq_nvfp4_impl(NULL, w, rows, cols, hessian, o, percdamp, threads, packed,
+                           block_scales, global_scale, st, err);
+}
+
+static int gptq_nvfp4_impl(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                           const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
+                           int threads, uint8_t *packed, uint8_t *block_scales,
+                           float *global_scale, nq_gptq_stats *st, nq_error *err)
 {
     if (cols % 16 != 0)
         return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
@@ -280,9 +516,15 @@ int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hess
             amax = a;
         }
     }
-    *global_scale = nq_nvfp4_global_scale(amax);
+    float amax_eff = o->shared_amax > amax ? o->shared_amax : amax;
+    *global_scale = o->scale_max == 448.0f || !(amax_eff > 0)
+                        ? nq_nvfp4_global_scale(amax_eff)
+                        : amax_eff / (6.0f * o->scale_max);
     memset(packed, 0, (size_t)(rows * cols / 2));
-    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16, .mse = mse,
-                  .gs = *global_scale, .codes = packed, .scales8 = block_scales};
-    return run(&j, hessian, percdamp, threads, st, err);
+    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16,
+                  .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo, .hi = o->hi,
+                  .four_over_six = o->four_over_six, .gs = *global_scale, .codes = packed,
+                  .scales8 = block_scales};
+    return run(gpu, &j, hessian, percdamp, threads, st, err);
 }
+

@@ -41,9 +41,61 @@ int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessi
                  bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
                  uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err);
 
-/* NVFP4 as nq_encode_nvfp4 writes it. */
+/* The same with act-order and static groups (AutoGPTQ desc_act=True,
+ * static_groups=True): every group's scale is fixed first from the original
+ * weights (dead inputs zeroed), then the columns are quantized in order of
+ * decreasing H_ii (ties by index) with the usual error feedback, each with
+ * its own group's fixed scale.  The order only decides which columns
+ * compensate for which: codes, scales, qzeros and g_idx (i / group) are
+ * stored in the plain column order, so the checkpoint is the same
+ * desc_act=false layout vLLM's gptq_marlin loads without a g_idx
+ * permutation. */
+int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
+                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
+                          nq_error *err);
+
+/* NVFP4 as nq_encode_nvfp4 writes it; the global scale from max(amax,
+ * shared_amax) as nq_encode_nvfp4_view_shared. */
 int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, uint8_t *packed, uint8_t *block_scales,
-                  float *global_scale, nq_gptq_stats *st, nq_error *err);
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err);
+
+/* Options of the NVFP4 GPTQ beyond the reference (--optimize, algo/optimize.h). */
+typedef struct nq_gptq_nvfp4_opts {
+    bool mse;             /* plain MSE block scales, as --weight-scale mse */
+    /* Output-aware block scales: when a block's first column comes up, every
+     * candidate E4M3 scale (decoded value in [lo, hi] x the max scale of the
+     * block's weights as updated so far; with four_over_six: mapped to 6 or
+     * to 4) is tried by running the block's 16 columns of GPTQ with it, and
+     * the one with the least GPTQ loss sum ((w - q) / U_ii)^2 — the exact
+     * increase of the layer's output error once the later columns have
+     * compensated — is kept.  Overrides mse; four_over_six implies it. */
+    bool search;
+    float lo, hi;
+    bool four_over_six;
+    /* weight_scale_2 = amax / (6 x scale_max): 448 is ModelOpt's default,
+     * 256 its four-over-six setting (room for blocks scaled to 4). */
+    float scale_max;
+    float shared_amax;    /* as nq_gptq_nvfp4's (fused siblings' common amax), or 0 */
+} nq_gptq_nvfp4_opts;
+
+int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
+                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
+                     nq_error *err);
+/* The same on a GPU (cuda/cuda.h, nq_cuda_gptq): the inverse Cholesky and
+ * the column sweep run there (gpu NULL: on the CPU, as above).  Same
+ * algorithm and scale searches; only the order of the sums inside the
+ * factorization and the block updates differs (see cuda/gptq.cu). */
+struct nq_cuda;
+int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, double percdamp, int threads,
+                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
+                    nq_gptq_stats *st, nq_error *err);
+int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, bool mse, double percdamp, int threads,
+                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
+                     float *global_scale, nq_gptq_stats *st, nq_error *err);
 
 #endif

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "core/file.h"
+#include "formats/nvfp4.h"
+#include "cuda/cuda.h"
 
 /* ---- data ------------------------------------------------------------- */
 
@@ -252,39 +254,135 @@ nq_linear_stats *nq_calib_find(nq_calib_stats *s, const char *module)
     return NULL;
 }
 
+float nq_calib_act_candidate(float amax, int k)
+{
+    return (float)((double)amax / (6.0 * 448.0) * exp2(-k / 4.0));
+}
+
+/* rows of x, NVFP4-quantized with gs, into xq */
+static void fake_quant_rows(const float *x, size_t count, float gs, float *xq)
+{
+    memcpy(xq, x, count * sizeof *xq);
+    nq_nvfp4_fake_quant(xq, (int64_t)count, gs);
+}
+
+static int on_act(nq_linear_stats *st, const nq_linear_input *in, const char *name, nq_error *err)
+{
+    size_t count = (size_t)in->rows * in->in_features;
+    float *xq = malloc(count * sizeof *xq);
+    if (!xq)
+        return nq_fail(err, "%s: out of memory", name);
+    for (int k = 0; k < NQ_ACT_CANDIDATES; k++) {
+        fake_quant_rows(in->x, count, nq_calib_act_candidate(st->act_amax_ref, k), xq);
+        double e = 0.0;
+        for (size_t i = 0; i < count; i++) {
+            double d = (double)in->x[i] - xq[i];
+            e += d * d;
+        }
+        st->act_err[k] += e;
+    }
+    free(xq);
+    float ref = st->act_amax_ref;
+    for (size_t i = 0; i < count; i++) {
+        float a = fabsf(in->x[i]);
+        int bin = a > 0 ? (int)floor(-8.0 * log2((double)a / ref)) : NQ_ACT_HIST_BINS - 1;
+        bin = bin < 0 ? 0 : bin >= NQ_ACT_HIST_BINS ? NQ_ACT_HIST_BINS - 1 : bin;
+        st->act_hist[bin]++;
+    }
+    return 0;
+}
+
+static int on_served(nq_linear_stats *st, const nq_linear_input *in,
+                     const char *name, nq_error *err)
+{
+    int d = in->in_features;
+    enum { CHUNK = 64 };
+    double *qd = malloc((size_t)CHUNK * d * sizeof *qd);
+    float *xq = malloc((size_t)CHUNK * d * sizeof *xq);
+    if (!qd || !xq) {
+        free(qd), free(xq);
+        return nq_fail(err, "%s: out of memory", name);
+    }
+    for (int r0 = 0; r0 < in->rows; r0 += CHUNK) {
+        int rows = in->rows - r0 < CHUNK ? in->rows - r0 : CHUNK;
+        size_t count = (size_t)rows * d;
+        fake_quant_rows(in->x + (size_t)r0 * d, count, st->act_gs, xq);
+        for (size_t i = 0; i < count; i++)
+            qd[i] = xq[i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, rows, 1.0, qd, d, 1.0, st->hessian,
+                    d);
+    }
+    free(qd), free(xq);
+    return 0;
+}
+
+/* The plan's module of a Linear weight ("...weight") when its input is
+ * calibrated: 1 (*out set), 0 not observed, -1 error. */
+static int observed_module(const nq_plan *plan, const char *weight_name, int in_features,
+                           const nq_plan_module **out, char name[256], nq_error *err)
+{
+    size_t len = strlen(weight_name);
+    if (len < 8 || len - 7 >= 256)
+        return 0;
+    snprintf(name, 256, "%.*s", (int)(len - 7), weight_name);
+    const nq_plan_module *m = nq_plan_find(plan, name);
+    if (!m || m->format == NQ_FORMAT_KEEP)
+        return 0;
+    if (m->in_features != in_features)
+        return nq_fail(err, "%s: input of %d features, the plan says %lld", name, in_features,
+                       (long long)m->in_features);
+    *out = m;
+    return 1;
+}
+
+/* A new item for module m (sample buffer, Hessian when asked). */
+static nq_linear_stats *new_item(nq_calib_stats *s, const nq_plan_module *m, int in_features,
+                                 nq_error *err)
+{
+    if (s->count == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        nq_linear_stats *p = realloc(s->items, cap * sizeof *p);
+        if (!p) {
+            nq_fail(err, "%s: out of memory for statistics", m->name);
+            return NULL;
+        }
+        s->items = p;
+        s->cap = cap;
+    }
+    nq_linear_stats *st = &s->items[s->count++];
+    memset(st, 0, sizeof *st);
+    st->module = m;
+    st->sample = malloc((size_t)NQ_CALIB_SAMPLE_ROWS * in_features * sizeof *st->sample);
+    if (s->hessians)
+        st->hessian = calloc((size_t)in_features * in_features, sizeof(double));
+    if (!st->sample || (s->hessians && !st->hessian)) {
+        nq_fail(err, "%s: out of memory for statistics of %d inputs", m->name, in_features);
+        return NULL;
+    }
+    return st;
+}
+
 static int on_linear(void *ctx, const nq_linear_input *in, nq_error *err)
 {
     nq_calib_stats *s = ctx;
-    size_t len = strlen(in->weight_name);
-    if (len < 8 || len - 7 >= 256)
-        return 0;
     char name[256];
-    snprintf(name, sizeof name, "%.*s", (int)(len - 7), in->weight_name);
-    nq_linear_stats *st = nq_calib_find(s, name);
+    nq_linear_stats *st = NULL;
+    size_t len = strlen(in->weight_name);
+    if (len >= 8 && len - 7 < 256) {
+        snprintf(name, sizeof name, "%.*s", (int)(len - 7), in->weight_name);
+        st = nq_calib_find(s, name);
+    }
+    if (s->mode == NQ_CALIB_ACT)
+        return st && st->act_amax_ref > 0 ? on_act(st, in, name, err) : 0;
+    if (s->mode == NQ_CALIB_SERVED)
+        return st && st->hessian && st->act_gs > 0 ? on_served(st, in, name, err) : 0;
     if (!st) {
-        const nq_plan_module *m = nq_plan_find(s->plan, name);
-        if (!m || m->format == NQ_FORMAT_KEEP)
-            return 0;
-        if (m->in_features != in->in_features)
-            return nq_fail(err, "%s: input of %d features, the plan says %lld", name,
-                           in->in_features, (long long)m->in_features);
-        if (s->count == s->cap) {
-            size_t cap = s->cap ? s->cap * 2 : 64;
-            nq_linear_stats *p = realloc(s->items, cap * sizeof *p);
-            if (!p)
-                return nq_fail(err, "%s: out of memory for statistics", name);
-            s->items = p;
-            s->cap = cap;
-        }
-        st = &s->items[s->count++];
-        memset(st, 0, sizeof *st);
-        st->module = m;
-        st->sample = malloc((size_t)NQ_CALIB_SAMPLE_ROWS * in->in_features * sizeof *st->sample);
-        if (s->hessians)
-            st->hessian = calloc((size_t)in->in_features * in->in_features, sizeof(double));
-        if (!st->sample || (s->hessians && !st->hessian))
-            return nq_fail(err, "%s: out of memory for statistics of %d inputs", name,
-                           in->in_features);
+        const nq_plan_module *m = NULL;
+        int w = observed_module(s->plan, in->weight_name, in->in_features, &m, name, err);
+        if (w <= 0)
+            return w;
+        if (!(st = new_item(s, m, in->in_features, err)))
+            return -1;
     }
     int d = in->in_features;
     size_t count = (size_t)in->rows * d;
@@ -367,4 +465,74 @@ void nq_calib_stats_reset(nq_calib_stats *s)
     s->count = s->cap = 0;
     s->k_amax = s->v_amax = 0.0f;
     s->has_kv = false;
+    s->mode = NQ_CALIB_FLOAT;
+}
+
+/* ---- statistics computed on a GPU ------------------------------------- */
+
+static int device_wanted(void *ctx, const char *weight_name, int in_features, nq_error *err)
+{
+    nq_calib_stats *s = ctx;
+    const nq_plan_module *m = NULL;
+    char name[256];
+    return observed_module(s->plan, weight_name, in_features, &m, name, err);
+}
+
+int nq_calib_device_begin(nq_calib_stats *s, struct nq_cuda *g, nq_error *err)
+{
+    nq_cuda_stats_spec spec = {.wanted = device_wanted, .ctx = s, .hessians = s->hessians,
+                               .sample_rows = NQ_CALIB_SAMPLE_ROWS};
+    return nq_cuda_stats_begin(g, &spec, err);
+}
+
+int nq_calib_device_collect(nq_calib_stats *s, struct nq_cuda *g, nq_error *err)
+{
+    int rc = -1;
+    size_t n = nq_cuda_stats_count(g);
+    for (size_t i = 0; i < n; i++) {
+        nq_cuda_linear_stat ds;
+        if (nq_cuda_stats_item(g, i, &ds, NULL, err) != 0)
+            goto done;
+        const nq_plan_module *m = NULL;
+        char name[256];
+        int w = observed_module(s->plan, ds.weight_name, ds.in_features, &m, name, err);
+        if (w < 0)
+            goto done;
+        if (w == 0)
+            continue;
+        if (ds.nonfinite) {
+            nq_fail(err, "%s: the float model's activation entering this Linear is NaN or "
+                         "infinite during calibration (on the GPU); every weight and config "
+                         "value was finite, so layer %d overflows on this calibration text",
+                    name, ds.layer);
+            goto done;
+        }
+        nq_linear_stats *st = new_item(s, m, ds.in_features, err);
+        if (!st)
+            goto done;
+        if (st->hessian && nq_cuda_stats_item(g, i, &ds, st->hessian, err) != 0)
+            goto done;
+        st->amax = ds.amax;
+        st->rows = ds.rows;
+        st->sample_rows = ds.sample_rows;
+        memcpy(st->sample, ds.sample, (size_t)ds.sample_rows * ds.in_features * sizeof(float));
+    }
+    bool seen, nonfinite;
+    float k, v;
+    if (nq_cuda_stats_kv(g, &k, &v, &seen, &nonfinite, err) != 0)
+        goto done;
+    if (nonfinite) {
+        nq_fail(err, "an attention key or value is NaN or infinite during calibration (on the "
+                     "GPU); no FP8 KV-cache scale can be derived");
+        goto done;
+    }
+    if (seen) {
+        s->k_amax = k > s->k_amax ? k : s->k_amax;
+        s->v_amax = v > s->v_amax ? v : s->v_amax;
+        s->has_kv = true;
+    }
+    rc = 0;
+done:
+    nq_cuda_stats_end(g);
+    return rc;
 }

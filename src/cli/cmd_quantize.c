@@ -3,15 +3,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "algo/optimize.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "core/interrupt.h"
 #include "core/parallel.h"
 #include "cuda/cuda.h"
 #include "export/lora.h"
+#include "export/equalize.h"
 #include "export/quantize.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -23,6 +26,7 @@
 #include "eval/perplexity.h"
 #include "eval/report.h"
 #include "tok/tokenizer.h"
+#include "formats/rounding.h"
 
 static const char *usage =
     "usage: nemoq quantize IN OUT --recipe NAME [options]\n"
@@ -37,8 +41,14 @@ static const char *usage =
     "  --include GLOB=FORMAT  quantize matching Linears as nvfp4|fp8|int4|bf16 (repeatable)\n"
     "  --weight-scale max|mse block/group scales: amax-based (ModelOpt's default) or the\n"
     "                         least-squared-error scale among nearby representable ones\n"
+    "  --rounding exact|modelopt-cuda  how scales divide by 448 and 2688: exactly (default;\n"
+    "                         ModelOpt on the CPU), or as ModelOpt's export on a CUDA GPU\n"
+    "                         (multiply by the f32 reciprocal; FP8 weights divided by the\n"
+    "                         BF16-rounded scale), byte for byte\n"
     "  --group-size N         int4 group size, 32|64|128 (default 128, lowered to fit the\n"
     "                         routed experts when not given)\n"
+    "  --int4-wide-groups     when the routed experts force a smaller group size, the other\n"
+    "                         INT4 Linears keep the requested one (per-module `dynamic` rules)\n"
     "  --calib FILE           calibration text (.txt) or JSONL ({\"text\"} or {\"messages\"});\n"
     "                         required for NVFP4/FP8 (activation and FP8 KV-cache scales)\n"
     "  --calib-samples N      calibration windows (default 256)\n"
@@ -46,8 +56,20 @@ static const char *usage =
     "  --algo rtn|gptq        round-to-nearest (default) or GPTQ error feedback (NVFP4, INT4;\n"
     "                         needs --calib)\n"
     "  --gptq-damp F          GPTQ dampening, fraction of the mean Hessian diagonal (0.01)\n"
+    "  --gptq-act-order       INT4 GPTQ: columns in order of decreasing Hessian diagonal, static\n"
+    "                         group scales (stored layout unchanged: g_idx stays i / group)\n"
+    "  --equalize             exact per-channel equalization folded into the weights: the Mamba\n"
+    "                         gated norm -> out_proj (needs --calib)\n"
+    "  --equalize-pairs LIST  equalize these pair kinds: norm (block RMSNorm -> its Linears,\n"
+    "                         the router absorbing), gated, relu2 (expert up rows -> down)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
+    "  --optimize             the best measured quality at the same format and size: GPTQ +\n"
+    "                         MSE scales plus the techniques marked [on] below (README\n"
+    "                         \"--optimize\"); needs --calib; about 2x the calibration time\n"
+    "  --optimize-techniques LIST  exactly these techniques (comma-separated; 'default' = the\n"
+    "                         [on] ones; for ablations; does not imply --algo gptq),\n"
+    "                         listed at the end\n"
     "  --kv-cache fp8|none    FP8 KV-cache scales when the recipe asks for them (default fp8)\n"
     "  --ssm-cache-dtype float32|float16|bfloat16  record mamba_ssm_cache_dtype in config.json\n"
     "                         (what vLLM uses when --mamba-ssm-cache-dtype is auto)\n"
@@ -76,6 +98,10 @@ static const char *usage =
     "  --auto-formats LIST    candidates, comma-separated from nvfp4,fp8,bf16 (default all)\n"
     "  --auto-cost weight|active-moe  bits per stored weight, or per weight a token reads\n"
     "                         (routed experts count top_k / n_experts)\n"
+    "  --auto-score kl|proxy  kl (default): measured KL of the model with one group\n"
+    "                         quantized; proxy: the group's error in the residual stream\n"
+    "                         after its block x its layer's KL per unit of that error (one\n"
+    "                         full KL per layer instead of per group and format)\n"
     "  --auto-score-samples N calibration windows the KL is measured on (default 16)\n"
     "  --auto-scores FILE     reuse the scores in an earlier run's --report JSON instead of\n"
     "                         measuring (same model, groups and formats)\n";
@@ -128,12 +154,17 @@ int nq_cmd_quantize(int argc, char **argv)
     nq_lora_spec *loras = NULL;
     size_t nloras = 0;
     bool dry_run = false, bad = false, clean_stale = false, auto_formats_given = false;
+    bool optimize_flag = false, techniques_given = false;
+    bool auto_score_given = false;
     int group = 0, rc = 2;
+    bool wide_groups = false;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage, stdout);
+            fputs("\n--optimize techniques ([on]: part of plain --optimize):\n", stdout);
+            nq_optimize_print_table(stdout);
             free(rules);
             return 0;
         } else if (nq_arg_value(argc, argv, &i, "--recipe", &v, &bad)) {
@@ -180,6 +211,16 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--weight-scale '%s': expected max or mse", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--rounding", &v, &bad)) {
+            nq_rounding r;
+            if (bad)
+                break;
+            if (nq_parse_rounding(v, &r) != 0) {
+                nq_cli_error("--rounding '%s': expected exact or modelopt-cuda", v);
+                bad = true;
+            } else {
+                nq_set_rounding(r);
+            }
         } else if (nq_arg_value(argc, argv, &i, "--group-size", &v, &bad)) {
             if (!bad && (nq_parse_int(v, 32, 128, &group) != 0 ||
                          (group != 32 && group != 64 && group != 128))) {
@@ -217,6 +258,35 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--algo '%s': expected rtn or gptq", v);
                 bad = true;
             }
+        } else if (strcmp(argv[i], "--equalize") == 0) {
+            opt.equalize = true;
+        } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
+            opt.equalize = true;
+            opt.equalize_kinds = 0;
+            char buf[64];
+            snprintf(buf, sizeof buf, "%s", bad ? "" : v);
+            for (char *tok = strtok(buf, ","); !bad && tok; tok = strtok(NULL, ",")) {
+                if (strcmp(tok, "norm") == 0)
+                    opt.equalize_kinds |= NQ_EQ_NORM;
+                else if (strcmp(tok, "gated") == 0)
+                    opt.equalize_kinds |= NQ_EQ_GATED;
+                else if (strcmp(tok, "relu2") == 0)
+                    opt.equalize_kinds |= NQ_EQ_RELU2;
+                else {
+                    nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, "
+                                 "relu2", v);
+                    bad = true;
+                }
+            }
+            if (!bad && !opt.equalize_kinds) {
+                nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
+                             v);
+                bad = true;
+            }
+        } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
+            wide_groups = true;
+        } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
+            opt.gptq_act_order = true;
         } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
             char *end = NULL;
             opt.gptq_damp = bad ? 0 : strtod(v, &end);
@@ -299,8 +369,25 @@ int nq_cmd_quantize(int argc, char **argv)
                 nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
                 bad = true;
             }
+        } else if (nq_arg_value(argc, argv, &i, "--auto-score", &v, &bad)) {
+            if (!bad && strcmp(v, "proxy") == 0)
+                opt.auto_score_proxy = true;
+            else if (!bad && strcmp(v, "kl") != 0) {
+                nq_cli_error("--auto-score '%s': expected kl or proxy", v);
+                bad = true;
+            }
+            auto_score_given = true;
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
+        } else if (strcmp(a, "--optimize") == 0) {
+            optimize_flag = true;
+        } else if (nq_arg_value(argc, argv, &i, "--optimize-techniques", &v, &bad)) {
+            nq_error oe = {0};
+            if (!bad && nq_optimize_parse(v, &opt.optimize, &oe) != 0) {
+                nq_cli_error("%s", oe.msg);
+                bad = true;
+            }
+            techniques_given = true;
         } else if (strcmp(a, "--weights-only") == 0) {
             opt.weights_only = true;
         } else if (strcmp(a, "--force") == 0) {
@@ -323,6 +410,14 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (bad)
         goto finish;
+    if (optimize_flag) {
+        /* GPTQ + MSE scales are part of the best combination */
+        opt.gptq = true;
+        opt.mse_scales = true;
+        if (!techniques_given)
+            nq_optimize_default(&opt.optimize);
+        opt.optimize.enabled = true;
+    }
     nq_error err = {0};
     int file_group = 0;
     if (recipe_file && nq_recipe_file_load(recipe_file, &preset, &file_rules, &nfile_rules,
@@ -354,9 +449,9 @@ int nq_cmd_quantize(int argc, char **argv)
          * conv1d quantizable; the search then sets their formats */
         preset = "nvfp4-aggressive";
     } else if (auto_formats_given || opt.auto_active_moe || opt.auto_score_windows ||
-               opt.auto_scores_path) {
-        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score-samples and "
-                     "--auto-scores need --auto-quantize BITS");
+               opt.auto_scores_path || auto_score_given) {
+        nq_cli_error("quantize: --auto-formats, --auto-cost, --auto-score, --auto-score-samples "
+                     "and --auto-scores need --auto-quantize BITS");
         goto finish;
     }
     if (!in || (!out && !dry_run) || !preset) {
@@ -377,7 +472,8 @@ int nq_cmd_quantize(int argc, char **argv)
     opt.recipe = (nq_recipe_options){.preset = preset, .rules = all,
                                      .nrules = nrules + nfile_rules,
                                      .int4_group_size = group ? group : file_group,
-                                     .int4_group_explicit = group || file_group};
+                                     .int4_group_explicit = group || file_group,
+                                     .int4_wide_groups = wide_groups};
     opt.in_dir = in;
     opt.out_dir = out;
     if (opt.threads <= 0)
@@ -485,15 +581,45 @@ int nq_cmd_quantize(int argc, char **argv)
                    100.0 * (1.0 - sum.sq_err / sum.sq_err_max_scale));
         printf("\n");
     }
+    if (opt.optimize.enabled) {
+        char techs[256];
+        nq_optimize_describe(&opt.optimize, techs, sizeof techs);
+        printf("optimize: %s\n", techs);
+    }
     if (opt.calib_path) {
         printf("calibration: %d x %d tokens in %.1f s; output error on calibration inputs: "
                "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
                sum.calib_samples, sum.calib_len, sum.calib_seconds,
                sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0, sum.kv_layers);
+        static const char *const kinds[4] = {"Mamba", "MoE", "attention", "MLP"};
+        bool any = false;
+        for (int k = 0; k < 4; k++)
+            if (sum.layers_of_kind[k] > 0) {
+                printf("%s %s layers: %.2f s each (forward with statistics %.2f s) x %d",
+                       any ? ";" : "time per layer:", kinds[k],
+                       sum.layer_seconds[k] / sum.layers_of_kind[k],
+                       sum.layer_stats_seconds[k] / sum.layers_of_kind[k], sum.layers_of_kind[k]);
+                any = true;
+            }
+        if (any)
+            printf("\n");
+        if (opt.cuda) {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            printf("memory: GPU peak %.2f GiB allocated by nemoq; host peak RSS %.2f GiB\n",
+                   nq_cuda_peak_bytes(opt.cuda) / 1073741824.0, ru.ru_maxrss / 1048576.0);
+        }
         if (opt.gptq)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,
                    opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
+        if (opt.equalize)
+            printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
+                   "error on calibration inputs %.1f%% lower than unscaled\n",
+                   sum.eq_pairs, sum.eq_searched,
+                   sum.eq_err_identity > 0
+                       ? 100.0 * (1.0 - sum.eq_err_best / sum.eq_err_identity)
+                       : 0.0);
         if (sum.experts_without_tokens)
             printf("note: %zu routed experts received no calibration token; they use their "
                    "layer's input scale (the max over its experts)\n",
@@ -530,9 +656,10 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     if (report_path && rc == 0) {
         json_t *summary = json_pack(
-            "{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
+            "{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f}", "input", in,
             "output", out, "recipe", opt.auto_bits > 0 ? "auto-quantize" : preset, "algorithm", opt.gptq ? "gptq" : "rtn",
-            "weight_scale", opt.mse_scales ? "mse" : "max", "bytes_in", (json_int_t)sum.bytes_in,
+            "weight_scale", opt.mse_scales ? "mse" : "max", "rounding",
+            nq_rounding_name(nq_get_rounding()), "bytes_in", (json_int_t)sum.bytes_in,
             "bytes_out", (json_int_t)sum.bytes_out, "bits_per_parameter", bits,
             "nvfp4_modules", (json_int_t)sum.modules[NQ_FORMAT_NVFP4], "fp8_modules",
             (json_int_t)sum.modules[NQ_FORMAT_FP8], "int4_modules",
@@ -540,6 +667,11 @@ int nq_cmd_quantize(int argc, char **argv)
             (json_int_t)sum.modules[NQ_FORMAT_KEEP], "weight_rel_rms",
             sum.sq_ref > 0 ? sqrt(sum.sq_err / sum.sq_ref) : 0.0, "output_rel_rms",
             sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0);
+        if (summary && opt.optimize.enabled) {
+            char techs[256];
+            nq_optimize_describe(&opt.optimize, techs, sizeof techs);
+            json_object_set_new(summary, "optimize", json_string(techs));
+        }
         if (summary && opt.calib_path) {
             json_object_set_new(summary, "calibration", json_string(opt.calib_path));
             json_object_set_new(summary, "calibration_tokens",
@@ -547,6 +679,10 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
             json_object_set_new(summary, "experts_without_tokens",
                                 json_integer((json_int_t)sum.experts_without_tokens));
+            json_object_set_new(summary, "equalize", json_boolean(opt.equalize));
+            if (opt.equalize)
+                json_object_set_new(summary, "equalized_pairs",
+                                    json_integer((json_int_t)sum.eq_pairs));
         }
         json_t *doc = json_pack("{s:o, s:O}", "summary", summary, "modules", report_modules);
         if (doc && eval_doc)

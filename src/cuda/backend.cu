@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda/cuda.h"
+#include "cuda/internal.cuh"
 #include "cuda/kernels.cuh"
 
 /* ---- errors ------------------------------------------------------------ */
@@ -40,6 +42,20 @@ static unsigned blocks_for(size_t count, unsigned threads)
     return (unsigned)((count + threads - 1) / threads);
 }
 
+/* ---- phase timing (NEMOQ_CUDA_TIMING) ------------------------------------ */
+
+enum {
+    P_HOST, P_UPLOAD, P_XCOPY, P_NORM_ADD, P_M_IN, P_M_CONV, P_M_SCAN, P_M_GNORM, P_M_OUT, P_A_QKV,
+    P_A_KV_HOST, P_A_ATTN, P_A_O, P_E_GATE, P_E_ROUTE, P_E_LOAD, P_E_EXPERTS, P_E_SHARED,
+    P_E_COMBINE, P_MLP, P_FINAL, P_COUNT
+};
+static const char *const phase_names[P_COUNT] = {
+    "host (outside the backend)", "weight upload", "x host<->device", "norm + residual add",
+    "mamba in_proj", "mamba conv+dt", "mamba scan", "mamba gated norm", "mamba out_proj",
+    "attention q/k/v", "attention K/V to host", "attention kernel", "attention o_proj",
+    "moe gate GEMM", "moe routing", "moe expert upload", "moe routed experts", "moe shared expert",
+    "moe gather+combine", "mlp", "norm_f + lm_head + logits copy"};
+
 /* ---- the device object ------------------------------------------------- */
 
 /* Device allocations that live until the weights they hold change. */
@@ -60,14 +76,27 @@ typedef struct dev_block {
     float *q, *k, *v, *o;
     dev_mlp mlp, shared;
     float *gate;
+    float *score_bias;
     dev_mlp *experts; /* host array [n_experts] of device pointers */
     int n_experts;
 } dev_block;
 
+/* A block's weights on the device, kept after the block ran while the
+ * cache's budget allows, so that repeated passes over a model whose host
+ * weights stay (same weights_id) do not upload them again. */
+typedef struct cached_block {
+    uint64_t id, used;
+    dev_block blk;
+    alloc_list allocs;
+} cached_block;
+
+#define NQ_CUDA_CACHE_SLOTS 128
+
 /* Grow-only scratch buffers, one per role. */
 enum {
     S_X, S_XN, S_Y, S_PROJ, S_XBC, S_DT, S_SCAN, S_STATE, S_Q, S_K, S_V, S_ATT, S_H, S_XIN,
-    S_OUT, S_SHARED, S_REWRITE, S_LOGITS, S_IDX, S_ROWS, S_W, S_RESIDENT, S_COUNT
+    S_OUT, S_SHARED, S_REWRITE, S_LOGITS, S_IDX, S_ROWS, S_W, S_RESIDENT, S_EXPERTS, S_EWEIGHTS,
+    S_KEYS, S_VALS, S_SKEYS, S_SVALS, S_START, S_SORT_TEMP, S_COUNT
 };
 
 struct nq_cuda {
@@ -76,17 +105,45 @@ struct nq_cuda {
     cublasHandle_t blas;
     size_t cur_bytes, peak_bytes;
     size_t shared_max;          /* opt-in shared memory per block */
-    bool have_block;
-    uint64_t block_id;
-    dev_block blk;
-    alloc_list blk_allocs;
+    cached_block cache[NQ_CUDA_CACHE_SLOTS];
+    int ncache;
+    cached_block *cur;          /* the block being run */
+    uint64_t tick;
+    size_t cache_budget;        /* bytes of weights kept between blocks */
+    bool tf32;
+    /* NEMOQ_CUDA_TIMING=1: wall time per phase (the device synchronized at
+     * every mark), printed to stderr by nq_cuda_close. */
+    bool timing;
+    int phase;
+    double phase_t, phase_s[32];
     bool have_head;
     uint64_t head_id;
     float *norm_f, *lm_head;
     alloc_list head_allocs;
     void *scratch[S_COUNT];
     size_t scratch_bytes[S_COUNT];
+    struct nqs_stats *stats;    /* calibration statistics (stats.cu), or NULL */
 };
+
+static double wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Charges the time since the last mark to the phase then running and
+ * starts phase p. */
+static void mark(nq_cuda *g, int p)
+{
+    if (!g->timing)
+        return;
+    cudaDeviceSynchronize();
+    double t = wall();
+    g->phase_s[g->phase] += t - g->phase_t;
+    g->phase_t = t;
+    g->phase = p;
+}
 
 static int dalloc(nq_cuda *g, void **p, size_t bytes, nq_error *err)
 {
@@ -215,38 +272,81 @@ extern "C" nq_cuda *nq_cuda_open(int device, nq_error *err)
      * reproducible. */
     cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH);
     cublasSetAtomicsMode(g->blas, CUBLAS_ATOMICS_NOT_ALLOWED);
-    /* the dynamic part may take what the kernel's static shared memory
-     * leaves of the opt-in maximum */
-    cudaFuncAttributes fa;
-    e = cudaFuncGetAttributes(&fa, nqk_attention);
-    if (e == cudaSuccess) {
-        g->shared_max = prop.sharedMemPerBlockOptin > fa.sharedSizeBytes
-                            ? prop.sharedMemPerBlockOptin - fa.sharedSizeBytes
-                            : 0;
-        e = cudaFuncSetAttribute(nqk_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)g->shared_max);
-    }
+    /* the tiled attention and scan kernels stage their tiles in dynamic
+     * shared memory beyond the default 48 KiB */
+    g->shared_max = prop.sharedMemPerBlockOptin;
+    e = nqk_attention_setup();
+    if (e == cudaSuccess)
+        e = nqk_scan_setup();
     if (e != cudaSuccess) {
-        cuda_fail(err, "attention kernel shared memory", e);
+        cuda_fail(err, "kernel shared memory", e);
         nq_cuda_close(g);
         return NULL;
     }
+    /* Weights kept on the device between blocks: min(4 GiB, 1/16 of the
+     * GPU) unless NEMOQ_CUDA_WEIGHT_CACHE_MIB says otherwise (0: one block
+     * at a time, as streaming a large model does anyway). */
+    g->cache_budget = prop.totalGlobalMem / 16 < (4ull << 30) ? prop.totalGlobalMem / 16
+                                                               : (4ull << 30);
+    const char *tm = getenv("NEMOQ_CUDA_TIMING");
+    g->timing = tm && *tm && strcmp(tm, "0") != 0;
+    g->phase = P_HOST;
+    g->phase_t = wall();
+    const char *cm = getenv("NEMOQ_CUDA_WEIGHT_CACHE_MIB");
+    if (cm && *cm)
+        g->cache_budget = (size_t)strtoull(cm, NULL, 10) << 20;
     return g;
 }
 
-static void drop_block(nq_cuda *g)
+static size_t list_bytes(const alloc_list *l)
 {
-    list_free(g, &g->blk_allocs);
-    free(g->blk.experts);
-    memset(&g->blk, 0, sizeof g->blk);
-    g->have_block = false;
+    size_t t = 0;
+    for (int i = 0; i < l->n; i++)
+        t += l->bytes[i];
+    return t;
+}
+
+static void evict(nq_cuda *g, int i)
+{
+    cached_block *c = &g->cache[i];
+    list_free(g, &c->allocs);
+    free(c->blk.experts);
+    if (g->cur == c)
+        g->cur = NULL;
+    if (i != g->ncache - 1) {
+        if (g->cur == &g->cache[g->ncache - 1])
+            g->cur = c;
+        *c = g->cache[g->ncache - 1];
+    }
+    memset(&g->cache[g->ncache - 1], 0, sizeof *c);
+    g->ncache--;
+}
+
+static void evict_lru(nq_cuda *g)
+{
+    int lru = 0;
+    for (int i = 1; i < g->ncache; i++)
+        if (g->cache[i].used < g->cache[lru].used)
+            lru = i;
+    evict(g, lru);
+}
+
+static size_t cache_bytes(const nq_cuda *g)
+{
+    size_t t = 0;
+    for (int i = 0; i < g->ncache; i++)
+        t += list_bytes(&g->cache[i].allocs);
+    return t;
 }
 
 extern "C" void nq_cuda_close(nq_cuda *g)
 {
     if (!g)
         return;
-    drop_block(g);
+    nq_cuda_timing_report(g, "at close");
+    nqs_free(g);
+    while (g->ncache > 0)
+        evict(g, g->ncache - 1);
     list_free(g, &g->head_allocs);
     for (int i = 0; i < S_COUNT; i++)
         dfree(g, g->scratch[i], g->scratch_bytes[i]);
@@ -254,14 +354,36 @@ extern "C" void nq_cuda_close(nq_cuda *g)
     free(g);
 }
 
+extern "C" void nq_cuda_timing_report(nq_cuda *g, const char *label)
+{
+    if (!g->timing)
+        return;
+    mark(g, P_HOST);
+    double total = 0;
+    for (int i = 0; i < P_COUNT; i++)
+        total += g->phase_s[i];
+    if (total > 0) {
+        fprintf(stderr, "cuda timing (%s), %s: %.4f s in all\n", g->desc, label, total);
+        for (int i = 0; i < P_COUNT; i++)
+            if (g->phase_s[i] > 0)
+                fprintf(stderr, "  %-32s %9.4f s  %5.1f%%\n", phase_names[i], g->phase_s[i],
+                        100.0 * g->phase_s[i] / total);
+    }
+    memset(g->phase_s, 0, sizeof g->phase_s);
+}
+
 extern "C" const char *nq_cuda_describe(const nq_cuda *g) { return g->desc; }
+cublasHandle_t nqb_blas(nq_cuda *g) { return g->blas; }
+int nqb_alloc(nq_cuda *g, void **p, size_t bytes, nq_error *err) { return dalloc(g, p, bytes, err); }
+void nqb_free(nq_cuda *g, void *p, size_t bytes) { dfree(g, p, bytes); }
+struct nqs_stats **nqb_stats(nq_cuda *g) { return &g->stats; }
 extern "C" size_t nq_cuda_peak_bytes(const nq_cuda *g) { return g->peak_bytes; }
 
 /* ---- weights ------------------------------------------------------------ */
 
 static int upload_mlp(nq_cuda *g, const nq_mlp_weights *w, int hidden, dev_mlp *d, nq_error *err)
 {
-    alloc_list *l = &g->blk_allocs;
+    alloc_list *l = &g->cur->allocs;
     d->inter = w->inter;
     size_t n = (size_t)w->inter * hidden;
     return upload(g, l, w->up, n, &d->up, err) || upload(g, l, w->up_b, w->inter, &d->up_b, err) ||
@@ -271,14 +393,53 @@ static int upload_mlp(nq_cuda *g, const nq_mlp_weights *w, int hidden, dev_mlp *
                : 0;
 }
 
+static int fill_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block *b, nq_error *err);
+
 static int ensure_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block *b, nq_error *err)
 {
-    if (g->have_block && g->block_id == b->weights_id)
-        return 0;
-    drop_block(g);
-    alloc_list *l = &g->blk_allocs;
-    dev_block *d = &g->blk;
+    for (int i = 0; i < g->ncache; i++)
+        if (g->cache[i].id == b->weights_id) {
+            g->cur = &g->cache[i];
+            g->cur->used = ++g->tick;
+            return 0;
+        }
     int H = c->hidden_size;
+    size_t need = 0; /* floats of the block without routed experts */
+    switch (b->kind) {
+    case NQ_BLOCK_MAMBA:
+        need = (size_t)nq_mamba_in_proj_dim(c) * H + (size_t)H * nq_mamba_intermediate(c);
+        break;
+    case NQ_BLOCK_ATTENTION:
+        need = (size_t)2 * H * (c->num_attention_heads + c->num_key_value_heads) * c->head_dim;
+        break;
+    case NQ_BLOCK_MLP:
+        need = (size_t)2 * H * c->intermediate_size;
+        break;
+    case NQ_BLOCK_MOE:
+        need = (size_t)H * (c->n_routed_experts + 2 * c->moe_shared_expert_intermediate_size);
+        break;
+    }
+    g->cur = NULL;
+    while (g->ncache > 0 && (g->ncache == NQ_CUDA_CACHE_SLOTS ||
+                             cache_bytes(g) + need * sizeof(float) > g->cache_budget))
+        evict_lru(g);
+    g->cur = &g->cache[g->ncache++];
+    memset(g->cur, 0, sizeof *g->cur);
+    g->cur->used = ++g->tick;
+    if (fill_block(g, c, b, err) != 0) {
+        evict(g, (int)(g->cur - g->cache));
+        return -1;
+    }
+    g->cur->id = b->weights_id; /* complete: usable from now on */
+    return 0;
+}
+
+/* Uploads block b into the fresh cache entry g->cur. */
+static int fill_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block *b, nq_error *err)
+{
+    int H = c->hidden_size;
+    alloc_list *l = &g->cur->allocs;
+    dev_block *d = &g->cur->blk;
     if (upload(g, l, b->norm, H, &d->norm, err) != 0)
         return -1;
     switch (b->kind) {
@@ -312,7 +473,12 @@ static int ensure_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_bloc
         break;
     case NQ_BLOCK_MOE: {
         const nq_moe_weights *w = b->moe;
-        if (upload(g, l, w->gate, (size_t)c->n_routed_experts * H, &d->gate, err) != 0)
+        if (c->n_routed_experts > NQ_CUDA_MAX_EXPERTS || c->num_experts_per_tok > NQ_CUDA_MAX_TOPK)
+            return nq_fail(err, "layer: %d experts, top-%d: the CUDA router handles at most %d, "
+                           "top-%d", c->n_routed_experts, c->num_experts_per_tok,
+                           NQ_CUDA_MAX_EXPERTS, NQ_CUDA_MAX_TOPK);
+        if (upload(g, l, w->gate, (size_t)c->n_routed_experts * H, &d->gate, err) != 0 ||
+            upload(g, l, w->score_bias, (size_t)c->n_routed_experts, &d->score_bias, err) != 0)
             return -1;
         if (w->shared.up && upload_mlp(g, &w->shared, H, &d->shared, err) != 0)
             return -1;
@@ -323,8 +489,6 @@ static int ensure_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_bloc
         break;
     }
     }
-    g->have_block = true;
-    g->block_id = b->weights_id;
     return 0;
 }
 
@@ -346,9 +510,14 @@ static int linear(nq_cuda *g, const nq_exec *ex, const char *suffix, int expert,
     if (n <= 0)
         return 0;
     const nq_forward_hooks *hk = ex->hooks;
-    if (hk && (hk->linear_input || hk->rewrite_input)) {
-        char name[256];
+    char name[256];
+    if (g->stats || (hk && (hk->linear_input || hk->rewrite_input)))
         snprintf(name, sizeof name, "%s%s", ex->prefix ? ex->prefix : "", suffix);
+    /* calibration statistics on the GPU (stats.cu), before any rewrite as
+     * the host hook sees the input */
+    if (g->stats && nqs_linear(g, name, ex->layer, expert, dx, n, in, err) != 0)
+        return -1;
+    if (hk && (hk->linear_input || hk->rewrite_input)) {
         size_t count = (size_t)n * in;
         float *hx = (float *)malloc(count * sizeof *hx);
         float *hr = hk->rewrite_input ? (float *)malloc(count * sizeof *hr) : NULL;
@@ -433,7 +602,7 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
     int n = samples * len;
     bool keep_state = samples == 1;
     nq_error *err = ex->err;
-    const dev_block *d = &g->blk;
+    const dev_block *d = &g->cur->blk;
     int H = c->hidden_size, nh = c->mamba_num_heads, K = c->conv_kernel;
     int inter = nq_mamba_intermediate(c), conv_dim = nq_mamba_conv_dim(c);
     int P = nq_mamba_in_proj_dim(c), ns = c->ssm_state_size, hd = c->mamba_head_dim;
@@ -447,8 +616,10 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
     float *state = keep_state ? SCRATCH_F(g, S_STATE, (size_t)nh * hd * ns, err) : NULL;
     if (!proj || !xbc || !dt || !scan || (keep_state && !state))
         return -1;
+    mark(g, P_M_IN);
     if (linear(g, ex, "in_proj.weight", -1, NULL, dxn, n, H, d->in_proj, d->in_proj_b, P, proj))
         return -1;
+    mark(g, P_M_CONV);
     size_t cnt = (size_t)n * conv_dim;
     nqk_conv_silu<<<blocks_for(cnt, 256), 256>>>(proj, P, inter, conv_dim, d->conv_w, d->conv_b, K,
                                                  n, len, xbc);
@@ -469,16 +640,18 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
     nqk_dt<<<blocks_for(cnt, 256), 256>>>(proj, P, inter + conv_dim, d->dt_bias, nh, n, b->dt_min,
                                           dt);
     CK_LAUNCH(err);
-    size_t threads = (size_t)samples * nh * hd * 32;
-    nqk_scan<<<blocks_for(threads, 128), 128>>>(xbc, conv_dim, inter, c->n_groups, ns, hd, nh, dt,
-                                                d->A, d->D, samples, len, scan, state);
+    mark(g, P_M_SCAN);
+    nqk_scan(xbc, conv_dim, inter, c->n_groups, ns, hd, nh, dt, d->A, d->D, samples, len, scan,
+             state);
     CK_LAUNCH(err);
     if (keep_state && b->ssm_state &&
         download(b->ssm_state, state, (size_t)nh * hd * ns * sizeof(float), err) != 0)
         return -1;
+    mark(g, P_M_GNORM);
     nqk_gated_norm<<<dim3((unsigned)n, (unsigned)c->n_groups), 256>>>(
         scan, proj, P, d->norm_w, inter, inter / c->n_groups, c->layer_norm_epsilon);
     CK_LAUNCH(err);
+    mark(g, P_M_OUT);
     return linear(g, ex, "out_proj.weight", -1, NULL, scan, n, inter, d->out_proj, d->out_proj_b,
                   H, dy);
 }
@@ -489,22 +662,25 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     int n = samples * len;
     float *k_cache = samples == 1 ? b->k_cache : NULL, *v_cache = samples == 1 ? b->v_cache : NULL;
     nq_error *err = ex->err;
-    const dev_block *d = &g->blk;
+    const dev_block *d = &g->cur->blk;
     int H = c->hidden_size, nh = c->num_attention_heads, nkv = c->num_key_value_heads;
     int hd = c->head_dim, qdim = nh * hd, kvdim = nkv * hd;
-    size_t shared = (size_t)(hd + len) * sizeof(float);
-    if (shared > g->shared_max)
-        return nq_fail(err, "%sattention: %d tokens need %zu bytes of shared memory, the GPU has "
-                       "%zu per block", ex->prefix, len, shared, g->shared_max);
+    if (hd > NQ_ATT_MAX_HD)
+        return nq_fail(err, "%sattention: head_dim %d exceeds the CUDA kernel's %d", ex->prefix,
+                       hd, NQ_ATT_MAX_HD);
     float *q = SCRATCH_F(g, S_Q, (size_t)n * qdim, err);
     float *k = SCRATCH_F(g, S_K, (size_t)n * kvdim, err);
     float *v = SCRATCH_F(g, S_V, (size_t)n * kvdim, err);
     float *att = SCRATCH_F(g, S_ATT, (size_t)n * qdim, err);
     if (!q || !k || !v || !att)
         return -1;
+    mark(g, P_A_QKV);
     if (linear(g, ex, "q_proj.weight", -1, NULL, dxn, n, H, d->q, NULL, qdim, q) != 0 ||
         linear(g, ex, "k_proj.weight", -1, NULL, dxn, n, H, d->k, NULL, kvdim, k) != 0 ||
         linear(g, ex, "v_proj.weight", -1, NULL, dxn, n, H, d->v, NULL, kvdim, v) != 0)
+        return -1;
+    mark(g, P_A_KV_HOST);
+    if (g->stats && nqs_kv(g, k, v, (size_t)n * kvdim, err) != 0)
         return -1;
     bool hook = ex->hooks && ex->hooks->kv_output;
     if (hook || k_cache) {
@@ -533,88 +709,105 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
             return -1;
     }
     float scale = (float)pow((double)hd, -0.5);
-    nqk_attention<<<dim3((unsigned)len, (unsigned)nh, (unsigned)samples), 128, shared>>>(
-        q, k, v, len, nh, nkv, hd, scale, att);
+    mark(g, P_A_ATTN);
+    nqk_attention(q, k, v, samples, len, nh, nkv, hd, scale, att);
     CK_LAUNCH(err);
+    mark(g, P_A_O);
     return linear(g, ex, "o_proj.weight", -1, NULL, att, n, qdim, d->o, NULL, H, dy);
 }
 
+/* Routing on the device (router.cu): selection, the stable sort of the
+ * rows by expert, their tokens and the combine's rows/weights; only the
+ * per-expert row counts come to the host (for the GEMM loop), plus what
+ * the hooks need. */
 static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq_cuda_block *b,
                const float *dxn, int n, float *dy)
 {
     nq_error *err = ex->err;
-    dev_block *d = &g->blk;
+    dev_block *d = &g->cur->blk;
     int H = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
+    int total = n * K;
+    const nq_forward_hooks *hk = ex->hooks;
+    bool want_tok = hk && (hk->linear_input || hk->rewrite_input);
+    bool want_route = hk && hk->routing;
     float *dlogits = SCRATCH_F(g, S_LOGITS, (size_t)n * E, err);
-    if (!dlogits)
+    int32_t *dexp = (int32_t *)scratch(g, S_EXPERTS, (size_t)total * sizeof(int32_t), err);
+    float *dw = SCRATCH_F(g, S_EWEIGHTS, (size_t)total, err);
+    int32_t *keys = (int32_t *)scratch(g, S_KEYS, (size_t)total * sizeof(int32_t), err);
+    int32_t *vals = (int32_t *)scratch(g, S_VALS, (size_t)total * sizeof(int32_t), err);
+    int32_t *skeys = (int32_t *)scratch(g, S_SKEYS, (size_t)total * sizeof(int32_t), err);
+    int32_t *svals = (int32_t *)scratch(g, S_SVALS, (size_t)total * sizeof(int32_t), err);
+    int32_t *dstart = (int32_t *)scratch(g, S_START, (size_t)(E + 1) * sizeof(int32_t), err);
+    int32_t *dtok = (int32_t *)scratch(g, S_IDX, (size_t)total * sizeof(int32_t), err);
+    int32_t *drows = (int32_t *)scratch(g, S_ROWS, (size_t)total * sizeof(int32_t), err);
+    float *drw = SCRATCH_F(g, S_W, (size_t)total, err);
+    if (!dlogits || !dexp || !dw || !keys || !vals || !skeys || !svals || !dstart || !dtok ||
+        !drows || !drw)
         return -1;
+    mark(g, P_E_GATE);
     if (linear(g, ex, "gate.weight", -1, NULL, dxn, n, H, d->gate, NULL, E, dlogits) != 0)
         return -1;
+    mark(g, P_E_ROUTE);
+    nqk_moe_select<<<blocks_for((size_t)n, 128), 128>>>(
+        dlogits, d->score_bias, n, E, c->n_group > 0 ? c->n_group : 1, c->topk_group, K,
+        c->norm_topk_prob ? 1 : 0, c->routed_scaling_factor, dexp, dw, keys, vals, drw);
+    CK_LAUNCH(err);
+    size_t temp_bytes = 0;
+    CK(nqk_moe_sort(NULL, &temp_bytes, keys, skeys, vals, svals, total, E), err);
+    void *temp = scratch(g, S_SORT_TEMP, temp_bytes, err);
+    if (!temp)
+        return -1;
+    CK(nqk_moe_sort(temp, &temp_bytes, keys, skeys, vals, svals, total, E), err);
+    nqk_moe_place<<<blocks_for((size_t)total, 256), 256>>>(svals, total, K, dtok, drows);
+    CK_LAUNCH(err);
+    nqk_moe_starts<<<blocks_for((size_t)E + 1, 128), 128>>>(skeys, total, E, dstart);
+    CK_LAUNCH(err);
+
     int rc = -1;
-    float *logits = (float *)malloc((size_t)n * E * sizeof *logits);
-    float *scores = (float *)malloc((size_t)E * sizeof *scores);
-    int32_t *experts = (int32_t *)malloc((size_t)n * K * sizeof *experts);
-    float *weights = (float *)malloc((size_t)n * K * sizeof *weights);
-    int32_t *tok = (int32_t *)malloc((size_t)n * K * sizeof *tok);
-    int32_t *rows = (int32_t *)malloc((size_t)n * K * sizeof *rows);
-    float *rw = (float *)malloc((size_t)n * K * sizeof *rw);
-    int *fill = (int *)calloc((size_t)n, sizeof *fill);
-    int *start = (int *)calloc((size_t)E + 1, sizeof *start);
+    int32_t *start = (int32_t *)malloc((size_t)(E + 1) * sizeof *start);
+    int32_t *tok = want_tok ? (int32_t *)malloc((size_t)total * sizeof *tok) : NULL;
+    float *logits = NULL, *weights = NULL;
+    int32_t *experts = NULL;
     float *xin, *hbuf, *out, *sh = NULL;
-    int32_t *dtok, *drows;
-    float *drw;
-    int total = 0;
-    if (!logits || !scores || !experts || !weights || !tok || !rows || !rw || !fill || !start) {
+    if (!start || (want_tok && !tok)) {
         nq_fail(err, "%smoe: out of host memory for %d tokens", ex->prefix, n);
         goto done;
     }
-    if (download(logits, dlogits, (size_t)n * E * sizeof *logits, err) != 0)
+    if (download(start, dstart, (size_t)(E + 1) * sizeof *start, err) != 0 ||
+        (want_tok && download(tok, dtok, (size_t)total * sizeof *tok, err) != 0))
         goto done;
-    /* nq_moe_route's selection, token by token, on the same logits */
-    for (int t = 0; t < n; t++) {
-        const float *lr = logits + (size_t)t * E;
-        for (int e = 0; e < E; e++)
-            scores[e] = 1.0f / (1.0f + expf(-lr[e]));
-        b->select(c, scores, b->moe->score_bias, experts + (size_t)t * K,
-                  weights + (size_t)t * K);
-    }
-    if (ex->hooks && ex->hooks->routing) {
+    if (want_route) {
+        logits = (float *)malloc((size_t)n * E * sizeof *logits);
+        experts = (int32_t *)malloc((size_t)total * sizeof *experts);
+        weights = (float *)malloc((size_t)total * sizeof *weights);
+        if (!logits || !experts || !weights) {
+            nq_fail(err, "%smoe: out of host memory for %d tokens", ex->prefix, n);
+            goto done;
+        }
+        if (download(logits, dlogits, (size_t)n * E * sizeof *logits, err) != 0 ||
+            download(experts, dexp, (size_t)total * sizeof *experts, err) != 0 ||
+            download(weights, dw, (size_t)total * sizeof *weights, err) != 0)
+            goto done;
         nq_routing r = {ex->layer, n, K, E, logits, experts, weights};
-        if (ex->hooks->routing(ex->hooks->ctx, &r, err) != 0) {
+        if (hk->routing(hk->ctx, &r, err) != 0) {
             nq_fail(err, "%sgate: routing hook failed", ex->prefix);
             goto done;
         }
     }
-    /* Rows grouped by expert (ascending), tokens ascending within one, as
-     * nq_moe_forward gathers them; rows[t*K + j] lists token t's rows in
-     * ascending expert order for the combine. */
-    for (int e = 0; e < E; e++) {
-        start[e] = total;
-        for (int t = 0; t < n; t++)
-            for (int j = 0; j < K; j++)
-                if (experts[(size_t)t * K + j] == e) {
-                    tok[total] = t;
-                    rows[(size_t)t * K + fill[t]] = total;
-                    rw[(size_t)t * K + fill[t]] = weights[(size_t)t * K + j];
-                    fill[t]++;
-                    total++;
-                    break;
-                }
+    if (start[E] != total) {
+        nq_fail(err, "%smoe: the router placed %d of %d rows", ex->prefix, start[E], total);
+        goto done;
     }
-    start[E] = total;
-    for (int t = 0; t < n; t++)
-        if (fill[t] != K) {
-            nq_fail(err, "%smoe: token %d was routed to %d distinct experts, expected %d",
-                    ex->prefix, t, fill[t], K);
-            goto done;
-        }
+    mark(g, P_E_LOAD);
     for (int e = 0; e < E; e++) {
         if (start[e + 1] == start[e] || d->experts[e].up)
             continue;
         if (!b->moe->experts[e].up && b->load_expert(b->load_ctx, e, err) != 0)
             goto done;
-        if (upload_mlp(g, &b->moe->experts[e], H, &d->experts[e], err) != 0)
+        if (upload_mlp(g, &b->moe->experts[e], H, &d->experts[e], err) != 0) {
+            memset(&d->experts[e], 0, sizeof d->experts[e]); /* (its allocations stay listed) */
             goto done;
+        }
     }
     xin = SCRATCH_F(g, S_XIN, (size_t)total * H, err);
     hbuf = SCRATCH_F(g, S_H, (size_t)(total > n ? total : n) *
@@ -623,23 +816,15 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
                                       : c->moe_shared_expert_intermediate_size),
                      err);
     out = SCRATCH_F(g, S_OUT, (size_t)total * H, err);
-    dtok = (int32_t *)scratch(g, S_IDX, (size_t)total * sizeof *dtok, err);
-    drows = (int32_t *)scratch(g, S_ROWS, (size_t)n * K * sizeof *drows, err);
-    drw = SCRATCH_F(g, S_W, (size_t)n * K, err);
-    if (!xin || !hbuf || !out || !dtok || !drows || !drw)
+    if (!xin || !hbuf || !out)
         goto done;
-    if (cudaMemcpy(dtok, tok, (size_t)total * sizeof *tok, cudaMemcpyHostToDevice) != cudaSuccess ||
-        cudaMemcpy(drows, rows, (size_t)n * K * sizeof *rows, cudaMemcpyHostToDevice) !=
-            cudaSuccess ||
-        cudaMemcpy(drw, rw, (size_t)n * K * sizeof *rw, cudaMemcpyHostToDevice) != cudaSuccess) {
-        cuda_fail(err, "uploading the routing", cudaGetLastError());
-        goto done;
-    }
+    mark(g, P_E_COMBINE);
     nqk_gather_rows<<<blocks_for((size_t)total * H, 256), 256>>>(dxn, dtok, total, H, xin);
     if (cudaGetLastError() != cudaSuccess) {
         nq_fail(err, "%smoe: gather kernel failed", ex->prefix);
         goto done;
     }
+    mark(g, P_E_EXPERTS);
     for (int e = 0; e < E; e++) {
         int cnt = start[e + 1] - start[e];
         if (cnt == 0)
@@ -647,15 +832,17 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
         char names[32];
         snprintf(names, sizeof names, "experts.%d.", e);
         size_t off = (size_t)start[e] * H;
-        if (mlp(g, ex, names, e, tok + start[e], &d->experts[e], b->act, xin + off, cnt, H, hbuf,
-                out + off) != 0)
+        if (mlp(g, ex, names, e, tok ? tok + start[e] : NULL, &d->experts[e], b->act, xin + off,
+                cnt, H, hbuf, out + off) != 0)
             goto done;
     }
+    mark(g, P_E_SHARED);
     if (d->shared.up) {
         if (!(sh = SCRATCH_F(g, S_SHARED, (size_t)n * H, err)) ||
             mlp(g, ex, "shared_experts.", -1, NULL, &d->shared, b->act, dxn, n, H, hbuf, sh) != 0)
             goto done;
     }
+    mark(g, P_E_COMBINE);
     nqk_moe_combine<<<blocks_for((size_t)n * H, 256), 256>>>(out, drows, drw, K, sh, n, H, dy);
     if (cudaGetLastError() != cudaSuccess) {
         nq_fail(err, "%smoe: combine kernel failed", ex->prefix);
@@ -663,15 +850,11 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
     }
     rc = 0;
 done:
+    free(start);
+    free(tok);
     free(logits);
-    free(scores);
     free(experts);
     free(weights);
-    free(tok);
-    free(rows);
-    free(rw);
-    free(fill);
-    free(start);
     return rc;
 }
 
@@ -689,7 +872,8 @@ static int run_chunk(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     float *dy = SCRATCH_F(g, S_Y, plane, err);
     if (!dxn || !dy)
         return -1;
-    nqk_rmsnorm<<<(unsigned)n, 256>>>(dx, g->blk.norm, H, c->layer_norm_epsilon, dxn);
+    mark(g, P_NORM_ADD);
+    nqk_rmsnorm<<<(unsigned)n, 256>>>(dx, g->cur->blk.norm, H, c->layer_norm_epsilon, dxn);
     CK_LAUNCH(err);
     int rc = -1;
     switch (b->kind) {
@@ -701,7 +885,8 @@ static int run_chunk(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
         break;
     case NQ_BLOCK_MLP: {
         float *h = SCRATCH_F(g, S_H, (size_t)n * c->intermediate_size, err);
-        rc = h ? mlp(g, ex, "", -1, NULL, &g->blk.mlp, b->act, dxn, n, H, h, dy) : -1;
+        mark(g, P_MLP);
+        rc = h ? mlp(g, ex, "", -1, NULL, &g->cur->blk.mlp, b->act, dxn, n, H, h, dy) : -1;
         break;
     }
     case NQ_BLOCK_MOE:
@@ -710,6 +895,7 @@ static int run_chunk(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     }
     if (rc != 0)
         return -1;
+    mark(g, P_NORM_ADD);
     nqk_add<<<blocks_for(plane, 256), 256>>>(dx, dy, plane);
     CK_LAUNCH(err);
     return 0;
@@ -723,8 +909,10 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
     if (samples <= 0 || len <= 0)
         return nq_fail(err, "layer %d: %d x %d tokens", ex->layer, samples, len);
     CK(cudaSetDevice(g->device), err);
+    mark(g, P_UPLOAD);
     if (ensure_block(g, c, b, err) != 0)
         return -1;
+    mark(g, P_XCOPY);
     /* Whole sequences per chunk, about NQ_CUDA_CHUNK_ROWS rows: big enough
      * for full-speed GEMMs, small enough that the scratch of a Nano-size
      * layer stays a few GiB. */
@@ -737,13 +925,16 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
                        ex->layer, samples, len);
     if (flags & NQ_CUDA_X_IN)
         CK(cudaMemcpy(dx, x, all * sizeof *x, cudaMemcpyHostToDevice), err);
+    mark(g, P_NORM_ADD);
     for (int s = 0; s < samples; s += per) {
         int cnt = samples - s < per ? samples - s : per;
         if (run_chunk(g, ex, c, b, dx + (size_t)s * plane, cnt, len) != 0)
             return -1;
     }
+    mark(g, P_XCOPY);
     if (flags & NQ_CUDA_X_OUT)
         CK(cudaMemcpy(x, dx, all * sizeof *x, cudaMemcpyDeviceToHost), err);
+    mark(g, P_HOST);
     return 0;
 }
 
@@ -757,6 +948,7 @@ extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_c
     if (n <= 0)
         return 0;
     CK(cudaSetDevice(g->device), err);
+    mark(g, P_FINAL);
     if (!g->have_head || g->head_id != head_id) {
         list_free(g, &g->head_allocs);
         g->have_head = false;
@@ -782,5 +974,47 @@ extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_c
     float *dl = SCRATCH_F(g, S_LOGITS, (size_t)n * V, err);
     if (!dl || linear(g, ex, "lm_head.weight", -1, NULL, dxn, n, H, g->lm_head, NULL, V, dl) != 0)
         return -1;
-    return download(logits, dl, (size_t)n * V * sizeof(float), err);
+    int rc = download(logits, dl, (size_t)n * V * sizeof(float), err);
+    mark(g, P_HOST);
+    return rc;
+}
+
+extern "C" int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *c, const float *logits,
+                                  const float *score_bias, int n, int32_t *experts,
+                                  float *weights, nq_error *err)
+{
+    int E = c->n_routed_experts, K = c->num_experts_per_tok;
+    if (n <= 0)
+        return 0;
+    if (E > NQ_CUDA_MAX_EXPERTS || K > NQ_CUDA_MAX_TOPK)
+        return nq_fail(err, "cuda router: %d experts, top-%d: at most %d, top-%d", E, K,
+                       NQ_CUDA_MAX_EXPERTS, NQ_CUDA_MAX_TOPK);
+    CK(cudaSetDevice(g->device), err);
+    size_t total = (size_t)n * K;
+    float *dl = SCRATCH_F(g, S_LOGITS, (size_t)n * E, err);
+    float *db = score_bias ? SCRATCH_F(g, S_SHARED, (size_t)E, err) : NULL;
+    int32_t *dexp = (int32_t *)scratch(g, S_EXPERTS, total * sizeof(int32_t), err);
+    float *dw = SCRATCH_F(g, S_EWEIGHTS, total, err);
+    int32_t *keys = (int32_t *)scratch(g, S_KEYS, total * sizeof(int32_t), err);
+    int32_t *vals = (int32_t *)scratch(g, S_VALS, total * sizeof(int32_t), err);
+    float *drw = SCRATCH_F(g, S_W, total, err);
+    if (!dl || (score_bias && !db) || !dexp || !dw || !keys || !vals || !drw)
+        return -1;
+    CK(cudaMemcpy(dl, logits, (size_t)n * E * sizeof *logits, cudaMemcpyHostToDevice), err);
+    if (db)
+        CK(cudaMemcpy(db, score_bias, (size_t)E * sizeof *db, cudaMemcpyHostToDevice), err);
+    nqk_moe_select<<<blocks_for((size_t)n, 128), 128>>>(
+        dl, db, n, E, c->n_group > 0 ? c->n_group : 1, c->topk_group, K, c->norm_topk_prob ? 1 : 0,
+        c->routed_scaling_factor, dexp, dw, keys, vals, drw);
+    CK_LAUNCH(err);
+    if (download(experts, dexp, total * sizeof *experts, err) != 0 ||
+        download(weights, dw, total * sizeof *weights, err) != 0)
+        return -1;
+    return 0;
+}
+
+extern "C" void nq_cuda_set_tf32(nq_cuda *g, bool on)
+{
+    g->tf32 = on;
+    cublasSetMathMode(g->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
 }

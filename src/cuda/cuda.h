@@ -8,22 +8,31 @@
  * sums; only the summation order inside products differs).  The CPU path is
  * the reference the GPU tests compare against.
  *
- * Weights: a block's f32 host weights are uploaded once per weights_id (the
- * previous block's are freed first), so GPU memory holds one block plus
- * activations; routed experts are uploaded when a token first routes to
- * them.  Activations x come from and return to the host per call.
+ * Weights: a block's f32 host weights are uploaded once per weights_id and
+ * kept in a small device cache (least recently used blocks dropped beyond
+ * min(4 GiB, 1/16 of the GPU); NEMOQ_CUDA_WEIGHT_CACHE_MIB overrides), so
+ * repeated passes over a model whose weights stay on the host do not upload
+ * them again, while a streamed large model holds one block (plus the
+ * cache's budget); routed experts are uploaded when a token first routes
+ * to them.  The residual stream stays on the device between blocks.
  *
- * Hooks (calibration statistics, activation / KV fake-quant, routing) run on
- * the host: when the model has hooks, each Linear's input, the keys/values
- * and the router's decision are copied back, the hook runs on that copy and
- * a rewritten input is copied up again.  Expert routing (sigmoid, grouped
- * top-k) runs on the host with model/moe.c's own nq_moe_select (handed in
- * as a function pointer), so the GPU
- * path picks exactly the experts the CPU path picks for the same logits.
+ * Expert routing runs on the device (router.cu): the same float operations
+ * as model/moe.c's nq_moe_select in the same order (sigmoid, correction
+ * bias for the choice only, group top-k, norm_topk_prob, scaling), so both
+ * paths pick the same experts for the same router logits (nq_cuda_moe_select
+ * lets the GPU tests check that against nq_moe_select).
  *
- * Determinism: no atomics; every reduction has a fixed order; cuBLAS SGEMM
- * with TF32 off (CUBLAS_DEFAULT_MATH) is bitwise reproducible on one GPU
- * model.  Same GPU, input and flags: the same bytes out.
+ * Hooks (activation / KV fake-quant, routing, any Linear-input observer) run
+ * on the host: when the model has hooks, each Linear's input, the
+ * keys/values and the router's decision are copied back, the hook runs on
+ * that copy and a rewritten input is copied up again.  Calibration's
+ * statistics have a device path instead (nq_cuda_stats_*, below), and so do
+ * its encoding and GPTQ (nq_cuda_encode_nvfp4, nq_cuda_gptq).
+ *
+ * Determinism: no atomics; every reduction has a fixed order (the expert
+ * sort is a stable radix sort); cuBLAS SGEMM with TF32 off
+ * (CUBLAS_DEFAULT_MATH) is bitwise reproducible on one GPU model.  Same
+ * GPU, input and flags: the same bytes out.
  *
  * In a build without CUDA (cuda_none.c) every function below reports that
  * the build has no CUDA backend. */
@@ -73,10 +82,6 @@ typedef struct nq_cuda_block {
     /* Loads routed expert e into moe->experts[e] (host), 0 or -1. */
     int (*load_expert)(void *ctx, int expert, nq_error *err);
     void *load_ctx;
-    /* The router's grouped top-k for one token (model/moe.c's
-     * nq_moe_select, passed in so that cuda/ calls nothing in model/). */
-    void (*select)(const nq_model_config *cfg, const float *scores, const float *score_bias,
-                   int32_t *experts, float *weights);
     /* The sequence state after the n tokens, filled for later decoding
      * steps (each may be NULL): Mamba conv [kernel-1, conv_dim] and SSM
      * [heads, head_dim, state]; attention rows 0..n-1 of the K/V caches. */
@@ -103,6 +108,117 @@ int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
 int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg, uint64_t head_id,
                       const float *norm_f, const float *lm_head, const float *x, int n,
                       float *normed_out, float *logits);
+
+/* The device router alone, for tests: experts/weights [n, top_k] (in
+ * selection order) for host router logits [n, n_routed_experts] and the
+ * correction bias (may be NULL), as nq_moe_select gives them from
+ * sigmoid(logits). */
+int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
+                       const float *score_bias, int n, int32_t *experts, float *weights,
+                       nq_error *err);
+
+/* TF32 tensor-core GEMMs (cuBLAS CUBLAS_TF32_TENSOR_OP_MATH) instead of
+ * plain FP32: faster, ~1e-3 relative error per product; off by default
+ * (the tests' tolerances are met with FP32).  Benchmarks only. */
+void nq_cuda_set_tf32(nq_cuda *g, bool on);
+
+/* With NEMOQ_CUDA_TIMING=1 in the environment (read by nq_cuda_open):
+ * prints the wall time spent in each phase (GEMMs, scan, attention,
+ * routing, uploads, host copies, time outside the backend; the device is
+ * synchronized at every phase change) since the last report to stderr and
+ * starts over; nq_cuda_close reports the rest.  Otherwise does nothing. */
+void nq_cuda_timing_report(nq_cuda *g, const char *label);
+/* ---- calibration statistics on the GPU (cuda/stats.cu) ----------------
+ *
+ * Between nq_cuda_stats_begin and nq_cuda_stats_end every Linear input the
+ * blocks compute (and the keys/values of attention) is reduced on the GPU
+ * where it lies, instead of being copied to a host hook: per observed
+ * Linear its input amax (max |x|, non-finite inputs flagged), its number of
+ * rows, its first sample_rows rows (copied to the host while they come) and
+ * optionally the Hessian sum X^T X in float64 (cuBLAS DSYRK over the rows
+ * converted to double, which is exact for the products of floats; fixed
+ * order, no atomics: the same bytes run after run); routed experts see only
+ * their tokens.  The host fetches the results once per layer
+ * (nq_cuda_stats_item) and the caller (calib/) turns them into its own
+ * statistics.  GPU memory: in^2 x 8 bytes per observed Linear with
+ * Hessians (a Nano MoE layer: about 11 GB for its 128 experts). */
+typedef struct nq_cuda_stats_spec {
+    /* Whether the input of the Linear `weight_name` ("...weight", in
+     * features) is observed: 1 yes, 0 no, -1 error (err filled).  Asked
+     * once per name. */
+    int (*wanted)(void *ctx, const char *weight_name, int in_features, nq_error *err);
+    void *ctx;
+    bool hessians;
+    int sample_rows;
+} nq_cuda_stats_spec;
+
+typedef struct nq_cuda_linear_stat {
+    const char *weight_name;   /* owned by g, valid until nq_cuda_stats_end */
+    int layer, expert, in_features;
+    float amax;                /* max |x| over the finite inputs */
+    bool nonfinite;            /* some input was NaN or infinite */
+    uint64_t rows;
+    const float *sample;       /* host [sample_rows, in_features], owned by g */
+    int sample_rows;
+} nq_cuda_linear_stat;
+
+int nq_cuda_stats_begin(nq_cuda *g, const nq_cuda_stats_spec *spec, nq_error *err);
+/* Observed Linears so far, in order of first use. */
+size_t nq_cuda_stats_count(const nq_cuda *g);
+/* Item i; hessian: NULL or a host [in, in] array that receives the full
+ * symmetric sum (both triangles). */
+int nq_cuda_stats_item(nq_cuda *g, size_t i, nq_cuda_linear_stat *out, double *hessian,
+                       nq_error *err);
+/* K and V amax over every attention block run since begin; *seen false
+ * when none ran; *nonfinite when a key or value was NaN/infinite. */
+int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool *nonfinite,
+                     nq_error *err);
+/* Frees every device and host buffer of the statistics (also at close). */
+void nq_cuda_stats_end(nq_cuda *g);
+/* ||X (W - Q)^T||^2 and ||X W^T||^2 for host x[rows, in], w and q [out,
+ * in]: the output error of a quantized weight on sampled inputs, as
+ * export/calibrated.c computes it on the CPU (products exact in double,
+ * cuBLAS DGEMM; the squares summed on the host in the CPU's order). */
+int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
+                         int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err);
+
+/* NVFP4 round-to-nearest of w (host [out, in]) on the GPU (cuda/encode.cu):
+ * the bytes of formats/nq_encode_nvfp4 (packed [out, in/2], block scales
+ * [out, in/16], global scale), and stats[0..2] = sum (w - deq)^2, the same
+ * with max scales, sum w^2; with x (host [rows, in], else NULL) stats[3..4]
+ * = nq_cuda_output_error's two sums for the dequantized weight. */
+int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bool mse,
+                         const float *x, int rows, uint8_t *packed, uint8_t *scales,
+                         float *global_scale, double stats[5], nq_error *err);
+
+/* ---- GPTQ on the GPU (cuda/gptq.cu) -------------------------------------
+ *
+ * The core of algo/gptq.c for one weight: U = upper Cholesky factor of the
+ * inverse of (hessian + damp_abs I) through cuSOLVER, then the blocked
+ * column sweep (blocks of 128, group scales from a block's weights as they
+ * stand at its start, error feedback through U) with the same scale
+ * searches and encoders as formats/.  algo/gptq.c prepares the input (dead
+ * columns, dampening, the NVFP4 global scale) and packs the output; see
+ * gptq.cu for how close to the CPU's bytes this is. */
+typedef struct nq_cuda_gptq_job {
+    int fmt;                   /* 0 INT4, 1 NVFP4 */
+    const float *w;            /* host [rows, cols] */
+    int64_t rows, cols;
+    const double *hessian;     /* host [cols, cols], dead diagonals already 1 */
+    const bool *dead;          /* [cols]: zero weight column */
+    double damp_abs;
+    int group;                 /* INT4 group, 16 for NVFP4 */
+    bool mse;
+    float gs;                  /* NVFP4 global scale */
+    uint8_t *codes;            /* INT4 [rows, cols] 0..15; NVFP4 packed [rows, cols/2] */
+    uint16_t *scales16;        /* INT4 [cols/group, rows] */
+    uint8_t *scales8;          /* NVFP4 [rows, cols/16] */
+    double proxy_loss;         /* out */
+} nq_cuda_gptq_job;
+
+/* 0, 1 when the damped Hessian is not positive definite (nothing written),
+ * -1 on error. */
+int nq_cuda_gptq(nq_cuda *g, nq_cuda_gptq_job *j, nq_error *err);
 
 /* ---- device selection (cuda/device.c, in every build) ---------------- */
 

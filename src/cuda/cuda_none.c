@@ -33,3 +33,47 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
 {
     return nq_fail(ex->err, NO_CUDA);
 }
+
+int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
+                       const float *score_bias, int n, int32_t *experts, float *weights,
+int nq_cuda_stats_begin(nq_cuda *g, const nq_cuda_stats_spec *spec, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+size_t nq_cuda_stats_count(const nq_cuda *g) { return 0; }
+
+int nq_cuda_stats_item(nq_cuda *g, size_t i, nq_cuda_linear_stat *out, double *hessian,
+                       nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }
+
+void nq_cuda_timing_report(nq_cuda *g, const char *label) { (void)g; (void)label; }
+int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool *nonfinite,
+                     nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_stats_end(nq_cuda *g) { (void)g; }
+
+int nq_cuda_gptq(nq_cuda *g, nq_cuda_gptq_job *j, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
+                         int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bool mse,
+                         const float *x, int rows, uint8_t *packed, uint8_t *scales,
+                         float *global_scale, double stats[5], nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}

@@ -201,12 +201,8 @@ int nq_deploy_weight_fetch(void *ctx, const nq_weight_request *req, float *out, 
 
 void nq_fake_quant_nvfp4(float *x, int64_t n, float gs)
 {
-    for (int64_t b = 0; b + 16 <= n; b += 16) {
-        uint8_t packed[8];
-        uint8_t scale = nq_nvfp4_block_scale_max(x + b, gs);
-        nq_nvfp4_encode_block(x + b, scale, gs, packed);
-        nq_nvfp4_decode_row(packed, &scale, gs, 16, x + b);
-    }
+    /* the same function calibration uses for --optimize's served inputs */
+    nq_nvfp4_fake_quant(x, n, gs);
 }
 
 void nq_fake_quant_fp8(float *x, int64_t n, float scale)

@@ -144,6 +144,161 @@ static void html_kl_plot(FILE *f, json_t *kp)
     fputs("</svg>\n", f);
 }
 
+/* ---- effective bits vs KL (the AutoQuantize Pareto plot) -------------- */
+
+static double num(json_t *v)
+{
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+int nq_report_pareto_svg(FILE *f, json_t *plot)
+{
+    static const char *const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
+    const double W = 640, H = 360, L = 70, R = 20, T = 20, B = 45;
+    json_t *series = json_object_get(plot, "series");
+    if (!json_is_array(series))
+        return 0;
+    double xmin = INFINITY, xmax = -INFINITY, ymax = 0.0, ymin = 0.0;
+    size_t npoints = 0, i, j;
+    json_t *s, *p;
+    json_array_foreach(series, i, s)
+    {
+        json_array_foreach(json_object_get(s, "points"), j, p)
+        {
+            double x = num(json_object_get(p, "x")), y = num(json_object_get(p, "y"));
+            if (!isfinite(x) || !isfinite(y))
+                continue;
+            npoints++;
+            xmin = x < xmin ? x : xmin;
+            xmax = x > xmax ? x : xmax;
+            ymax = y > ymax ? y : ymax;
+            if (y > 0.0 && (ymin == 0.0 || y < ymin))
+                ymin = y;
+        }
+    }
+    if (npoints == 0)
+        return 0;
+    double x0 = floor(xmin), x1 = ceil(xmax);
+    if (x1 <= x0)
+        x1 = x0 + 1.0;
+    if (ymax <= 0.0)
+        ymax = 1e-12;
+    bool logy = ymin > 0.0 && ymax / ymin > 100.0;
+    double lo = logy ? floor(log10(ymin)) : 0.0, hi = logy ? ceil(log10(ymax)) : ymax;
+    if (logy && hi <= lo)
+        hi = lo + 1;
+    double pw = W - L - R, ph = H - T - B;
+#define PX(x) (L + pw * ((x) - x0) / (x1 - x0))
+#define PY(y)                                                                                   \
+    (T + ph * (1.0 - fmax(0.0, !logy ? (y) / ymax                                               \
+                                     : (y) > 0.0 ? (log10(y) - lo) / (hi - lo) : 0.0)))
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+               "font-size=\"11\" font-family=\"sans-serif\">\n<rect x=\"%.0f\" y=\"%.0f\" "
+               "width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#888\"/>\n",
+            W, H, L, T, pw, ph);
+    int yt = logy ? (int)(hi - lo) : 4;
+    for (int t = 0; t <= yt; t++) {
+        double y = T + ph * (1.0 - (double)t / yt);
+        fprintf(f, "<text x=\"%.0f\" y=\"%.2f\" text-anchor=\"end\">%.3g</text>\n", L - 4, y + 4,
+                logy ? pow(10.0, lo + t) : ymax * t / 4.0);
+    }
+    int xt = (int)(x1 - x0);
+    for (int t = 0; t <= xt; t++)
+        fprintf(f, "<text x=\"%.2f\" y=\"%.0f\" text-anchor=\"middle\">%.0f</text>\n",
+                L + pw * t / xt, H - B + 15, x0 + t);
+    fputs("<text x=\"", f);
+    fprintf(f, "%.0f\" y=\"%.0f\" text-anchor=\"middle\">", L + pw / 2, H - 8);
+    html_text(f, json_is_string(json_object_get(plot, "x_label"))
+                     ? json_string_value(json_object_get(plot, "x_label"))
+                     : "effective bits per parameter");
+    fprintf(f, "</text>\n<text x=\"14\" y=\"%.0f\" transform=\"rotate(-90 14 %.0f)\" "
+               "text-anchor=\"middle\">",
+            T + ph / 2, T + ph / 2);
+    html_text(f, json_is_string(json_object_get(plot, "y_label"))
+                     ? json_string_value(json_object_get(plot, "y_label"))
+                     : "KL (nats/token)");
+    fputs("</text>\n", f);
+    json_array_foreach(series, i, s)
+    {
+        const char *color = colors[i % 5];
+        json_t *pts = json_object_get(s, "points");
+        if (json_is_true(json_object_get(s, "line")) && json_array_size(pts) > 1) {
+            /* points are given in order of bits */
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"",
+                    color);
+            json_array_foreach(pts, j, p)
+            {
+                double x = num(json_object_get(p, "x")), y = num(json_object_get(p, "y"));
+                if (isfinite(x) && isfinite(y))
+                    fprintf(f, "%.2f,%.2f ", PX(x), PY(y));
+            }
+            fputs("\"/>\n", f);
+        }
+        json_array_foreach(pts, j, p)
+        {
+            double x = num(json_object_get(p, "x")), y = num(json_object_get(p, "y"));
+            if (!isfinite(x) || !isfinite(y))
+                continue;
+            fprintf(f, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"3.5\" fill=\"%s\"><title>", PX(x),
+                    PY(y), color);
+            if (json_is_string(json_object_get(p, "name"))) {
+                html_text(f, json_string_value(json_object_get(p, "name")));
+                fputs(": ", f);
+            }
+            fprintf(f, "%.4f bits, KL %.6g</title></circle>\n", x, y);
+        }
+        fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"12\" height=\"3\" fill=\"%s\"/>"
+                   "<text x=\"%.0f\" y=\"%.0f\">",
+                W - R - 300, T + 12 + 14.0 * i, color, W - R - 284, T + 16 + 14.0 * i);
+        html_value(f, json_object_get(s, "label"));
+        fputs("</text>\n", f);
+    }
+#undef PX
+#undef PY
+    fputs("</svg>\n", f);
+    return ferror(f) ? -1 : 0;
+}
+
+/* The AutoQuantize section: the plot and, below it, the same points as a
+ * table; a run evaluated with --eval adds its own held-out KL. */
+static void html_pareto(FILE *f, json_t *doc)
+{
+    json_t *aq = json_object_get(doc, "auto_quantize");
+    json_t *plot = json_deep_copy(json_object_get(aq, "pareto"));
+    if (!json_is_object(plot))
+        goto done;
+    json_t *ev = json_object_get(doc, "eval");
+    json_t *series = json_object_get(plot, "series");
+    if (json_is_number(json_object_get(ev, "kl")) && json_is_array(series))
+        json_array_append_new(
+            series, json_pack("{s:s, s:b, s:[{s:O, s:O, s:s}]}", "label",
+                              "this checkpoint: held-out KL (--eval)", "line", 0, "points", "x",
+                              json_object_get(aq, "effective_bits"), "y",
+                              json_object_get(ev, "kl"), "name", "this checkpoint"));
+    fputs("<h2>AutoQuantize: effective bits vs KL</h2>\n<p>", f);
+    html_value(f, json_object_get(plot, "caption"));
+    fputs("</p>\n", f);
+    nq_report_pareto_svg(f, plot);
+    fputs("<table>\n<tr><th>series</th><th>point</th><th>bits/param (searchable)</th>"
+          "<th>KL</th></tr>\n",
+          f);
+    size_t i, j;
+    json_t *s, *p;
+    json_array_foreach(series, i, s)
+        json_array_foreach(json_object_get(s, "points"), j, p)
+        {
+            fputs("<tr><td>", f);
+            html_value(f, json_object_get(s, "label"));
+            fputs("</td><td>", f);
+            html_value(f, json_object_get(p, "name"));
+            fprintf(f, "</td><td class=n>%.4f</td><td class=n>%.6g</td></tr>\n",
+                    num(json_object_get(p, "x")), num(json_object_get(p, "y")));
+        }
+    fputs("</table>\n", f);
+done:
+    json_decref(plot);
+}
+
 static int write_html(FILE *f, json_t *doc)
 {
     fputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>nemoq quantization "
@@ -156,6 +311,7 @@ static int write_html(FILE *f, json_t *doc)
     html_kv_table(f, "Summary", json_object_get(doc, "summary"));
     html_kv_table(f, "Evaluation", json_object_get(doc, "eval"));
     html_kl_plot(f, json_object_get(doc, "kl_by_position"));
+    html_pareto(f, doc);
     json_t *mods = json_object_get(doc, "modules");
     double worst = 0.0;
     size_t i;

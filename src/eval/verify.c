@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "export/dequant.h"
 #include "export/metadata.h"
@@ -57,13 +58,19 @@ static int weight_module(const char *name, char *module, size_t cap)
     return 0;
 }
 
-static json_t *load_json(const char *dir, const char *file)
+static json_t *load_json(const char *dir, const char *file, FILE *out, nq_verify_result *res)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, file);
     /* JSON_ALLOW_NUL: ModelOpt 0.47 writes NUL characters into exclude
      * entries on NemotronH (nq_exclude_entry_corrupt) */
-    return json_load_file(path, JSON_ALLOW_NUL, NULL);
+    json_error_t jerr;
+    json_t *j = json_load_file(path, JSON_ALLOW_NUL, &jerr);
+    struct stat st;
+    if (!j && stat(path, &st) == 0)
+        problem(out, res, "%s: not valid JSON: %s (line %d)%s", path, jerr.text, jerr.line,
+                strstr(jerr.text, "NUL byte in object key") ? NQ_MODELOPT_NUL_KEY_HINT : "");
+    return j;
 }
 
 /* The first valid exclude entry that excludes `module` the way vLLM decides
@@ -82,8 +89,8 @@ static const char *excluded_by(json_t *exclude, const char *module)
         const char *p = json_string_value(v);
         if (!p || nq_exclude_entry_corrupt(v, NULL, 0))
             continue;
-        if (nq_exclude_pattern_matches(p, module) || (e && !strstr(module, "shared_experts") &&
-                                                      nq_exclude_pattern_matches(p, fused)))
+        if (nq_exclude_matches(p, module) || (e && !strstr(module, "shared_experts") &&
+                                                      nq_exclude_matches(p, fused)))
             return p;
     }
     return NULL;
@@ -98,7 +105,7 @@ static json_t *corrupt_entry_for(json_t *exclude, const char *module, char *inte
     json_array_foreach(exclude, i, v)
     {
         if (nq_exclude_entry_corrupt(v, intended, cap) &&
-            nq_exclude_pattern_matches(intended, module))
+            nq_exclude_matches(intended, module))
             return v;
     }
     return NULL;
@@ -163,9 +170,9 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
     bool have_cfg = nq_model_config_load(dir, &cfg, &cfg_err) == 0;
     if (!have_cfg)
         problem(out, res, "%s", cfg_err.msg);
-    json_t *hf = load_json(dir, "hf_quant_config.json");
-    json_t *gq = load_json(dir, "quantize_config.json");
-    json_t *config = load_json(dir, "config.json");
+    json_t *hf = load_json(dir, "hf_quant_config.json", out, res);
+    json_t *gq = load_json(dir, "quantize_config.json", out, res);
+    json_t *config = load_json(dir, "config.json", out, res);
     /* hf_quant_config.json (nested form), else config.json's
      * quantization_config in either the nested or ModelOpt 0.47's flat form */
     nq_modelopt_decl decl;
@@ -242,7 +249,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
                 missing_input_scales++;
             else if (needs_input_scale && !is)
                 problem(out, res, "%s: quant_algo %s needs an input_scale", module, algo);
-            if (layers && !json_object_get(layers, module))
+            if (layers && !nq_quantized_layers_entry(layers, module))
                 problem(out, res, "%s is quantized but missing from quantized_layers", module);
         } else if (f == NQ_STORED_FLOAT && hf && exclude && !excluded_by(exclude, module) &&
                    strcmp(module, "backbone.embeddings") != 0 && !ends_with(module, "embed_tokens")) {
@@ -293,7 +300,7 @@ int nq_verify(const char *dir, const char *against, FILE *out, nq_verify_result 
             for (size_t i = 0; !any && i < nq_checkpoint_count(ck); i++) {
                 char module[512];
                 if (weight_module(nq_checkpoint_tensor(ck, i)->name, module, sizeof module))
-                    any = nq_exclude_pattern_matches(m, module);
+                    any = nq_exclude_matches(m, module);
             }
             if (!any)
                 problem(out, res, "exclude_modules entry %s matches no module of the checkpoint", m);

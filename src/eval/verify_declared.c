@@ -10,6 +10,7 @@
 
 #include "eval/verify_internal.h"
 #include "export/dequant.h"
+#include "export/metadata.h"
 #include "model/roles.h"
 
 #define problem nq_verify_problem
@@ -296,7 +297,7 @@ static void check_quantized_module(const char *module, void *vctx, const char *f
         if (entry && nq_exclude_matches(entry, module) && c->covered && c->covered[i]++ == 0)
             snprintf(c->first[i], sizeof c->first[i], "%s (%s)", module, fmt);
     }
-    json_t *per = json_object_get(c->layers, module);
+    json_t *per = nq_quantized_layers_entry(c->layers, module);
     if (per) {
         const char *algo = json_string_value(json_object_get(per, "quant_algo"));
         bool ok = algo && (strcmp(fmt, "nvfp4") == 0 ? strstr(algo, "NVFP4") != NULL
@@ -317,7 +318,7 @@ static void check_nvfp4_module(const char *module, void *vctx)
         return;
     int64_t in = w->shape[1] * 2, block = in % s->shape[1] == 0 ? in / s->shape[1] : 0;
     json_int_t declared = c->group;
-    json_t *per = json_object_get(json_object_get(c->layers, module), "group_size");
+    json_t *per = json_object_get(nq_quantized_layers_entry(c->layers, module), "group_size");
     if (json_is_integer(per))
         declared = json_integer_value(per);
     if (declared >= 0 && declared != block && c->group_more++ == 0)

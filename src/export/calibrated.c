@@ -23,15 +23,19 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "algo/equalize.h"
 #include "algo/gptq.h"
+#include "export/equalize.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
+#include "cuda/cuda.h"
 #include "formats/encode.h"
 #include "export/output.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/int4.h"
 #include "formats/nvfp4.h"
+#include "formats/rounding.h"
 #include "model/forward.h"
 #include "tok/tokenizer.h"
 
@@ -60,8 +64,40 @@ static void encoded_free(encoded *e)
     memset(e, 0, sizeof *e);
 }
 
+/* ModelOpt's local_hessian for modules that do not get GPTQ (too few
+ * calibration rows): per block the E4M3 scale with the least dw^T H_b dw,
+ * H_b the block's 16x16 diagonal block of h (upper triangle filled). */
+static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, const double *h,
+                                      float shared_amax, uint8_t *packed, uint8_t *scales,
+                                      float *gs, nq_error *err)
+{
+    float amax = 0.0f;
+    for (int64_t k = 0; k < o * i; k++) {
+        if (!isfinite(x[k]))
+            return nq_fail(err, "element %lld is not finite", (long long)k);
+        amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+    }
+    *gs = nq_nvfp4_global_scale(shared_amax > amax ? shared_amax : amax);
+    double hb[NQ_NVFP4_BLOCK * NQ_NVFP4_BLOCK];
+    for (int64_t b = 0; b < i / NQ_NVFP4_BLOCK; b++) {
+        int64_t c0 = b * NQ_NVFP4_BLOCK;
+        for (int a = 0; a < NQ_NVFP4_BLOCK; a++)
+            for (int c = 0; c < NQ_NVFP4_BLOCK; c++)
+                hb[a * NQ_NVFP4_BLOCK + c] = a <= c ? h[(c0 + a) * i + c0 + c]
+                                                    : h[(c0 + c) * i + c0 + a];
+        for (int64_t r = 0; r < o; r++) {
+            double e;
+            const float *blk = x + r * i + c0;
+            uint8_t s = nq_nvfp4_block_scale_search(blk, *gs, hb, 0.5f, 1.5f, 0, &e);
+            scales[r * (i / NQ_NVFP4_BLOCK) + b] = s;
+            nq_nvfp4_encode_block(blk, s, *gs, packed + (r * i + c0) / 2);
+        }
+    }
+    return 0;
+}
+
 static int encode_module(const float *x, const nq_plan_module *m, const nq_quantize_options *opt,
-                         const double *hessian, encoded *e, nq_error *err)
+                         const double *hessian, const double *local_h, encoded *e, nq_error *err)
 {
     int64_t o = m->out_features, i = m->in_features;
     e->m = m;
@@ -74,12 +110,60 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_nvfp4(x, o, i, hessian, opt->mse_scales, damp, opt->threads, e->packed,
-                               e->scales8, &e->gs, &gst, err);
-            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+            /* the scale searches run on the CPU; plain GPTQ where the
+             * calibration runs (a GPU when there is one) */
+            bool searched = opt->optimize.hessian_scales || opt->optimize.four_over_six ||
+                            opt->optimize.global_sweep;
+            nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
+                                     .search = opt->optimize.hessian_scales,
+                                     .lo = 0.5f, .hi = 1.5f,
+                                     .four_over_six = opt->optimize.four_over_six,
+                                     .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f,
+                                     .shared_amax = m->shared_amax};
+            rc = searched ? nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads,
+                                             e->packed, e->scales8, &e->gs, &gst, err)
+                          : nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
+                                             opt->threads, m->shared_amax, e->packed,
+                                             e->scales8, &e->gs, &gst, err);
+            /* fused siblings share one weight_scale_2: no sweep for them */
+            if (rc == 0 && opt->optimize.global_sweep && !(m->shared_amax > 0)) {
+                /* the global scale with the least GPTQ loss (the output
+                 * error it adds); ties keep the earlier, larger M */
+                static const float sweep[] = {384.0f, 320.0f, 256.0f};
+                uint8_t *p2 = malloc((size_t)(o * i / 2)), *s2 = malloc((size_t)(o * i / 16));
+                if (!p2 || !s2) {
+                    free(p2), free(s2);
+                    return nq_fail(err, "%s: out of memory", m->name);
+                }
+                for (size_t k = 0; k < sizeof sweep / sizeof *sweep && rc == 0; k++) {
+                    if (go.four_over_six) /* its global scale is fixed at M = 256 */
+                        break;
+                    nq_gptq_nvfp4_opts g2 = go;
+                    g2.scale_max = sweep[k];
+                    nq_gptq_stats st2;
+                    float gs2;
+                    rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &g2, damp, opt->threads, p2, s2, &gs2,
+                                          &st2, err);
+                    if (rc == 0 && st2.proxy_loss < gst.proxy_loss) {
+                        memcpy(e->packed, p2, (size_t)(o * i / 2));
+                        memcpy(e->scales8, s2, (size_t)(o * i / 16));
+                        e->gs = gs2;
+                        gst = st2;
+                    }
+                }
+                free(p2), free(s2);
+            }
+            e->algo = opt->optimize.enabled ? "gptq+optimize"
+                      : opt->mse_scales     ? "gptq+mse"
+                                            : "gptq";
+        } else if (local_h && opt->optimize.hessian_scales) {
+            rc = encode_nvfp4_local_hessian(x, o, i, local_h, m->shared_amax, e->packed,
+                                            e->scales8, &e->gs, err);
+            e->algo = "rtn+local-hessian";
         } else {
-            rc = nq_encode_nvfp4(x, o, i, opt->mse_scales, opt->threads, e->packed, e->scales8,
-                                 &e->gs, &e->st, err);
+            nq_weight_view v = {x, NQ_F32, o, i};
+            rc = nq_encode_nvfp4_view_shared(&v, m->shared_amax, opt->mse_scales, opt->threads,
+                                             e->packed, e->scales8, &e->gs, &e->st, err);
             e->algo = opt->mse_scales ? "rtn+mse" : "rtn";
         }
     } else if (m->format == NQ_FORMAT_FP8) {
@@ -98,9 +182,14 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            rc = nq_gptq_int4(x, o, i, hessian, g, opt->mse_scales, damp, opt->threads, e->qw,
-                              e->qz, e->sc, e->gi, &gst, err);
-            e->algo = opt->mse_scales ? "gptq+mse" : "gptq";
+            if (opt->gptq_act_order) /* on the CPU: not ported to the GPU */
+                rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
+                                           opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            else
+                rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
+                                     opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            e->algo = opt->gptq_act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
+                                          : opt->mse_scales ? "gptq+mse" : "gptq";
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
                                 e->gi, &e->st, err);
@@ -209,17 +298,212 @@ typedef struct override_ctx {
     const nq_checkpoint *ck;
     override_entry *e;
     size_t n;
+    const struct override_ctx *next;   /* asked before the checkpoint */
 } override_ctx;
+
+static const override_entry *override_find(const override_ctx *o, const char *name)
+{
+    for (; o; o = o->next)
+        for (size_t i = 0; i < o->n; i++)
+            if (strcmp(o->e[i].name, name) == 0)
+                return &o->e[i];
+    return NULL;
+}
 
 static int override_fetch(void *ctx, const nq_weight_request *req, float *out, nq_error *err)
 {
     override_ctx *o = ctx;
-    for (size_t i = 0; i < o->n; i++)
-        if (strcmp(o->e[i].name, req->name) == 0) {
-            memcpy(out, o->e[i].w, req->numel * sizeof *out);
-            return 0;
-        }
+    const override_entry *e = override_find(o, req->name);
+    if (e) {
+        memcpy(out, e->w, req->numel * sizeof *out);
+        return 0;
+    }
     return nq_checkpoint_weight_fetch((void *)o->ck, req, out, err);
+}
+
+static void override_clear(override_ctx *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        free(o->e[i].w);
+    o->n = 0;
+}
+
+/* ---- exact equalization (algo/equalize.h, export/equalize.h) ------------ */
+
+/* alpha in 0, 0.1, ..., 0.9 */
+#define NQ_EQ_GRID 10
+
+typedef struct qdq_ctx {
+    const nq_plan_module *m;
+    const nq_quantize_options *opt;
+} qdq_ctx;
+
+/* round-to-nearest with the module's format and scale rule */
+static int qdq_module(void *ctx, const float *w, int64_t rows, int64_t cols, float *out,
+                      nq_error *err)
+{
+    const qdq_ctx *q = ctx;
+    if (rows != q->m->out_features || cols != q->m->in_features)
+        return nq_fail(err, "internal: %s: equalize shape", q->m->name);
+    encoded e = {0};
+    int rc = encode_module(w, q->m, q->opt, NULL, NULL, &e, err);
+    if (rc == 0)
+        rc = dequantize(&e, out, err);
+    encoded_free(&e);
+    return rc;
+}
+
+/* The float copy of checkpoint tensor `name` in the equalization table
+ * (loaded on first use). */
+static override_entry *eq_entry(override_ctx *eq, const nq_checkpoint *ck, const char *name,
+                                nq_error *err)
+{
+    for (size_t i = 0; i < eq->n; i++)
+        if (strcmp(eq->e[i].name, name) == 0)
+            return &eq->e[i];
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t) {
+        nq_fail(err, "internal: equalize: no tensor %s", name);
+        return NULL;
+    }
+    float *w = nq_tensor_load_f32(t, true, err);
+    override_entry *ne = w ? realloc(eq->e, (eq->n + 1) * sizeof *ne) : NULL;
+    if (!ne) {
+        if (w)
+            nq_fail(err, "out of memory");
+        free(w);
+        return NULL;
+    }
+    eq->e = ne;
+    snprintf(ne[eq->n].name, sizeof ne[eq->n].name, "%s", name);
+    ne[eq->n].w = w;
+    return &eq->e[eq->n++];
+}
+
+/* Rounds a float copy to what its stored dtype keeps (the checkpoint writes
+ * the tensors the plan keeps in their own dtype). */
+static void round_to_dtype(float *w, uint64_t n, nq_dtype dt)
+{
+    for (uint64_t i = 0; i < n; i++)
+        w[i] = dt == NQ_BF16 ? nq_bf16_to_f32(nq_f32_to_bf16(w[i]))
+             : dt == NQ_F16  ? nq_f16_to_f32(nq_f32_to_f16(w[i]))
+                             : w[i];
+}
+
+/* Fills eq with the equalized float tensors of layer l (export/equalize.h's
+ * pairs), each pair's scales searched on the float layer's statistics: the
+ * quantized readers with a Hessian are the search's consumers; every reader
+ * is rescaled. */
+static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint *ck,
+                          const nq_plan *plan, nq_calib_stats *stats,
+                          const nq_quantize_options *opt, override_ctx *eq,
+                          nq_quantize_summary *sum, nq_error *err)
+{
+    nq_eq_pair *pairs;
+    int np;
+    int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
+    int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
+        return -1;
+    int rc = -1;
+    nq_eq_consumer *cons = NULL;
+    qdq_ctx *qc = NULL;
+    float **ent = NULL;   /* weights, not entries: the table may move */
+    float *c = NULL;
+    double *rms = NULL;
+    for (int pi = 0; pi < np; pi++) {
+        const nq_eq_pair *p = &pairs[pi];
+        if (!(kinds & p->kind))
+            continue;
+        free(cons), free(qc), free(ent), free(c), free(rms);
+        cons = calloc((size_t)p->n, sizeof *cons);
+        qc = calloc((size_t)p->n, sizeof *qc);
+        ent = calloc((size_t)p->n, sizeof *ent);
+        c = malloc((size_t)p->cols * sizeof *c);
+        rms = malloc((size_t)p->cols * sizeof *rms);
+        if (!cons || !qc || !ent || !c || !rms) {
+            nq_fail(err, "out of memory");
+            goto done;
+        }
+        int nc = 0;
+        const double *rh = NULL;
+        uint64_t rrows = 0;
+        for (int r = 0; r < p->n; r++) {
+            const nq_plan_module *m = nq_module_of_weight(plan, p->readers[r]);
+            nq_linear_stats *st = m && m->format != NQ_FORMAT_KEEP ? nq_calib_find(stats, m->name)
+                                                                    : NULL;
+            /* few rows: a Hessian of low rank, whose unseen directions
+             * the search would sacrifice */
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows)
+                continue;
+            override_entry *re = eq_entry(eq, ck, p->readers[r], err);
+            if (!re)
+                goto done;
+            ent[r] = re->w;
+            int64_t d = m->in_features;
+            for (int64_t a = 0; a < d; a++) /* dsyrk filled the upper triangle */
+                for (int64_t b = 0; b < a; b++)
+                    st->hessian[a * d + b] = st->hessian[b * d + a];
+            qc[nc] = (qdq_ctx){.m = m, .opt = opt};
+            cons[nc] = (nq_eq_consumer){.w = ent[r], .rows = m->out_features,
+                                        .hessian = st->hessian, .qdq = qdq_module,
+                                        .qdq_ctx = &qc[nc]};
+            nc++;
+            if (st->rows > rrows)
+                rrows = st->rows, rh = st->hessian;
+        }
+        if (nc == 0)
+            continue;   /* no quantized reader saw data: leave the pair alone */
+        for (int64_t k = 0; k < p->cols; k++)
+            rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
+        nq_eq_result res;
+        if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
+            goto done;
+        sum->eq_searched++;
+        sum->eq_err_identity += res.err_identity;
+        sum->eq_err_best += res.err_best;
+        if (res.alpha == 0.0)
+            continue;
+        sum->eq_pairs++;
+        override_entry *se = eq_entry(eq, ck, p->src, err);
+        if (!se)
+            goto done;
+        nq_eq_apply_src(p, se->w, c);
+        for (int r = 0; r < p->n; r++) {
+            override_entry *re = ent[r] ? NULL : eq_entry(eq, ck, p->readers[r], err);
+            if (!ent[r] && !re)
+                goto done;
+            const nq_tensor *rt = nq_checkpoint_find(ck, p->readers[r]);
+            nq_eq_apply_reader(ent[r] ? ent[r] : re->w, rt->shape[0], p->cols, c);
+        }
+    }
+    /* what the checkpoint keeps in its own dtype is what the server runs */
+    for (size_t i = 0; i < eq->n; i++) {
+        const nq_tensor *et = nq_checkpoint_find(ck, eq->e[i].name);
+        const nq_plan_module *m = nq_module_of_weight(plan, et->name);
+        if (!m || m->format == NQ_FORMAT_KEEP)
+            round_to_dtype(eq->e[i].w, et->numel, et->dtype);
+    }
+    rc = 0;
+done:
+    free(cons), free(qc), free(ent), free(c), free(rms);
+    nq_eq_pairs_free(pairs, np);
+    return rc;
+}
+
+/* An equalized tensor the plan keeps, in its own dtype. */
+static int write_kept(nq_writer *w, const nq_tensor *t, const float *v, nq_error *err)
+{
+    if (t->dtype == NQ_F32)
+        return nq_writer_write(w, v, t->numel * sizeof *v, err);
+    uint16_t *h = malloc(t->numel * sizeof *h);
+    if (!h)
+        return nq_fail(err, "%s: out of memory", t->name);
+    for (uint64_t i = 0; i < t->numel; i++)
+        h[i] = t->dtype == NQ_BF16 ? nq_f32_to_bf16(v[i]) : nq_f32_to_f16(v[i]);
+    int rc = nq_writer_write(w, h, t->numel * sizeof *h, err);
+    free(h);
+    return rc;
 }
 
 /* ---- the pass ---------------------------------------------------------- */
@@ -253,9 +537,143 @@ static void output_error(const float *x, int rows, const float *w, const float *
     *ref_sq = r;
 }
 
+/* The largest amax over m's expert family (m itself when not an expert). */
+static float family_amax(const nq_calib_stats *stats, const char *module)
+{
+    char fam[300], other[300];
+    expert_family(module, fam, sizeof fam);
+    float amax = 0.0f;
+    for (size_t i = 0; i < stats->count; i++) {
+        expert_family(stats->items[i].module->name, other, sizeof other);
+        if (strcmp(other, fam) == 0 && stats->items[i].amax > amax)
+            amax = stats->items[i].amax;
+    }
+    return amax;
+}
+
+/* --optimize act-mse / act-percentile: one input global scale per family
+ * from the errors and histograms the NQ_CALIB_ACT pass gathered, into every
+ * member's act_gs. */
+static void choose_act_scales(nq_calib_stats *stats, nq_act_scale_rule rule)
+{
+    char fam[300], other[300];
+    for (size_t i = 0; i < stats->count; i++) {
+        nq_linear_stats *st = &stats->items[i];
+        if (st->act_amax_ref <= 0 || st->act_gs > 0)
+            continue;
+        expert_family(st->module->name, fam, sizeof fam);
+        double err[NQ_ACT_CANDIDATES] = {0};
+        uint64_t hist[NQ_ACT_HIST_BINS] = {0}, total = 0;
+        for (size_t j = i; j < stats->count; j++) {
+            expert_family(stats->items[j].module->name, other, sizeof other);
+            if (strcmp(other, fam) != 0)
+                continue;
+            for (int k = 0; k < NQ_ACT_CANDIDATES; k++)
+                err[k] += stats->items[j].act_err[k];
+            for (int b = 0; b < NQ_ACT_HIST_BINS; b++) {
+                hist[b] += stats->items[j].act_hist[b];
+                total += stats->items[j].act_hist[b];
+            }
+        }
+        float gs = nq_calib_act_candidate(st->act_amax_ref, 0);
+        if (rule == NQ_ACT_SCALE_MSE) {
+            int best = 0;
+            for (int k = 1; k < NQ_ACT_CANDIDATES; k++)
+                if (err[k] < err[best])
+                    best = k;
+            gs = nq_calib_act_candidate(st->act_amax_ref, best);
+        } else if (rule == NQ_ACT_SCALE_PERCENTILE && total > 0) {
+            /* the upper edge of the bin holding the 99.99th percentile */
+            uint64_t above = 0, limit = total / 10000;
+            int b = 0;
+            while (b < NQ_ACT_HIST_BINS - 1 && above + hist[b] <= limit)
+                above += hist[b++];
+            gs = (float)((double)st->act_amax_ref * exp2(-b / 8.0) / (6.0 * 448.0));
+        }
+        for (size_t j = i; j < stats->count; j++) {
+            expert_family(stats->items[j].module->name, other, sizeof other);
+            if (strcmp(other, fam) == 0)
+                stats->items[j].act_gs = gs;
+        }
+    }
+}
+
+/* The --optimize passes over one layer (x_tmp: scratch of the layer's input
+ * size): the act-scale search, then the served-input Hessians. */
+static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
+                           nq_calib_stats *stats, int layer, const float *x_in, float *x_tmp,
+                           int S, int T, size_t plane, nq_error *err)
+{
+    const nq_optimize *o = &opt->optimize;
+    bool act = o->act_scale != NQ_ACT_SCALE_AMAX;
+    bool served = opt->gptq && o->served_hessian;
+    bool any = false;
+    for (size_t i = 0; i < stats->count; i++)
+        if (stats->items[i].module->format == NQ_FORMAT_NVFP4) {
+            stats->items[i].act_amax_ref = family_amax(stats, stats->items[i].module->name);
+            any = true;
+        }
+    if (!any || (!act && !served))
+        return 0;
+    nq_forward_hooks hooks = nq_calib_hooks(stats);
+    if (act) {
+        memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+        stats->mode = NQ_CALIB_ACT;
+        nq_model_set_hooks(model, &hooks);
+        int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+        nq_model_set_hooks(model, NULL);
+        stats->mode = NQ_CALIB_FLOAT;
+        if (r != 0)
+            return -1;
+        choose_act_scales(stats, o->act_scale);
+    } else {
+        for (size_t i = 0; i < stats->count; i++)
+            if (stats->items[i].act_amax_ref > 0)
+                stats->items[i].act_gs = nq_calib_act_candidate(stats->items[i].act_amax_ref, 0);
+    }
+    if (!served)
+        return 0;
+    for (size_t i = 0; i < stats->count; i++) {
+        nq_linear_stats *st = &stats->items[i];
+        if (st->act_gs <= 0 || !st->hessian)
+            continue;
+        size_t d = (size_t)st->module->in_features;
+        memset(st->hessian, 0, d * d * sizeof *st->hessian);
+    }
+    memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+    stats->mode = NQ_CALIB_SERVED;
+    nq_model_set_hooks(model, &hooks);
+    int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+    nq_model_set_hooks(model, NULL);
+    stats->mode = NQ_CALIB_FLOAT;
+    return r;
+}
+
 static int write_scalar(nq_writer *w, float v, nq_error *err)
 {
     return nq_writer_write(w, &v, sizeof v, err);
+}
+
+/* Runs block l over x gathering its statistics into stats: on the GPU its
+ * device statistics (cuda/stats.cu, fetched once for the layer), on the
+ * CPU the host hooks. */
+static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_stats *stats,
+                       struct nq_cuda *g, nq_error *err)
+{
+    if (g) {
+        if (nq_calib_device_begin(stats, g, err) != 0 ||
+            nq_model_blocks(model, l, x, S, T, err) != 0 ||
+            nq_calib_device_collect(stats, g, err) != 0) {
+            nq_cuda_stats_end(g);
+            return -1;
+        }
+        return 0;
+    }
+    nq_forward_hooks hooks = nq_calib_hooks(stats);
+    nq_model_set_hooks(model, &hooks);
+    int rc = nq_model_blocks(model, l, x, S, T, err);
+    nq_model_set_hooks(model, NULL);
+    return rc;
 }
 
 int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *ck,
@@ -274,10 +692,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     nq_model *model = NULL;
     nq_writer *w = NULL;
     int32_t *ids = NULL;
-    float *x = NULL, *x_in = NULL;
+    float *x = NULL, *x_in = NULL, *x_tmp = NULL;
     order_item *order = NULL;
-    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq};
-    override_ctx ov = {.ck = ck};
+    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
+    override_ctx eq = {.ck = ck};
+    override_ctx ov = {.ck = ck, .next = &eq};
     int rc = -1;
     size_t n = nq_checkpoint_count(ck);
 
@@ -301,7 +720,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     x = malloc((size_t)S * plane * sizeof *x);
     x_in = malloc((size_t)S * plane * sizeof *x_in);
     order = malloc((n ? n : 1) * sizeof *order);
-    if (!x || !x_in || !order) {
+    bool opt_passes = opt->optimize.act_scale != NQ_ACT_SCALE_AMAX ||
+                      (opt->gptq && opt->optimize.served_hessian);
+    if (opt_passes)
+        x_tmp = malloc((size_t)S * plane * sizeof *x_tmp);
+    if (!x || !x_in || !order || (opt_passes && !x_tmp)) {
         nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T, H);
         goto done;
     }
@@ -363,13 +786,45 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (int l = 0; l < L; l++) {
         if (nq_interrupt_check(err) != 0)
             goto done;
+        double t_layer = now_seconds();
+        int kind = cfg->pattern[l] == NQ_BLOCK_MAMBA ? 0 : cfg->pattern[l] == NQ_BLOCK_MOE ? 1
+                 : cfg->pattern[l] == NQ_BLOCK_ATTENTION ? 2 : 3;
         /* 1. statistics of the float layer on its input */
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
-        nq_forward_hooks hooks = nq_calib_hooks(&stats);
-        nq_model_set_hooks(model, &hooks);
-        if (nq_model_blocks(model, l, x, S, T, err) != 0)
+        if (layer_stats(model, l, x, S, T, &stats, opt->cuda, err) != 0)
             goto done;
-        nq_model_set_hooks(model, NULL);
+        if (opt->equalize) {
+            /* the scales come from the float layer's statistics; the
+             * statistics GPTQ and the input scales use are those of the
+             * equalized layer (its inputs are divided by the scales) */
+            if (equalize_layer(l, cfg, ck, plan, &stats, opt, &eq, sum, err) != 0)
+                goto done;
+            if (eq.n > 0) {
+                nq_calib_stats_reset(&stats);
+                memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
+                int brc = layer_stats(model, l, x, S, T, &stats, opt->cuda, err);
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
+                                                          .ctx = (void *)ck});
+                if (brc != 0)
+                    goto done;
+            }
+        }
+        if (opt_passes) {
+            /* on the equalized layer when --equalize changed it */
+            if (eq.n > 0)
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
+            int orc = optimize_passes(model, opt, &stats, l, x_in, x_tmp, S, T, plane, err);
+            if (eq.n > 0)
+                nq_model_set_weights(model,
+                                     (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
+                                                          .ctx = (void *)ck});
+            if (orc != 0)
+                goto done;
+        }
         uint64_t stat_bytes = 0;
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
@@ -377,6 +832,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
             sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
 
+        sum->layer_stats_seconds[kind] += now_seconds() - t_layer;
         /* 2. quantize and write the layer's tensors */
         for (; k < n && order[k].key == l; k++) {
             if (nq_interrupt_check(err) != 0)
@@ -385,8 +841,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             const nq_plan_module *m = nq_module_of_weight(plan, t->name);
             if (opt->log)
                 fprintf(opt->log, "\r[layer %d/%d] %-60.60s", l + 1, L, t->name);
+            const override_entry *qe = override_find(&eq, t->name);
             if (!m || m->format == NQ_FORMAT_KEEP) {
-                if (nq_copy_tensor(w, t, err) != 0)
+                if ((qe ? write_kept(w, t, qe->w, err) : nq_copy_tensor(w, t, err)) != 0)
                     goto done;
                 continue;
             }
@@ -413,11 +870,25 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         m->name);
                 goto done;
             }
-            float input_scale = m->format == NQ_FORMAT_NVFP4 ? amax / (6.0f * 448.0f)
-                                                             : amax / 448.0f;
-            float *wf = nq_tensor_load_f32(t, true, err);
-            if (!wf)
+            float input_scale = m->format == NQ_FORMAT_NVFP4 ? nq_scale_div(amax, 6.0f * 448.0f)
+                                                             : nq_scale_div(amax, 448.0f);
+            if (m->format == NQ_FORMAT_NVFP4 && opt->optimize.act_scale != NQ_ACT_SCALE_AMAX)
+                /* the family's chosen scale (experts without tokens: any member's) */
+                for (size_t i = 0; i < stats.count; i++) {
+                    expert_family(stats.items[i].module->name, other, sizeof other);
+                    if (strcmp(other, fam) == 0 && stats.items[i].act_gs > 0) {
+                        input_scale = stats.items[i].act_gs;
+                        break;
+                    }
+                }
+            float *wf = qe ? malloc(t->numel * sizeof *wf) : nq_tensor_load_f32(t, true, err);
+            if (!wf) {
+                if (qe)
+                    nq_fail(err, "%s: out of memory", t->name);
                 goto done;
+            }
+            if (qe)
+                memcpy(wf, qe->w, t->numel * sizeof *wf);
             nq_tensor_release(t);
             const double *hess = NULL;
             bool fallback = false;
@@ -436,13 +907,42 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (fallback)
                 o2.mse_scales = true;
             encoded e = {0};
-            float *deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-            int r = deq ? encode_module(wf, m, &o2, hess, &e, err)
+            /* NVFP4 round-to-nearest whose dequantized weight is not needed
+             * on the host: encoded and measured on the GPU (cuda/encode.cu,
+             * the same bytes as encode_module) */
+            bool gpu_rtn = opt->cuda && m->format == NQ_FORMAT_NVFP4 && !hess &&
+                           !quantized_propagation && !(m->shared_amax > 0.0f);
+            double gstats[5] = {0};
+            float *deq = NULL;
+            int r;
+            if (gpu_rtn) {
+                int64_t mo = m->out_features, mi = m->in_features;
+                e.m = m;
+                e.algo = o2.mse_scales ? "rtn+mse" : "rtn";
+                e.packed = malloc((size_t)(mo * mi / 2));
+                e.scales8 = malloc((size_t)(mo * mi / 16));
+                r = e.packed && e.scales8
+                        ? nq_cuda_encode_nvfp4(opt->cuda, wf, mo, mi, o2.mse_scales,
+                                               st && st->sample_rows > 0 ? st->sample : NULL,
+                                               st ? st->sample_rows : 0, e.packed, e.scales8,
+                                               &e.gs, gstats, err)
                         : nq_fail(err, "%s: out of memory", m->name);
-            if (r != 0)
-                nq_error_name(err, "tensor", t->name);
-            if (r == 0)
-                r = dequantize(&e, deq, err);
+                e.st.sq_err = gstats[0];
+                e.st.sq_err_max_scale = gstats[1];
+                e.st.sq_ref = gstats[2];
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+            } else {
+                deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
+                r = deq ? encode_module(wf, m, &o2, hess,
+                                        fallback && st && st->rows > 0 ? st->hessian : NULL, &e,
+                                        err)
+                        : nq_fail(err, "%s: out of memory", m->name);
+                if (r != 0)
+                    nq_error_name(err, "tensor", t->name);
+                if (r == 0)
+                    r = dequantize(&e, deq, err);
+            }
             if (r == 0)
                 r = write_encoded(w, &e, err) ||
                     (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
@@ -453,11 +953,13 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
             }
             if (fallback)
-                e.algo = "rtn+mse (too few calibration rows for gptq)";
+                e.algo = strcmp(e.algo, "rtn+local-hessian") == 0
+                             ? "rtn+local-hessian (too few calibration rows for gptq)"
+                             : "rtn+mse (too few calibration rows for gptq)";
             sum->gptq_modules += hess != NULL;
             sum->gptq_fallbacks += fallback;
-            double wsq = 0.0, wref = 0.0;
-            for (int64_t q = 0; q < m->out_features * m->in_features; q++) {
+            double wsq = gstats[0], wref = gstats[2];
+            for (int64_t q = 0; !gpu_rtn && q < m->out_features * m->in_features; q++) {
                 double dlt = (double)wf[q] - deq[q];
                 wsq += dlt * dlt;
                 wref += (double)wf[q] * wf[q];
@@ -465,10 +967,25 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             sum->sq_err += wsq;
             sum->sq_ref += wref;
             sum->sq_err_max_scale += hess ? 0.0 : e.st.sq_err_max_scale;
-            double osq = 0.0, oref = 0.0;
-            if (st && st->sample_rows > 0)
+            double osq = gstats[3], oref = gstats[4];
+            if (gpu_rtn) {
+                /* measured with the encoding */
+            } else if (st && st->sample_rows > 0 && opt->cuda) {
+                /* rows x out x in multiply-adds twice per module: a Nano
+                 * MoE layer's 256 expert modules make about 6.4e11, which
+                 * the single-threaded loop below takes minutes over */
+                if (nq_cuda_output_error(opt->cuda, st->sample, st->sample_rows, wf, deq,
+                                         m->out_features, m->in_features, &osq, &oref,
+                                         err) != 0) {
+                    encoded_free(&e);
+                    free(wf);
+                    free(deq);
+                    goto done;
+                }
+            } else if (st && st->sample_rows > 0) {
                 output_error(st->sample, st->sample_rows, wf, deq, m->out_features,
                              m->in_features, &osq, &oref);
+            }
             sum->out_sq_err += osq;
             sum->out_sq_ref += oref;
             if (opt->report_modules) {
@@ -527,9 +1044,14 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
         }
-        for (size_t i = 0; i < ov.n; i++)
-            free(ov.e[i].w);
-        ov.n = 0;
+        override_clear(&ov);
+        override_clear(&eq);
+        double dt_layer = now_seconds() - t_layer;
+        sum->layer_seconds[kind] += dt_layer;
+        sum->layers_of_kind[kind]++;
+        if (opt->log)
+            fprintf(opt->log, "\r[layer %d/%d] %c: %.1f s%-50s\n", l + 1, L, cfg->pattern[l],
+                    dt_layer, "");
     }
     /* the head */
     for (; k < n; k++)
@@ -548,15 +1070,17 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     rc = 0;
 done:
     nq_calib_stats_reset(&stats);
-    for (size_t i = 0; i < ov.n; i++)
-        free(ov.e[i].w);
+    override_clear(&ov);
     free(ov.e);
+    override_clear(&eq);
+    free(eq.e);
     nq_writer_free(w);
     nq_model_close(model);
     nq_tokenizer_free(tok);
     free(ids);
     free(x);
     free(x_in);
+    free(x_tmp);
     free(order);
     return rc;
 }

@@ -71,36 +71,6 @@ json_t *nq_modelopt_quant_config(const nq_plan *plan, const nq_export_info *info
     return doc;
 }
 
-static bool entry_matches(const char *e, const char *module)
-{
-    if (strcmp(e, module) == 0 || strstr(module, e) != NULL)
-        return true;
-    if (strstr(module, "experts") && strstr(e, "experts") && strstr(e, module))
-        return true;
-    /* Python's fnmatch has no escape character */
-    return fnmatch(e, module, FNM_NOESCAPE) == 0;
-}
-
-bool nq_exclude_pattern_matches(const char *pattern, const char *module)
-{
-    size_t n = strlen(pattern);
-    if (n >= 2 && pattern[n - 1] == '*' && pattern[n - 2] != '.') {
-        char *base = malloc(n + 2);
-        if (!base)
-            return false;
-        memcpy(base, pattern, n - 1);
-        base[n - 1] = '\0';
-        bool hit = entry_matches(base, module);
-        if (!hit) {
-            memcpy(base + n - 1, ".*", 3);
-            hit = entry_matches(base, module);
-        }
-        free(base);
-        return hit;
-    }
-    return entry_matches(pattern, module);
-}
-
 bool nq_exclude_entry_corrupt(const json_t *entry, char *intended, size_t cap)
 {
     const char *s = json_string_value(entry);
@@ -519,4 +489,21 @@ char *nq_config_set_string(const char *text, size_t len, const char *source_name
         return NULL;
     }
     return out;
+}
+
+json_t *nq_quantized_layers_entry(const json_t *layers, const char *module)
+{
+    json_t *e = json_object_get(layers, module);
+    if (e || !layers)
+        return e;
+    const char *x = strstr(module, ".experts.");
+    if (!x)
+        return NULL;
+    size_t len = (size_t)(x - module) + strlen(".experts");
+    char key[512];
+    if (len >= sizeof key)
+        return NULL;
+    memcpy(key, module, len);
+    key[len] = '\0';
+    return json_object_get(layers, key);
 }

@@ -41,19 +41,7 @@ json_t *nq_modelopt_config_json_form(const json_t *hf_quant_config);
 /* quantize_config.json for a GPTQ plan; the same dict goes into config.json. */
 json_t *nq_gptq_quant_config(const nq_plan *plan);
 
-/* Whether one exclude_modules/ignore entry excludes `module`, as vLLM's
- * ModelOptQuantConfigBase decides it (apply_vllm_mapper, is_layer_excluded,
- * is_layer_skipped; docs/export-spec.md 1.4):
- * - ModelOpt's prefix wildcard "name*" (no '.' before the '*') stands for the
- *   pair "name" and "name.*";
- * - then an entry matches when it equals the module, is a SUBSTRING of it
- *   (vLLM's legacy rule, so "backbone.layers.1" also hits layers 10-19), or
- *   fnmatch-matches it ('*' crosses dots); for a name containing "experts"
- *   also when the name is a substring of an entry containing "experts" (vLLM
- *   asks about a layer's fused MoE as "...mixer.experts").
- * Names are compared in HF spelling: vLLM maps entry and module prefixes the
- * same way (backbone. -> model.), which preserves these relations. */
-bool nq_exclude_pattern_matches(const char *pattern, const char *module);
+/* Exclude entries are matched with nq_exclude_matches (model/roles.h). */
 
 /* ModelOpt 0.47 on NemotronH writes exclude entries such as
  * "lm_head.\u0000backbone.pt_name_sentinel": its reverse name mapper appends
@@ -79,6 +67,12 @@ typedef struct nq_modelopt_decl {
 } nq_modelopt_decl;
 /* Returns false when `doc` is neither form. */
 bool nq_modelopt_decl_read(const json_t *doc, nq_modelopt_decl *d);
+
+/* A module's entry in a MIXED_PRECISION quantized_layers map, looked up as
+ * vLLM's ModelOptMixedPrecisionConfig resolves it: the module's own name, or
+ * for a routed expert "P.experts.N.up_proj" the FusedMoE layer's "P.experts"
+ * (one entry for all experts, as ModelOpt 0.47 writes it).  NULL if none. */
+json_t *nq_quantized_layers_entry(const json_t *layers, const char *module);
 
 /* The output config.json: the input's text with every original byte kept and
  * new top-level keys inserted before its closing brace (quantization_config,

@@ -53,8 +53,8 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
         if (!packed || !scales || !gs)
             nq_fail(err, "tensor '%s': out of memory", t->name);
         else
-            rc = nq_encode_nvfp4_view(&v, opt->mse_scales, opt->threads, packed, scales, gs, &st,
-                                      err);
+            rc = nq_encode_nvfp4_view_shared(&v, m->shared_amax, opt->mse_scales, opt->threads,
+                                             packed, scales, gs, &st, err);
     } else if (m->format == NQ_FORMAT_FP8) {
         uint8_t *fp8 = malloc(o * i);
         float *s = malloc(sizeof *s);
@@ -96,6 +96,82 @@ static int write_quantized(nq_write_queue *q, const nq_tensor *t, const nq_plan_
     sum->sq_err += st.sq_err;
     sum->sq_err_max_scale += st.sq_err_max_scale;
     sum->sq_ref += st.sq_ref;
+    return 0;
+}
+
+static bool is_qkv(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 7 && (strcmp(name + n - 7, ".q_proj") == 0 || strcmp(name + n - 7, ".k_proj") == 0 ||
+                     strcmp(name + n - 7, ".v_proj") == 0);
+}
+
+static int weight_amax(const nq_checkpoint *ck, const char *module, int threads, float *amax,
+                       nq_error *err)
+{
+    char name[300];
+    snprintf(name, sizeof name, "%s.weight", module);
+    const nq_tensor *t = nq_checkpoint_find(ck, name);
+    if (!t || t->ndim != 2)
+        return nq_fail(err, "tensor '%s': missing or not 2-D", name);
+    float *x = NULL;
+    void *merged = NULL;
+    const unsigned char *data = nq_tensor_bytes(t, &merged, err); /* LoRA merged, as encoded */
+    if (!data)
+        return -1;
+    nq_weight_view v = {data, t->dtype, t->shape[0], t->shape[1]};
+    if (t->dtype != NQ_BF16 && t->dtype != NQ_F16 && t->dtype != NQ_F32) {
+        if (!(x = nq_tensor_load_f32(t, true, err))) {
+            free(merged);
+            return -1;
+        }
+        v.data = x;
+        v.dtype = NQ_F32;
+    }
+    int rc = nq_weight_view_amax(&v, threads, amax, err);
+    free(x);
+    free(merged);
+    nq_tensor_release(t);
+    if (rc != 0)
+        nq_error_name(err, "tensor", name);
+    return rc;
+}
+
+/* ModelOpt's HF export gives the NVFP4 q/k/v of an attention layer one
+ * global scale, from the max of their weight amax (preprocess_linear_fusion),
+ * and vLLM depends on it: its fused qkv_proj keeps a single weight_scale_2,
+ * the max of the three, and applies it to all three shards without
+ * requantizing, so a shard encoded with a smaller global scale of its own
+ * would be dequantized too large.  (FP8 needs nothing: vLLM requantizes FP8
+ * shards to the max scale.) */
+static int share_qkv_amax(const nq_checkpoint *ck, nq_plan *plan, int threads, nq_error *err)
+{
+    for (size_t i = 0; i < plan->count; i++) {
+        nq_plan_module *m = &plan->modules[i];
+        if (m->format != NQ_FORMAT_NVFP4 || !is_qkv(m->name) || m->shared_amax > 0)
+            continue;
+        size_t prefix = strlen(m->name) - 6, sib[3];
+        int n = 0;
+        for (size_t j = 0; j < plan->count && n < 3; j++) {
+            const nq_plan_module *s = &plan->modules[j];
+            if (s->format == NQ_FORMAT_NVFP4 && is_qkv(s->name) && strlen(s->name) == prefix + 6 &&
+                strncmp(s->name, m->name, prefix) == 0)
+                sib[n++] = j;
+        }
+        if (n < 2)
+            continue;
+        float shared = 0;
+        for (int k = 0; k < n; k++) {
+            float a;
+            if (weight_amax(ck, plan->modules[sib[k]].name, threads, &a, err) != 0)
+                return -1;
+            if (a > shared)
+                shared = a;
+        }
+        /* a module of all zeros keeps scale 1.0 (nq_nvfp4_global_scale) */
+        for (int k = 0; k < n; k++)
+            plan->modules[sib[k]].shared_amax = shared > 0 ? shared : 0;
+    }
     return 0;
 }
 
@@ -172,8 +248,28 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
                      "activation scales");
         goto done;
     }
+    if (opt->optimize.enabled && !opt->calib_path) {
+        nq_fail(err, "--optimize needs --calib FILE (its techniques are chosen on calibration "
+                     "data)");
+        goto done;
+    }
+    if (opt->equalize && !opt->calib_path) {
+        nq_fail(err, "--equalize needs --calib FILE (its scales come from calibration data)");
+        goto done;
+    }
+    if (opt->gptq_act_order && !opt->gptq) {
+        nq_fail(err, "--gptq-act-order needs --algo gptq");
+        goto done;
+    }
     if (opt->gptq && !opt->calib_path) {
         nq_fail(err, "--algo gptq needs --calib FILE (its Hessians come from calibration data)");
+        goto done;
+    }
+    if ((opt->optimize.served_hessian || opt->optimize.hessian_scales ||
+         opt->optimize.four_over_six || opt->optimize.global_sweep) &&
+        !opt->gptq) {
+        nq_fail(err, "--optimize-techniques: served-hessian, hessian-scales, four-over-six "
+                     "and global-sweep act through GPTQ: add --algo gptq");
         goto done;
     }
     if (needs_act && !opt->weights_only && !opt->calib_path) {
@@ -192,6 +288,10 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
     }
     for (int f = 0; f < 4; f++)
         sum->modules[f] = nq_plan_count(&plan, (nq_format)f);
+    /* --equalize rescales q/k/v after this point (calibrated.c), so the
+     * amax read here would not be theirs: not shared there yet */
+    if (!opt->equalize && share_qkv_amax(ck, &plan, opt->threads, err) != 0)
+        goto done;
     if (opt->calib_path) {
         rc = nq_quantize_calibrated(opt, ck, &cfg, &plan, sum, err);
         goto done;

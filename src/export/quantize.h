@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "algo/optimize.h"
 #include "core/error.h"
 #include "recipe/plan.h"
 
@@ -27,11 +28,20 @@ typedef struct nq_quantize_options {
     bool gptq;                      /* GPTQ for NVFP4 and INT4 modules (needs calib_path) */
     double gptq_damp;               /* <= 0: 0.01 */
     int gptq_min_rows;              /* fewer calibration rows: RTN + mse scales (<= 0: 128) */
+    /* Exact equalization folded into the weights (algo/equalize.h): per
+     * channel scales between each RMSNorm and the Linears it feeds (the
+     * router absorbing them), between the gated RMSNorm and out_proj, and
+     * between relu^2 up_proj rows and down_proj columns (needs calib_path). */
+    bool equalize;
+    int equalize_kinds;             /* NQ_EQ_* bits; 0 with equalize: NQ_EQ_DEFAULT */
+    bool gptq_act_order;            /* INT4: act-order with static groups (nq_gptq_int4_actorder) */
     /* Which activations feed the next layer during calibration:
      * NQ_PROPAGATE_AUTO = quantized with GPTQ (the standard sequential
      * scheme), float otherwise (ModelOpt's max calibration). */
     enum { NQ_PROPAGATE_AUTO, NQ_PROPAGATE_FLOAT, NQ_PROPAGATE_QUANTIZED } propagate;
     bool kv_cache_fp8;              /* write FP8 KV scales when the recipe asks (default on) */
+    /* --optimize / --optimize-techniques (algo/optimize.h); needs calib_path */
+    nq_optimize optimize;
     /* NULL, or "float32"/"float16"/"bfloat16": written to config.json as
      * mamba_ssm_cache_dtype (vLLM's default for --mamba-ssm-cache-dtype). */
     const char *ssm_cache_dtype;
@@ -45,6 +55,7 @@ typedef struct nq_quantize_options {
     bool auto_formats[3];           /* indexed by nq_format: bf16, nvfp4, fp8 */
     bool auto_active_moe;           /* --auto-cost active-moe */
     int auto_score_windows;         /* scoring windows (<= 0: 16) */
+    bool auto_score_proxy;          /* --auto-score proxy: output-error proxy, no KL */
     struct json_t *auto_report;     /* optional object: groups, scores, choice, cost */
     const char *auto_scores_path;   /* reuse the scores of an earlier --report (no measuring) */
     /* Print the plan (with AutoQuantize: its scores) to stdout and stop. */
@@ -75,9 +86,18 @@ typedef struct nq_quantize_summary {
     size_t calib_stream_tokens;
     size_t experts_without_tokens;  /* got their layer's input scale */
     size_t gptq_modules, gptq_fallbacks;
+    /* --equalize: pairs equalized (alpha > 0) of those searched, and the
+     * searched W4A16 output error summed over them at alpha = 0 / chosen */
+    size_t eq_pairs, eq_searched;
+    double eq_err_identity, eq_err_best;
     size_t kv_layers;
     double out_sq_err, out_sq_ref;  /* output error on calibration samples */
     double calib_seconds;
+    /* per kind of block (0 Mamba, 1 MoE, 2 attention, 3 MLP): layers, their
+     * seconds in all (statistics forward, quantization, writing,
+     * propagation) and in the statistics forward alone */
+    int layers_of_kind[4];
+    double layer_seconds[4], layer_stats_seconds[4];
     uint64_t peak_activation_bytes; /* activations + per-layer statistics */
 } nq_quantize_summary;
 

@@ -39,6 +39,15 @@ int nq_encode_nvfp4(const float *w, int64_t rows, int64_t cols, bool mse, int th
 int nq_encode_nvfp4_view(const nq_weight_view *w, bool mse, int threads, uint8_t *packed,
                          uint8_t *block_scales, float *global_scale, nq_encode_stats *st,
                          nq_error *err);
+/* The same with the global scale computed from max(own amax, shared_amax):
+ * the q/k/v of an attention layer share one (ModelOpt's
+ * preprocess_linear_fusion; vLLM's fused qkv_proj keeps a single
+ * weight_scale_2). */
+int nq_encode_nvfp4_view_shared(const nq_weight_view *w, float shared_amax, bool mse, int threads,
+                                uint8_t *packed, uint8_t *block_scales, float *global_scale,
+                                nq_encode_stats *st, nq_error *err);
+/* max |w| (an error naming the element for Inf or NaN). */
+int nq_weight_view_amax(const nq_weight_view *w, int threads, float *amax, nq_error *err);
 /* FP8 E4M3 per tensor: out [rows, cols], *scale = amax / 448. */
 int nq_encode_fp8(const float *w, int64_t rows, int64_t cols, int threads, uint8_t *out,
                   float *scale, nq_encode_stats *st, nq_error *err);

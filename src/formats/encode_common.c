@@ -162,3 +162,8 @@ float *nq_enc_worker_buffers(const nq_weight_view *w, int threads)
     return malloc((size_t)t * ROWS_PER_CHUNK * (size_t)w->cols * sizeof(float));
 }
 
+
+int nq_weight_view_amax(const nq_weight_view *w, int threads, float *amax, nq_error *err)
+{
+    return nq_enc_view_amax(w, threads, amax, err);
+}

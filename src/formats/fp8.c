@@ -1,6 +1,7 @@
 #include "formats/fp8.h"
 
 #include "formats/floatconv.h"
+#include "formats/rounding.h"
 
 #include <math.h>
 #include <string.h>
@@ -12,7 +13,12 @@ uint8_t nq_f32_to_e4m3(float f)
 
 float nq_fp8_tensor_scale(float amax)
 {
-    return amax > 0 ? amax / NQ_E4M3_MAX : 1.0f;
+    return amax > 0 ? nq_scale_div(amax, NQ_E4M3_MAX) : 1.0f;
+}
+
+float nq_fp8_kv_cache_scale(float amax)
+{
+    return amax > 0 ? nq_scale_div(amax, NQ_E4M3_MAX) : 1.0f;
 }
 
 uint8_t nq_fp8_quantize_value(float x, float scale)

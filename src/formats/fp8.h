@@ -44,16 +44,14 @@ static inline uint8_t nq_f32_to_e4m3_inline(float f)
 }
 
 /* weight_scale = amax / 448 (1.0 for an all-zero tensor, so it stays a valid
- * positive scale). */
+ * positive scale); the division as formats/rounding.h's mode computes it,
+ * here and in the KV-cache scale. */
 float nq_fp8_tensor_scale(float amax);
 /* FP8 KV-cache k_scale/v_scale from the calibrated K/V amax: amax / 448,
  * unclamped, as ModelOpt >= 0.43 exports it (postprocess_state_dict; 0.42 and
  * older wrote max(amax / 448, 1)). vLLM uses any positive stored scale as is
  * and treats 0 as invalid, so an all-zero amax gets 1.0, vLLM's default. */
-static inline float nq_fp8_kv_cache_scale(float amax)
-{
-    return amax > 0 ? amax / NQ_E4M3_MAX : 1.0f;
-}
+float nq_fp8_kv_cache_scale(float amax);
 /* The stored byte of x under `scale`: e4m3(bf16(x / scale)), as ModelOpt
  * computes it for BF16 weights (see fp8.c). */
 uint8_t nq_fp8_quantize_value(float x, float scale);

@@ -13,12 +13,14 @@
 #include "formats/encode_internal.h"
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
+#include "formats/rounding.h"
 
 /* ---- FP8 ------------------------------------------------------------------ */
 
 typedef struct fp8_job {
     const nq_weight_view *w;
-    float scale;
+    float scale; /* the stored weight_scale: dequantization and the error */
+    float div;   /* what the weight is divided by (nq_fp8_weight_divisor) */
     float *buffers;
     uint8_t *out;
     chunk_stats *stats;
@@ -44,16 +46,16 @@ NQ_AVX2 static inline __attribute__((always_inline)) __m256i fp8_codes8_avx2(__m
 
 /* n / 16 groups of 16: codes to q, squared error and squares added per lane
  * (lanes 0-7 and 8-15, as the portable loop). */
-NQ_AVX2 static void fp8_run_avx2(const float *x, int64_t n16, float scale, uint8_t *q, float e[16],
-                                 float r[16])
+NQ_AVX2 static void fp8_run_avx2(const float *x, int64_t n16, float scale, float div, uint8_t *q,
+                                 float e[16], float r[16])
 {
-    const __m256 sv = _mm256_set1_ps(scale);
+    const __m256 sv = _mm256_set1_ps(scale), dv = _mm256_set1_ps(div);
     __m256 e0 = _mm256_loadu_ps(e), e1 = _mm256_loadu_ps(e + 8);
     __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
     for (int64_t k = 0; k < n16; k += 16) {
         for (int h = 0; h < 2; h++) {
             __m256 xv = _mm256_loadu_ps(x + k + 8 * h), dec;
-            __m256i c = fp8_codes8_avx2(xv, sv, &dec);
+            __m256i c = fp8_codes8_avx2(xv, dv, &dec);
             __m256i p16 = _mm256_packus_epi32(c, c);
             __m256i p8 = _mm256_packus_epi16(p16, p16);
             uint32_t lo = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(p8));
@@ -88,18 +90,18 @@ NQ_HOT static int fp8_rows(void *ctx, size_t begin, size_t end, int worker)
     const float *rows = nq_enc_view_rows(j->w, (int64_t)begin, (int64_t)(end - begin), buf);
     int64_t n = (int64_t)(end - begin) * cols, n16 = n / 16 * 16;
     uint8_t *q = j->out + (int64_t)begin * cols;
-    const float scale = j->scale;
+    const float scale = j->scale, div = j->div;
     float e[16] = {0}, r[16] = {0};
 #if NQ_HAVE_AVX2_KERNELS
     if (nq_enc_use_avx2()) {
-        fp8_run_avx2(rows, n16, scale, q, e, r);
+        fp8_run_avx2(rows, n16, scale, div, q, e, r);
     } else
 #endif
     {
         for (int64_t k = 0; k < n16; k += 16) {
             for (int i = 0; i < 16; i++) {
                 float x = rows[k + i];
-                uint8_t c = nq_fp8_quantize_value_inline(x, scale);
+                uint8_t c = nq_fp8_quantize_value_inline(x, div);
                 q[k + i] = c;
                 float d = x - nq_e4m3_to_f32_inline(c) * scale;
                 e[i] += d * d;
@@ -110,7 +112,7 @@ NQ_HOT static int fp8_rows(void *ctx, size_t begin, size_t end, int worker)
     double sq_err = sum16(e), sq_ref = sum16(r);
     for (int64_t k = n16; k < n; k++) {
         float x = rows[k];
-        q[k] = nq_fp8_quantize_value(x, scale);
+        q[k] = nq_fp8_quantize_value(x, div);
         float d = x - nq_e4m3_to_f32(q[k]) * scale;
         sq_err += (double)d * d;
         sq_ref += (double)x * x;
@@ -128,7 +130,14 @@ int nq_encode_fp8_view(const nq_weight_view *w, int threads, uint8_t *out, float
     float amax;
     if (nq_enc_view_amax(w, threads, &amax, err) != 0)
         return -1;
-    float s = nq_fp8_tensor_scale(amax);
+    float s = nq_fp8_tensor_scale(amax), div = nq_fp8_weight_divisor(s);
+    if (!(div > 0))
+        /* amax below ~2e-38: torch on CUDA divides by 0 and casts the
+         * infinities to FP8 NaN, a checkpoint nemoq will not write */
+        return nq_fail(err, "FP8 weight_scale %g is 0 in BF16: ModelOpt's CUDA export "
+                            "(--rounding modelopt-cuda) would write NaN weights; use "
+                            "--rounding exact",
+                       (double)s);
     size_t nchunks = ((size_t)w->rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
     chunk_stats *cs = calloc(nchunks ? nchunks : 1, sizeof *cs);
     float *buffers = nq_enc_worker_buffers(w, threads);
@@ -137,7 +146,7 @@ int nq_encode_fp8_view(const nq_weight_view *w, int threads, uint8_t *out, float
         free(buffers);
         return nq_fail(err, "out of memory");
     }
-    fp8_job job = {w, s, buffers, out, cs};
+    fp8_job job = {w, s, div, buffers, out, cs};
     nq_parallel_for((size_t)w->rows, ROWS_PER_CHUNK, threads, fp8_rows, &job);
     nq_enc_reduce_stats(cs, nchunks, st);
     free(cs);

@@ -4,6 +4,7 @@
 
 #include "formats/floatconv.h"
 #include "formats/fp8.h"
+#include "formats/rounding.h"
 
 static const float e2m1_values[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6,
                                       -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
@@ -27,7 +28,7 @@ uint8_t nq_e2m1_encode(float x)
 
 float nq_nvfp4_global_scale(float amax)
 {
-    return amax > 0 ? amax / (6.0f * 448.0f) : 1.0f;
+    return amax > 0 ? nq_scale_div(amax, 6.0f * 448.0f) : 1.0f;
 }
 
 static float block_amax(const float *x)
@@ -141,5 +142,75 @@ void nq_nvfp4_decode_row(const uint8_t *packed, const uint8_t *scales, float gs,
             out[b * NQ_NVFP4_BLOCK + i] = nq_e2m1_value(byte & 15) * s;
             out[b * NQ_NVFP4_BLOCK + i + 1] = nq_e2m1_value(byte >> 4) * s;
         }
+    }
+}
+
+static double weighted_error(const float *x, float denom, const double *hb)
+{
+    double d[NQ_NVFP4_BLOCK];
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i++)
+        d[i] = (double)x[i] - (double)(nq_e2m1_value(nq_e2m1_encode(x[i] / denom)) * denom);
+    double e = 0.0;
+    if (!hb) {
+        for (int i = 0; i < NQ_NVFP4_BLOCK; i++)
+            e += d[i] * d[i];
+        return e;
+    }
+    for (int i = 0; i < NQ_NVFP4_BLOCK; i++) {
+        double r = 0.0;
+        for (int j = 0; j < NQ_NVFP4_BLOCK; j++)
+            r += hb[i * NQ_NVFP4_BLOCK + j] * d[j];
+        e += d[i] * r;
+    }
+    return e;
+}
+
+uint8_t nq_nvfp4_block_scale_search(const float *x, float gs, const double *hb, float lo,
+                                    float hi, int four_over_six, double *err)
+{
+    uint8_t max_code = nq_nvfp4_block_scale_max(x, gs);
+    uint8_t cand[130];
+    int nc = 0;
+    cand[nc++] = max_code;
+    if (four_over_six) {
+        float s = block_amax(x) / (4.0f * gs);
+        if (s >= 0.001953125f) {
+            uint8_t c = nq_f32_to_e4m3(s);
+            if (c != max_code)
+                cand[nc++] = c;
+        }
+    } else {
+        float ref = nq_e4m3_to_f32(max_code);
+        for (int code = max_code - 1; code >= 1; code--) {
+            if (nq_e4m3_to_f32((uint8_t)code) < lo * ref)
+                break;
+            cand[nc++] = (uint8_t)code;
+        }
+        for (int code = max_code + 1; code <= 0x7e; code++) {
+            if (nq_e4m3_to_f32((uint8_t)code) > hi * ref)
+                break;
+            cand[nc++] = (uint8_t)code;
+        }
+    }
+    uint8_t best = max_code;
+    double best_err = 0.0;
+    for (int c = 0; c < nc; c++) {
+        double e = weighted_error(x, nq_e4m3_to_f32(cand[c]) * gs, hb);
+        if (c == 0 || e < best_err) {
+            best_err = e;
+            best = cand[c];
+        }
+    }
+    *err = best_err;
+    return best;
+}
+
+void nq_nvfp4_fake_quant(float *x, int64_t n, float gs)
+{
+    for (int64_t b = 0; b + NQ_NVFP4_BLOCK <= n; b += NQ_NVFP4_BLOCK) {
+        uint8_t packed[8];
+        uint8_t scale = nq_nvfp4_block_scale_max(x + b, gs);
+        nq_nvfp4_encode_block(x + b, scale, gs, packed);
+        nq_nvfp4_decode_row(packed, &scale, gs, NQ_NVFP4_BLOCK, x + b);
     }
 }

@@ -27,6 +27,21 @@ double nq_nvfp4_block_sq_error(const float *x, uint8_t scale, float gs);
  * from 1/2 to 5/4 of it) with the least squared error; ties keep the max
  * scale, then the larger one. *err receives that error. */
 uint8_t nq_nvfp4_block_scale_mse(const float *x, float gs, double *err);
+/* Output-aware scale search (--optimize): the E4M3 scale code whose decoded
+ * value lies in [lo, hi] times that of the max scale (for the max scale
+ * computed as if the block maximum were mapped to 6) with the least error
+ * dw^T hb dw, dw = x - dequant(x); hb is the block's 16x16 Hessian
+ * (row-major, ModelOpt's local_hessian metric) or NULL for the plain squared
+ * error.  Candidates are tried in code order from the max scale down, then
+ * up; ties keep the earlier one, so the max scale wins every tie.  With
+ * four_over_six only two candidates are tried: the block maximum mapped to 6
+ * and to 4 (ModelOpt's NVFP4_FOUR_OVER_SIX).  *err receives the error. */
+uint8_t nq_nvfp4_block_scale_search(const float *x, float gs, const double *hb, float lo,
+                                    float hi, int four_over_six, double *err);
+/* x[n] -> what an NVFP4 activation quantizer with global scale gs passes on:
+ * per 16-element block, the max scale, E2M1 codes, dequantized (vLLM's
+ * scaled_fp4_quant); n % 16 == 0.  In place. */
+void nq_nvfp4_fake_quant(float *x, int64_t n, float gs);
 /* Codes of one block: e2m1(x / (e4m3(scale) * gs)), packed into 8 bytes. */
 void nq_nvfp4_encode_block(const float *x, uint8_t scale, float gs, uint8_t packed[8]);
 /* Dequantizes one row of `cols` elements. */

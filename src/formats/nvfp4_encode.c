@@ -320,12 +320,20 @@ int nq_encode_nvfp4_view(const nq_weight_view *w, bool mse, int threads, uint8_t
                          uint8_t *block_scales, float *global_scale, nq_encode_stats *st,
                          nq_error *err)
 {
+    return nq_encode_nvfp4_view_shared(w, 0.0f, mse, threads, packed, block_scales, global_scale,
+                                       st, err);
+}
+
+int nq_encode_nvfp4_view_shared(const nq_weight_view *w, float shared_amax, bool mse, int threads,
+                                uint8_t *packed, uint8_t *block_scales, float *global_scale,
+                                nq_encode_stats *st, nq_error *err)
+{
     if (w->cols % NQ_NVFP4_BLOCK != 0)
         return nq_fail(err, "in_features %lld is not a multiple of 16", (long long)w->cols);
     float amax;
     if (nq_enc_view_amax(w, threads, &amax, err) != 0)
         return -1;
-    float gs = nq_nvfp4_global_scale(amax);
+    float gs = nq_nvfp4_global_scale(shared_amax > amax ? shared_amax : amax);
     size_t nchunks = ((size_t)w->rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK;
     chunk_stats *cs = calloc(nchunks ? nchunks : 1, sizeof *cs);
     float *buffers = nq_enc_worker_buffers(w, threads);

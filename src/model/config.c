@@ -246,7 +246,8 @@ int nq_model_config_parse(const char *text, size_t len, const char *source_name,
      * quantization_config (see export/metadata.h) */
     json_t *root = json_loadb(text, len, JSON_ALLOW_NUL, &jerr);
     if (!root)
-        return nq_fail(err, "%s: not valid JSON: %s (line %d)", source_name, jerr.text, jerr.line);
+        return nq_fail(err, "%s: not valid JSON: %s (line %d)%s", source_name, jerr.text, jerr.line,
+                       strstr(jerr.text, "NUL byte in object key") ? NQ_MODELOPT_NUL_KEY_HINT : "");
     if (!json_is_object(root)) {
         json_decref(root);
         return nq_fail(err, "%s: top level is not a JSON object", source_name);

@@ -83,4 +83,11 @@ static inline int nq_mamba_intermediate(const nq_model_config *c) { return c->ma
 static inline int nq_mamba_conv_dim(const nq_model_config *c) { return nq_mamba_intermediate(c) + 2 * c->n_groups * c->ssm_state_size; }
 static inline int nq_mamba_in_proj_dim(const nq_model_config *c) { return nq_mamba_intermediate(c) + nq_mamba_conv_dim(c) + c->mamba_num_heads; }
 
+/* Appended to a JSON error about a NUL in an object key (jansson refuses
+ * them even with JSON_ALLOW_NUL): ModelOpt 0.47 writes such keys. */
+#define NQ_MODELOPT_NUL_KEY_HINT \
+    ": a ModelOpt 0.47 export of NemotronH (its reverse name mapper appends " \
+    "\"\\u0000backbone.pt_name_sentinel\" to module names, quantized_layers keys included, " \
+    "which no loader matches); remove that suffix to read it"
+
 #endif

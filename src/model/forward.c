@@ -60,6 +60,63 @@ struct nq_state {
 
 /* ---- weights ---------------------------------------------------------- */
 
+/* Large tensors are widened to f32 (and checked for NaN/Inf) in slices on
+ * all cores: a Nano-size MoE layer is 1.3 G values, and one core takes
+ * seconds to read them.  Elementwise, so the result does not depend on the
+ * thread count. */
+#define FETCH_SLICE ((size_t)1 << 18)
+
+typedef struct {
+    const nq_tensor *t;
+    float *out;
+    size_t numel;
+    uint64_t *first_bad;  /* per slice: first non-finite index, or numel */
+} fetch_job;
+
+static int fetch_slices(void *ctx, size_t begin, size_t end, int worker)
+{
+    (void)worker;
+    fetch_job *j = ctx;
+    for (size_t s = begin; s < end; s++) {
+        size_t lo = s * FETCH_SLICE, hi = lo + FETCH_SLICE < j->numel ? lo + FETCH_SLICE : j->numel;
+        nq_error e = {0};
+        if (j->t) { /* reading */
+            if (nq_tensor_read_f32(j->t, lo, hi - lo, j->out + lo, &e) != 0)
+                return -1;
+            continue;
+        }
+        j->first_bad[s] = j->numel;
+        for (size_t i = lo; i < hi; i++)
+            if (!isfinite(j->out[i])) {
+                j->first_bad[s] = i;
+                break;
+            }
+    }
+    return 0;
+}
+
+/* Reads t into out in parallel slices, or (t == NULL) finds the first
+ * non-finite element of out (*bad, numel if none).  -1: a read failed
+ * (read t serially to get its error) or no memory. */
+static int fetch_parallel(const nq_tensor *t, float *out, size_t numel, int threads,
+                          uint64_t *bad)
+{
+    size_t slices = (numel + FETCH_SLICE - 1) / FETCH_SLICE;
+    uint64_t *fb = malloc(slices * sizeof *fb);
+    if (!fb)
+        return -1;
+    fetch_job j = {.t = t, .out = out, .numel = numel, .first_bad = fb};
+    int rc = nq_parallel_for(slices, 1, threads, fetch_slices, &j);
+    *bad = numel;
+    for (size_t s = 0; rc == 0 && !t && s < slices; s++)
+        if (fb[s] < *bad) {
+            *bad = fb[s];
+            break;
+        }
+    free(fb);
+    return rc;
+}
+
 int nq_checkpoint_weight_fetch(void *ctx, const nq_weight_request *req, float *out, nq_error *err)
 {
     const nq_checkpoint *ck = ctx;
@@ -88,6 +145,11 @@ int nq_checkpoint_weight_fetch(void *ctx, const nq_weight_request *req, float *o
                      (long long)t->shape[i]);
         return nq_fail(err, "%s: shape [%s] but the config implies [%s]", req->name, have, want);
     }
+    uint64_t bad;
+    if (!t->source && t->numel >= 4 * FETCH_SLICE &&
+        (t->dtype == NQ_BF16 || t->dtype == NQ_F16 || t->dtype == NQ_F32) &&
+        fetch_parallel(t, out, t->numel, nq_default_threads(), &bad) == 0)
+        return 0;
     return nq_tensor_read_f32(t, 0, t->numel, out, err);
 }
 
@@ -114,13 +176,16 @@ static int fetch(nq_model *m, float **out, const char *name, int layer, bool opt
     if (rc == 0) {
         /* A NaN or Inf weight would surface layers later as a NaN activation
          * somewhere else: name it here, before the block runs. */
-        for (uint64_t i = 0; i < req.numel; i++)
-            if (!isfinite(buf[i])) {
-                bool nan = isnan(buf[i]);
-                free(buf);
-                return nq_fail(err, "tensor '%s': element %llu is %s", name,
-                               (unsigned long long)i, nan ? "NaN" : "infinite");
-            }
+        uint64_t i = req.numel;
+        if (req.numel < 4 * FETCH_SLICE || fetch_parallel(NULL, buf, req.numel, m->threads, &i) != 0)
+            for (i = 0; i < req.numel && isfinite(buf[i]); i++)
+                ;
+        if (i < req.numel) {
+            bool nan = isnan(buf[i]);
+            free(buf);
+            return nq_fail(err, "tensor '%s': element %llu is %s", name, (unsigned long long)i,
+                           nan ? "NaN" : "infinite");
+        }
         *out = buf;
         return 0;
     }
@@ -627,7 +692,7 @@ static int run_block_cuda(nq_model *m, int l, block_weights *b, const nq_exec *e
     nq_cuda_block cb = {
         .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
         .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
-        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+        .load_expert = load_expert_cb, .load_ctx = &el,
         .conv_state = st->conv[l], .ssm_state = st->ssm[l], .k_cache = st->k[l],
         .v_cache = st->v[l],
     };
@@ -853,7 +918,7 @@ int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int 
     nq_cuda_block cb = {
         .weights_id = b->id, .kind = b->kind, .norm = b->norm, .mamba = &b->mamba,
         .attn = &b->attn, .mlp = &b->mlp, .moe = &b->moe, .act = m->act, .dt_min = m->dt_min,
-        .load_expert = load_expert_cb, .load_ctx = &el, .select = nq_moe_select,
+        .load_expert = load_expert_cb, .load_ctx = &el,
     };
     return nq_cuda_run_block(m->cuda, &ex, &m->cfg, &cb, x, samples, len,
                              (first ? NQ_CUDA_X_IN : 0u) | (last ? NQ_CUDA_X_OUT : 0u));

@@ -95,8 +95,33 @@ bool nq_is_buffer(const char *name)
     return ends_with(name, ".e_score_correction_bias");
 }
 
-bool nq_exclude_matches(const char *entry, const char *module)
+static bool entry_matches(const char *e, const char *module)
 {
     /* "" is a substring of every name: vLLM skips everything for it too */
-    return strstr(module, entry) != NULL || fnmatch(entry, module, 0) == 0;
+    if (strstr(module, e) != NULL)
+        return true;
+    if (strstr(module, "experts") && strstr(e, "experts") && strstr(e, module))
+        return true;
+    /* Python's fnmatch has no escape character */
+    return fnmatch(e, module, FNM_NOESCAPE) == 0;
+}
+
+bool nq_exclude_matches(const char *entry, const char *module)
+{
+    size_t n = strlen(entry);
+    if (n >= 2 && entry[n - 1] == '*' && entry[n - 2] != '.') {
+        char *base = malloc(n + 2);
+        if (!base)
+            return false;
+        memcpy(base, entry, n - 1);
+        base[n - 1] = '\0';
+        bool hit = entry_matches(base, module);
+        if (!hit) {
+            memcpy(base + n - 1, ".*", 3);
+            hit = entry_matches(base, module);
+        }
+        free(base);
+        return hit;
+    }
+    return entry_matches(entry, module);
 }

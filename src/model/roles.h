@@ -41,11 +41,20 @@ bool nq_is_buffer(const char *name);
 
 /* Whether a ModelOpt `exclude_modules` entry (hf_quant_config.json; the
  * `ignore` list of the flat quantization_config) covers `module`, as vLLM's
- * ModelOpt loader decides it: the entry is a substring of the module name
- * (its is_layer_skipped with skip_with_substr), else the entry is an fnmatch
- * pattern matching the whole name ("backbone.layers.1*" covers layers 1 and
- * 10-19; '*' crosses dots).  The one matcher every reader of exclude lists
- * uses (verify, inspect). */
+ * ModelOptQuantConfigBase decides it (apply_vllm_mapper, is_layer_excluded,
+ * is_layer_skipped; docs/export-spec.md 1.4):
+ * - ModelOpt's prefix wildcard "name*" (no '.' before the '*') stands for the
+ *   pair "name" and "name.*";
+ * - then an entry matches when it is a SUBSTRING of the module (vLLM's legacy
+ *   rule, so "backbone.layers.1" also hits layers 10-19; "" hits everything),
+ *   or fnmatch-matches the whole name ('*' crosses dots, no escape
+ *   character); for a name containing "experts" also when the name is a
+ *   substring of an entry containing "experts" (vLLM asks about a layer's
+ *   fused MoE as "...mixer.experts").
+ * Names are compared in HF spelling: vLLM maps entry and module prefixes the
+ * same way (backbone. -> model.), which preserves these relations.  The one
+ * matcher every reader and writer of exclude lists uses (verify, inspect,
+ * the exporters' own checks). */
 bool nq_exclude_matches(const char *entry, const char *module);
 
 #endif

@@ -357,7 +357,8 @@ void nq_autoq_apply(const nq_autoq *aq, nq_plan *plan)
             m->format = g->choice;
             m->group_size = g->choice == NQ_FORMAT_NVFP4 ? 16 : 0;
             snprintf(m->reason, sizeof m->reason,
-                     "auto-quantize: group KL nvfp4 %.3g, fp8 %.3g -> %s", g->score[NQ_FORMAT_NVFP4],
+                     "auto-quantize: group %s nvfp4 %.3g, fp8 %.3g -> %s",
+                     aq->proxy_scores ? "proxy" : "KL", g->score[NQ_FORMAT_NVFP4],
                      g->score[NQ_FORMAT_FP8], nq_format_name(g->choice));
         }
     }

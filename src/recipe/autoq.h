@@ -46,6 +46,11 @@ typedef struct nq_autoq_group {
     bool allowed[NQ_AUTOQ_NFORMATS];
     int64_t cost[NQ_AUTOQ_NFORMATS];   /* bits x weight */
     double score[NQ_AUTOQ_NFORMATS];   /* sensitivity (KL nats/token); bf16 0 */
+    /* Cheaper measures (algo/sensitivity.h): the group's Linear output error
+     * and its block's residual-stream error per token, and the proxy score
+     * (residual error x the layer's curvature; --auto-score proxy only) */
+    double out_err[NQ_AUTOQ_NFORMATS], res_err[NQ_AUTOQ_NFORMATS];
+    double proxy[NQ_AUTOQ_NFORMATS];
     nq_format choice;
 } nq_autoq_group;
 
@@ -54,6 +59,7 @@ typedef struct nq_autoq {
     size_t count;
     bool active_moe;
     int64_t unit;            /* cost of one parameter-weight unit: n_experts (active-moe) or 1 */
+    bool proxy_scores;       /* scores are the proxy, not KL (for the reasons) */
 } nq_autoq;
 
 /* Bits of one module of n weights in format f (exact; see above). */

@@ -277,6 +277,13 @@ static void choose_int4_groups(nq_plan *p, const nq_recipe_options *opt)
                    (long long)m->out_features, (long long)m->in_features);
             continue;
         }
+        if (opt->int4_wide_groups && base < requested && m->role != NQ_ROLE_ROUTED_EXPERTS &&
+            m->in_features % requested == 0) {
+            m->group_size = requested;
+            size_t n = strlen(m->reason);
+            snprintf(m->reason + n, sizeof m->reason - n, "; group %d (wide groups)", requested);
+            continue;
+        }
         if (m->in_features % base == 0) {
             m->group_size = base;
             continue;

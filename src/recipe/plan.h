@@ -36,6 +36,8 @@ typedef struct nq_plan_module {
     bool quantizable;   /* a 2-D Linear a loader can quantize */
     nq_format format;
     int group_size;     /* NVFP4: 16; INT4: the group used for this module; else 0 */
+    float shared_amax;  /* NVFP4: the weight amax its global scale is computed from when it
+                         * shares one with fused siblings (q/k/v); 0: its own amax */
     char reason[200];
 } nq_plan_module;
 
@@ -62,6 +64,10 @@ typedef struct nq_recipe_options {
     size_t nrules;
     int int4_group_size;      /* 0: 128 with automatic fallback (see plan.c) */
     bool int4_group_explicit; /* user fixed the group size: never change it */
+    /* When the routed experts force a smaller base group, the other INT4
+     * Linears keep the requested size (a `dynamic` override each): fewer
+     * bits, same loaders (--int4-wide-groups) */
+    bool int4_wide_groups;
 } nq_recipe_options;
 
 /* Names of the presets, NULL-terminated. */

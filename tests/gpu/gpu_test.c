@@ -14,10 +14,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <time.h>
 
+#include <cblas.h>
+
+#include "algo/gptq.h"
 #include "core/file.h"
+#include "core/parallel.h"
 #include "cuda/cuda.h"
+#include "gpu_check.h"
 #include "eval/loaded.h"
 #include "eval/perplexity.h"
 #include "export/quantize.h"
@@ -39,8 +45,7 @@ static const char *src_dir, *tmp_dir;
 static int passed, failed;
 static nq_cuda *gpu;
 
-static void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(bool ok, const char *fmt, ...)
+void check(bool ok, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -253,6 +258,10 @@ static void test_perplexity(const char *dir, const char *label, const int32_t *i
     nq_loaded_close(&g);
 }
 
+/* The summary of the last quantize() */
+static nq_quantize_summary last_sum;
+static bool quantize_mse;
+
 static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
 {
     nq_quantize_options o = {0};
@@ -267,9 +276,9 @@ static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
     o.calib_len = 256;
     o.kv_cache_fp8 = true;
     o.cuda = dev;
-    nq_quantize_summary sum;
+    o.mse_scales = quantize_mse;
     nq_error err = {0};
-    if (nq_quantize(&o, &sum, &err) != 0)
+    if (nq_quantize(&o, &last_sum, &err) != 0)
         die(out, &err);
     return 0;
 }
@@ -283,18 +292,30 @@ static bool is_scale(const char *name)
 
 /* Calibrated NVFP4 on the CPU and on the GPU: every weight byte-identical,
  * input and KV scales within SCALE_TOL; the GPU twice: identical bytes. */
-static void test_calibrated_checkpoints(char *calib)
+static void test_calibrated_checkpoints(char *calib, bool mse)
 {
     char cpu_dir[4200], gpu_dir[4200], gpu2_dir[4200];
-    snprintf(cpu_dir, sizeof cpu_dir, "%s/q-cpu", tmp_dir);
-    snprintf(gpu_dir, sizeof gpu_dir, "%s/q-gpu", tmp_dir);
-    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/q-gpu2", tmp_dir);
+    const char *tag = mse ? "calibrated nvfp4 (mse scales)" : "calibrated nvfp4";
+    snprintf(cpu_dir, sizeof cpu_dir, "%s/q-cpu%s", tmp_dir, mse ? "-mse" : "");
+    snprintf(gpu_dir, sizeof gpu_dir, "%s/q-gpu%s", tmp_dir, mse ? "-mse" : "");
+    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/q-gpu2%s", tmp_dir, mse ? "-mse" : "");
+    quantize_mse = mse;
     double t0 = now();
     quantize(cpu_dir, NULL, calib, false);
+    nq_quantize_summary sc = last_sum;
     double t1 = now();
     quantize(gpu_dir, gpu, calib, false);
+    nq_quantize_summary sg = last_sum;
     double t2 = now();
     quantize(gpu2_dir, gpu, calib, false);
+    quantize_mse = false;
+    /* reported errors: the same quantities summed in another order (and
+     * the output error on the GPU's own activations) */
+    double we = fabs(sqrt(sg.sq_err / sg.sq_ref) / sqrt(sc.sq_err / sc.sq_ref) - 1.0);
+    double oe = fabs(sqrt(sg.out_sq_err / sg.out_sq_ref) / sqrt(sc.out_sq_err / sc.out_sq_ref) - 1.0);
+    check(we <= 1e-9 && oe <= 1e-3, "%s: reported weight error GPU vs CPU rel diff %.2g (tol 1e-9), "
+          "output error on the calibration rows %.6f vs %.6f (rel %.2g, tol 1e-3)", tag, we,
+          sqrt(sg.out_sq_err / sg.out_sq_ref), sqrt(sc.out_sq_err / sc.out_sq_ref), oe);
     nq_error err = {0};
     nq_checkpoint *a = nq_checkpoint_open(cpu_dir, &err), *b = a ? nq_checkpoint_open(gpu_dir, &err) : NULL;
     nq_checkpoint *b2 = b ? nq_checkpoint_open(gpu2_dir, &err) : NULL;
@@ -326,23 +347,244 @@ static void test_calibrated_checkpoints(char *calib)
             weights++;
         }
     }
-    check(same_count && bad_w == 0, "calibrated nvfp4: %zu weight tensors byte-identical CPU vs GPU "
-          "(%zu differ)", weights, bad_w);
-    check(same_count && scales > 0 && bad_s == 0, "calibrated nvfp4: %zu input/KV scales CPU vs GPU "
-          "max rel diff %.3g (tol %g); calibration+export CPU %.2f s, GPU %.2f s", scales, worst,
-          SCALE_TOL, t1 - t0, t2 - t1);
-    check(same_count && diff2 == 0, "calibrated nvfp4 on the GPU twice: byte-identical (%zu tensors "
-          "differ)", diff2);
+    check(same_count && bad_w == 0, "%s: %zu weight tensors byte-identical CPU vs GPU "
+          "(%zu differ)", tag, weights, bad_w);
+    check(same_count && scales > 0 && bad_s == 0, "%s: %zu input/KV scales CPU vs GPU "
+          "max rel diff %.3g (tol %g); calibration+export CPU %.2f s, GPU %.2f s", tag, scales,
+          worst, SCALE_TOL, t1 - t0, t2 - t1);
+    check(same_count && diff2 == 0, "%s on the GPU twice: byte-identical (%zu tensors "
+          "differ)", tag, diff2);
     nq_checkpoint_close(a);
     nq_checkpoint_close(b);
     nq_checkpoint_close(b2);
 }
 
+
+/* ---- calibration statistics on the GPU ---------------------------------- */
+
+/* One pass of every block of the bundled model over one sequence of 200
+ * tokens with the GPU statistics on (every Linear, Hessians, 256 sample
+ * rows, so each Linear's rows are all sampled).  Reference per Linear: its
+ * own sampled rows, amax and X^T X summed here in double (exact products).
+ * Hessians of all layers are appended to *hs (for the determinism check). */
+static void device_stats_pass(const int32_t *ids, int n, bool reference, double **hs,
+                              size_t *hs_len, int *items, double *worst_h, double *worst_amax,
+                              int *bad_rows)
+{
+    nq_error err = {0};
+    nq_loaded_model lm = {0};
+    if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &lm, &err) != 0)
+        die("stats", &err);
+    nq_model_set_cuda(lm.model, gpu);
+    int H = lm.cfg.hidden_size;
+    float *x = malloc((size_t)n * H * sizeof *x);
+    if (nq_model_embed(lm.model, ids, n, x, &err) != 0)
+        die("stats embed", &err);
+    nq_cuda_stats_spec spec = {.hessians = true, .sample_rows = 256};
+    for (int l = 0; l < lm.cfg.num_layers; l++) {
+        if (nq_cuda_stats_begin(gpu, &spec, &err) != 0 ||
+            nq_model_blocks(lm.model, l, x, 1, n, &err) != 0)
+            die("stats layer", &err);
+        for (size_t i = 0; i < nq_cuda_stats_count(gpu); i++) {
+            nq_cuda_linear_stat st;
+            if (nq_cuda_stats_item(gpu, i, &st, NULL, &err) != 0)
+                die("stats item", &err);
+            size_t d = (size_t)st.in_features;
+            *hs = realloc(*hs, (*hs_len + d * d) * sizeof **hs);
+            double *h = *hs + *hs_len;
+            *hs_len += d * d;
+            if (nq_cuda_stats_item(gpu, i, &st, h, &err) != 0)
+                die("stats hessian", &err);
+            (*items)++;
+            *bad_rows += st.rows != (uint64_t)st.sample_rows || st.nonfinite;
+            if (!reference)
+                continue;
+            float amax = 0;
+            double *ref = calloc(d * d, sizeof *ref), hmax = 0, dmax = 0;
+            for (int r = 0; r < st.sample_rows; r++) {
+                const float *xr = st.sample + (size_t)r * d;
+                for (size_t a = 0; a < d; a++) {
+                    amax = fabsf(xr[a]) > amax ? fabsf(xr[a]) : amax;
+                    for (size_t b = 0; b < d; b++)
+                        ref[a * d + b] += (double)xr[a] * xr[b];
+                }
+            }
+            for (size_t k = 0; k < d * d; k++) {
+                hmax = fabs(ref[k]) > hmax ? fabs(ref[k]) : hmax;
+                double df = fabs(h[k] - ref[k]);
+                dmax = !(df <= dmax) ? df : dmax;
+            }
+            double rel = hmax > 0 ? dmax / hmax : dmax;
+            *worst_h = !(rel <= *worst_h) ? rel : *worst_h;
+            double ra = fabs((double)st.amax - amax);
+            *worst_amax = ra > *worst_amax ? ra : *worst_amax;
+            free(ref);
+        }
+        nq_cuda_stats_end(gpu);
+    }
+    free(x);
+    nq_loaded_close(&lm);
+}
+
+static void test_device_stats(const int32_t *ids)
+{
+    double *h1 = NULL, *h2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    int items = 0, bad_rows = 0, items2 = 0, bad2 = 0;
+    double wh = 0, wa = 0, wh2 = 0, wa2 = 0;
+    device_stats_pass(ids, 200, true, &h1, &n1, &items, &wh, &wa, &bad_rows);
+    device_stats_pass(ids, 200, false, &h2, &n2, &items2, &wh2, &wa2, &bad2);
+    check(items > 0 && bad_rows == 0 && wa == 0.0,
+          "GPU statistics: %d Linear inputs (routed experts included): amax equal to max |x| of "
+          "the rows (max diff %g), every row counted and sampled (%d mismatches)",
+          items, wa, bad_rows);
+    check(items > 0 && wh <= 1e-12,
+          "GPU Hessians (DSYRK in float64) vs X^T X summed on the host in double: max |diff| / "
+          "max |H| = %.3g (tol 1e-12)", wh);
+    check(n1 == n2 && n1 > 0 && memcmp(h1, h2, n1 * sizeof *h1) == 0,
+          "GPU Hessians byte-identical run to run (%zu values)", n1);
+    free(h1);
+    free(h2);
+}
+
+/* ---- GPTQ on the GPU ------------------------------------------------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+static double nrand(void)
+{
+    double u1 = urand() + 1e-300, u2 = urand();
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* H = X^T X / rows for a random X with correlated columns, plus a few dead
+ * columns (the Hessian of a real Linear input is far from diagonal). */
+static double *random_hessian(int d, int rows, int dead)
+{
+    float *x = malloc((size_t)rows * d * sizeof *x);
+    for (int r = 0; r < rows; r++) {
+        double common = nrand();
+        for (int c = 0; c < d; c++)
+            x[(size_t)r * d + c] = (float)(nrand() + 0.5 * common * (c % 7 == 0 ? 3 : 1));
+    }
+    for (int c = 0; c < dead; c++)
+        for (int r = 0; r < rows; r++)
+            x[(size_t)r * d + (c * 37) % d] = 0.0f;
+    double *h = calloc((size_t)d * d, sizeof *h);
+    double *xd = malloc((size_t)rows * d * sizeof *xd);
+    for (size_t k = 0; k < (size_t)rows * d; k++)
+        xd[k] = x[k];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, rows, 1.0, xd, d, 0.0, h, d);
+    for (int a = 0; a < d; a++)
+        for (int b = 0; b < a; b++)
+            h[(size_t)a * d + b] = h[(size_t)b * d + a];
+    free(x);
+    free(xd);
+    return h;
+}
+
+static float *random_weight(int64_t rows, int64_t cols)
+{
+    float *w = malloc((size_t)(rows * cols) * sizeof *w);
+    for (int64_t k = 0; k < rows * cols; k++)
+        w[k] = (float)(0.02 * nrand());
+    return w;
+}
+
+static size_t count_diff(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += a[i] != b[i];
+    return d;
+}
+
+/* NVFP4 and INT4 GPTQ of one weight on the CPU and on the GPU. */
+static void gptq_pair(const char *label, const float *w, int64_t R, int64_t C, const double *h,
+                      bool mse, bool expect_identical)
+{
+    nq_error err = {0};
+    nq_gptq_stats sc, sg, sg2;
+    size_t pb = (size_t)(R * C / 2), bb = (size_t)(R * C / 16);
+    uint8_t *p1 = malloc(pb), *p2 = malloc(pb), *p3 = malloc(pb);
+    uint8_t *b1 = malloc(bb), *b2 = malloc(bb), *b3 = malloc(bb);
+    float g1, g2, g3;
+    if (nq_gptq_nvfp4_on(NULL, w, R, C, h, mse, 0.01, 0, 0.0f, p1, b1, &g1, &sc, &err) != 0 ||
+        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, 0.0f, p2, b2, &g2, &sg, &err) != 0 ||
+        nq_gptq_nvfp4_on(gpu, w, R, C, h, mse, 0.01, 0, 0.0f, p3, b3, &g3, &sg2, &err) != 0)
+        die(label, &err);
+    size_t dp = count_diff(p1, p2, pb), db = count_diff(b1, b2, bb);
+    double lrel = fabs(sg.proxy_loss / sc.proxy_loss - 1.0);
+    bool same_run = memcmp(p2, p3, pb) == 0 && memcmp(b2, b3, bb) == 0;
+    if (expect_identical)
+        check(dp == 0 && db == 0 && same_run,
+              "gptq nvfp4%s %s [%lld x %lld]: GPU bytes identical to the CPU's (%zu code bytes, "
+              "%zu scale bytes differ); GPU run to run identical: %s", mse ? "+mse" : "", label,
+              (long long)R, (long long)C, dp, db, same_run ? "yes" : "no");
+    else
+        check(dp <= pb / 100 && db <= bb / 100 && lrel <= 1e-3 && same_run,
+              "gptq nvfp4%s %s [%lld x %lld]: GPU vs CPU %zu of %zu code bytes and %zu of %zu scale "
+              "bytes differ (tol 1%%), proxy loss %.6g vs %.6g (rel %.2g, tol 1e-3); GPU run to run "
+              "identical: %s", mse ? "+mse" : "", label, (long long)R, (long long)C, dp, pb, db,
+              bb, sg.proxy_loss, sc.proxy_loss, lrel, same_run ? "yes" : "no");
+    /* INT4, group 64 */
+    int G = 64;
+    size_t qn = (size_t)(C / 8 * R), zn = (size_t)(C / G * R / 8), sn = (size_t)(C / G * R);
+    int32_t *q1 = malloc(qn * 4), *q2 = malloc(qn * 4), *z1 = malloc(zn * 4), *z2 = malloc(zn * 4);
+    uint16_t *s1 = malloc(sn * 2), *s2 = malloc(sn * 2);
+    int32_t *i1 = malloc((size_t)C * 4), *i2 = malloc((size_t)C * 4);
+    if (nq_gptq_int4_on(NULL, w, R, C, h, G, mse, 0.01, 0, q1, z1, s1, i1, &sc, &err) != 0 ||
+        nq_gptq_int4_on(gpu, w, R, C, h, G, mse, 0.01, 0, q2, z2, s2, i2, &sg, &err) != 0)
+        die(label, &err);
+    size_t dq = count_diff((uint8_t *)q1, (uint8_t *)q2, qn * 4);
+    size_t ds = count_diff((uint8_t *)s1, (uint8_t *)s2, sn * 2);
+    lrel = fabs(sg.proxy_loss / sc.proxy_loss - 1.0);
+    if (expect_identical)
+        check(dq == 0 && ds == 0, "gptq int4%s %s: GPU bytes identical to the CPU's (%zu qweight, "
+              "%zu scale bytes differ)", mse ? "+mse" : "", label, dq, ds);
+    else
+        check(dq <= qn * 4 / 100 && ds <= sn * 2 / 100 && lrel <= 1e-3,
+              "gptq int4%s %s: GPU vs CPU %zu of %zu qweight bytes and %zu of %zu scale bytes "
+              "differ (tol 1%%), proxy loss rel diff %.2g (tol 1e-3)", mse ? "+mse" : "", label,
+              dq, qn * 4, ds, sn * 2, lrel);
+    free(p1), free(p2), free(p3), free(b1), free(b2), free(b3);
+    free(q1), free(q2), free(z1), free(z2), free(s1), free(s2), free(i1), free(i2);
+}
+
+static void test_gptq_kernels(void)
+{
+    int64_t R = 256, C = 512;
+    float *w = random_weight(R, C);
+    /* diagonal Hessian: U diagonal, every step exact on both sides */
+    double *hd = calloc((size_t)(C * C), sizeof *hd);
+    for (int64_t i = 0; i < C; i++)
+        hd[i * C + i] = i % 11 == 3 ? 0.0 : 0.5 + urand();
+    gptq_pair("diagonal Hessian", w, R, C, hd, false, true);
+    gptq_pair("diagonal Hessian", w, R, C, hd, true, true);
+    double *h = random_hessian((int)C, 2048, 5);
+    gptq_pair("dense random Hessian", w, R, C, h, false, false);
+    gptq_pair("dense random Hessian", w, R, C, h, true, false);
+    free(w);
+    free(hd);
+    free(h);
+}
+
 /* Forward throughput (not a test): the layer-by-layer runner over
- * `windows` windows of ctx tokens plus the logits of every position, on
- * each device.  The token ids go to TMP_DIR/bench_ids.i32 so that
- * bench/transformers_forward.py times transformers on the very same
- * tokens. */
+ * `windows` windows of ctx tokens, on the CPU and on the GPU: the blocks
+ * alone (what calibration runs) and with the logits of every position
+ * copied to the host (what eval runs); on the GPU also with TF32 GEMMs,
+ * with the logits' distance from the FP32 run.  The weights stay in memory
+ * (host and GPU) from pass to pass, as transformers holds its model on the
+ * GPU; the best of 3 passes counts.  The token ids go to
+ * TMP_DIR/bench_ids_CTX.i32 so that bench/transformers_forward.py times
+ * transformers on the very same tokens.  Lines "BENCH[case who] ...
+ * N tokens/s" are what scripts/gpu-test.sh turns into ratios. */
 static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
 {
     if ((size_t)windows * ctx > n)
@@ -359,42 +601,99 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
     if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &lm, &err) != 0)
         die("bench", &err);
     const nq_model_config *c = &lm.cfg;
-    size_t plane = (size_t)ctx * c->hidden_size;
+    nq_model_set_keep_weights(lm.model, true);
+    size_t plane = (size_t)ctx * c->hidden_size, lplane = (size_t)ctx * c->vocab_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
-    float *logits = malloc((size_t)ctx * c->vocab_size * sizeof *logits);
-    for (int dev = 0; dev < 2; dev++) {
+    float *logits = malloc(lplane * sizeof *logits), *ref = malloc(lplane * sizeof *ref);
+    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32"};
+    for (int dev = 0; dev < 3; dev++) {
         nq_model_set_cuda(lm.model, dev ? gpu : NULL);
-        double best = 1e30;
+        if (dev)
+            nq_cuda_set_tf32(gpu, dev == 2);
+        double best_bb = 1e30, best = 1e30;
         for (int rep = 0; rep < (dev ? 3 : 1); rep++) {
             double t0 = now();
             if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0)
                 die("bench", &err);
+            double t1 = now();
             for (int w = 0; w < windows; w++)
                 if (nq_model_final(lm.model, x + w * plane, ctx, NULL, logits, &err) != 0)
                     die("bench", &err);
-            double t = now() - t0;
-            best = t < best ? t : best;
+            double t2 = now();
+            best_bb = t1 - t0 < best_bb ? t1 - t0 : best_bb;
+            best = t2 - t0 < best ? t2 - t0 : best;
         }
-        printf("BENCH nemoq %s forward (%d windows x %d tokens, logits included): %.3f s, "
-               "%.0f tokens/s%s\n", dev ? "GPU" : "CPU", windows, ctx, best,
-               windows * (double)ctx / best, dev ? " (best of 3)" : "");
+        /* the last window's logits: FP32 GPU is the reference of TF32 */
+        char extra[160] = "";
+        if (dev == 1)
+            memcpy(ref, logits, lplane * sizeof *ref);
+        if (dev == 2)
+            snprintf(extra, sizeof extra, "; logits max rel diff vs FP32 %.3g",
+                     max_rel_diff(logits, ref, lplane));
+        printf("BENCH[bundled-%d-backbone %s] nemoq %s blocks (%d windows x %d tokens, no "
+               "lm_head): %.3f s, %.0f tokens/s\n", ctx, who[dev], who[dev], windows, ctx, best_bb,
+               windows * (double)ctx / best_bb);
+        printf("BENCH[bundled-%d-logits %s] nemoq %s forward (%d windows x %d tokens, logits "
+               "copied to the host): %.3f s, %.0f tokens/s%s%s\n", ctx, who[dev], who[dev], windows,
+               ctx, best, windows * (double)ctx / best, dev ? " (best of 3)" : "", extra);
     }
+    nq_cuda_set_tf32(gpu, false);
     free(x);
     free(logits);
+    free(ref);
     nq_loaded_close(&lm);
 }
 
-/* GPTQ INT4 with the calibration forward on each device (Hessians are
- * accumulated on the host from the GPU's activations): KL against the
- * float model on windows 600..615 of the text (the 8 evenly spaced
- * calibration windows cover under 1% of it) must agree within noise. */
+/* Bytes of the tensors of two checkpoints that differ, and whether they
+ * hold the same tensors. */
+static size_t checkpoint_diff(const char *a_dir, const char *b_dir, size_t *total, bool *same)
+{
+    nq_error err = {0};
+    nq_checkpoint *a = nq_checkpoint_open(a_dir, &err), *b = a ? nq_checkpoint_open(b_dir, &err) : NULL;
+    if (!a || !b)
+        die("checkpoint diff", &err);
+    size_t d = 0;
+    *total = 0;
+    *same = nq_checkpoint_count(a) == nq_checkpoint_count(b);
+    for (size_t i = 0; *same && i < nq_checkpoint_count(a); i++) {
+        const nq_tensor *ta = nq_checkpoint_tensor(a, i), *tb = nq_checkpoint_find(b, ta->name);
+        if (!tb || tb->nbytes != ta->nbytes) {
+            *same = false;
+            break;
+        }
+        d += count_diff(ta->data, tb->data, ta->nbytes);
+        *total += ta->nbytes;
+    }
+    nq_checkpoint_close(a);
+    nq_checkpoint_close(b);
+    return d;
+}
+
+/* GPTQ INT4 with the calibration forward, the Hessians and GPTQ itself on
+ * each device: KL against the float model on windows 600..615 of the text
+ * (the 8 evenly spaced calibration windows cover under 1% of it) must agree
+ * within noise; the GPU twice gives the same bytes. */
 static void test_gptq(char *calib, const int32_t *ids, size_t n)
 {
-    char cpu_dir[4200], gpu_dir[4200];
+    char cpu_dir[4200], gpu_dir[4200], gpu2_dir[4200];
     snprintf(cpu_dir, sizeof cpu_dir, "%s/gptq-cpu", tmp_dir);
     snprintf(gpu_dir, sizeof gpu_dir, "%s/gptq-gpu", tmp_dir);
+    snprintf(gpu2_dir, sizeof gpu2_dir, "%s/gptq-gpu2", tmp_dir);
+    double t0 = now();
     quantize(cpu_dir, NULL, calib, true);
+    double t1 = now();
     quantize(gpu_dir, gpu, calib, true);
+    double t2 = now();
+    quantize(gpu2_dir, gpu, calib, true);
+    size_t total = 0, total2 = 0;
+    bool same = false, same2 = false;
+    size_t d_cpu = checkpoint_diff(cpu_dir, gpu_dir, &total, &same);
+    size_t d_run = checkpoint_diff(gpu_dir, gpu2_dir, &total2, &same2);
+    check(same2 && d_run == 0, "gptq int4 on the GPU twice: byte-identical checkpoints (%zu of "
+          "%zu bytes differ)", d_run, total2);
+    printf("INFO gptq int4 checkpoint GPU vs CPU: %zu of %zu bytes differ (same tensors: %s); "
+           "calibration+GPTQ+export CPU %.2f s, GPU %.2f s\n", d_cpu, total, same ? "yes" : "no",
+           t1 - t0, t2 - t1);
     nq_error err = {0};
     nq_loaded_model base = {0}, qc = {0}, qg = {0};
     if (nq_loaded_open(path("models/tiny-nemotron-h"), 0, &base, &err) != 0 ||
@@ -415,14 +714,20 @@ static void test_gptq(char *calib, const int32_t *ids, size_t n)
 }
 
 /* --bench-backbone MODEL IDS CTX WINDOWS: the blocks (no lm_head) of a
- * model, e.g. a synthetic Nano-width checkpoint, over WINDOWS windows of
- * CTX tokens of the int32 ids file, on the GPU: time per pass (weights
- * streamed from the checkpoint layer by layer, included) and peak GPU
- * memory.  Not a test. */
+ * model, e.g. the Nano-width checkpoint, over WINDOWS windows of CTX
+ * tokens of the int32 ids file, on the GPU, three passes: time per pass and
+ * peak GPU memory.  By default the weights are streamed from the checkpoint
+ * every pass (read, widened to f32 on the host, uploaded: what a model too
+ * large for the GPU costs); NEMOQ_BENCH_RESIDENT=1 keeps them on the host
+ * and the device after the first pass (as transformers holds its model on
+ * the GPU), so later passes time the computation.  NEMOQ_BENCH_TAG names
+ * the case in the BENCH lines.  Not a test. */
 static int bench_backbone(char **argv)
 {
     const char *dir = argv[2], *ids_path = argv[3];
     int ctx = atoi(argv[4]), windows = atoi(argv[5]);
+    const char *tag = getenv("NEMOQ_BENCH_TAG") ? getenv("NEMOQ_BENCH_TAG") : "model";
+    bool resident = getenv("NEMOQ_BENCH_RESIDENT") && atoi(getenv("NEMOQ_BENCH_RESIDENT"));
     nq_error err = {0};
     size_t len = 0;
     int32_t *ids = (int32_t *)nq_read_file(ids_path, &len, &err);
@@ -430,6 +735,8 @@ static int bench_backbone(char **argv)
         fprintf(stderr, "%s: too few ids\n", ids_path);
         return 1;
     }
+    if (resident)
+        setenv("NEMOQ_CUDA_WEIGHT_CACHE_MIB", "65536", 1);
     char desc[384];
     nq_loaded_model lm = {0};
     if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0 ||
@@ -438,20 +745,28 @@ static int bench_backbone(char **argv)
         return 1;
     }
     nq_model_set_cuda(lm.model, gpu);
+    if (resident)
+        nq_model_set_keep_weights(lm.model, true);
     size_t plane = (size_t)ctx * lm.cfg.hidden_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
-    for (int rep = 0; rep < 2; rep++) {
+    for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
         if (nq_run_layerwise(lm.model, ids, windows, ctx, x, NULL, "bench", &err) != 0) {
             fprintf(stderr, "%s\n", err.msg);
             return 1;
         }
         double t = now() - t0;
-        printf("BENCH nemoq GPU backbone %s (%d layers %s, hidden %d): %d windows x %d tokens: "
-               "%.3f s, %.0f tokens/s, %.3f s per layer (run %d, weights streamed from the "
-               "checkpoint as f32 included)\n", desc, lm.cfg.num_layers, lm.cfg.pattern,
-               lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
-               t / lm.cfg.num_layers, rep + 1);
+        char label[32];
+        snprintf(label, sizeof label, "pass %d", rep + 1);
+        nq_cuda_timing_report(gpu, label);
+        printf("BENCH[%s-%d-backbone nemoq-gpu-f32%s] nemoq GPU backbone %s (%d layers %s, hidden "
+               "%d): %d windows x %d tokens: %.3f s, %.0f tokens/s, %.3f s per layer (pass %d, "
+               "%s)\n", tag, ctx, resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
+               lm.cfg.pattern, lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
+               t / lm.cfg.num_layers, rep + 1,
+               resident && rep ? "weights resident on the GPU"
+                               : "weights streamed from the checkpoint as f32 included");
+        fflush(stdout);
     }
     printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
            nq_cuda_peak_bytes(gpu) / 1073741824.0, windows * plane * 4 / 1073741824.0);
@@ -463,13 +778,78 @@ static int bench_backbone(char **argv)
     return 0;
 }
 
+/* --bench-gptq-moe CPU_EXPERTS: GPTQ (NVFP4, max scales) of the 128
+ * routed experts of one Nano-width MoE layer (up_proj [1856, 2688],
+ * down_proj [2688, 1856], random weights, one random dense Hessian per
+ * shape): all 128 on the GPU, CPU_EXPERTS of them on the CPU with every
+ * core (the CPU total is that time x 128 / CPU_EXPERTS).  Not a test. */
+static int bench_gptq_moe(char **argv)
+{
+    int cpu_experts = atoi(argv[2]);
+    const int E = 128, inter = 1856, hidden = 2688;
+    nq_error err = {0};
+    char desc[384];
+    if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    double t0 = now();
+    double *h_up = random_hessian(hidden, 2 * hidden, 0), *h_down = random_hessian(inter, 2 * inter, 0);
+    float *w_up = random_weight(inter, hidden), *w_down = random_weight(hidden, inter);
+    printf("bench gptq: Hessians and weights generated in %.1f s\n", now() - t0);
+    size_t pb = (size_t)inter * hidden / 2, bb = (size_t)inter * hidden / 16;
+    uint8_t *p = malloc(pb), *b = malloc(bb), *pc = malloc(pb), *bc = malloc(bb);
+    float gs;
+    nq_gptq_stats st;
+    size_t diff = 0, bytes = 0;
+    double tg = 0, tc = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int experts = pass == 0 ? E : cpu_experts;
+        nq_cuda *dev = pass == 0 ? gpu : NULL;
+        double t = now();
+        for (int e = 0; e < experts; e++)
+            for (int m = 0; m < 2; m++) {
+                const float *w = m ? w_down : w_up;
+                int64_t R = m ? hidden : inter, C = m ? inter : hidden;
+                uint8_t *pp = pass ? pc : p, *bp = pass ? bc : b;
+                if (nq_gptq_nvfp4_on(dev, w, R, C, m ? h_down : h_up, false, 0.01, 0, 0.0f, pp, bp,
+                                     &gs, &st, &err) != 0) {
+                    fprintf(stderr, "%s\n", err.msg);
+                    return 1;
+                }
+                if (pass == 1 && e == 0 && m == 1) {
+                    /* p, b hold the GPU's down_proj of the last expert */
+                    diff += count_diff(p, pc, pb) + count_diff(b, bc, bb);
+                    bytes += pb + bb;
+                }
+            }
+        *(pass == 0 ? &tg : &tc) = now() - t;
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("BENCH gptq nvfp4, one Nano-width MoE layer (128 experts x up [1856 x 2688] + down "
+           "[2688 x 1856]): GPU %s %.2f s (%.1f ms per module), peak GPU memory allocated by nemoq "
+           "%.2f GiB; CPU (%d threads) %.2f s for %d experts = %.1f s per expert, %.0f s for 128 "
+           "extrapolated; GPU %.0fx faster; peak host RSS %.2f GiB; down_proj GPU vs CPU: %zu of "
+           "%zu bytes differ\n",
+           desc, tg, 1000.0 * tg / (2 * E), nq_cuda_peak_bytes(gpu) / 1073741824.0,
+           nq_default_threads(), tc, cpu_experts, tc / cpu_experts, tc / cpu_experts * E,
+           tc / cpu_experts * E / tg, ru.ru_maxrss / 1048576.0, diff, bytes);
+    fflush(stdout);
+    nq_cuda_close(gpu);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "--bench-gptq-moe") == 0)
+        return bench_gptq_moe(argv);
     if (argc == 6 && strcmp(argv[1], "--bench-backbone") == 0)
         return bench_backbone(argv);
     if (argc != 3) {
         fprintf(stderr, "usage: gpu_test SOURCE_DIR TMP_DIR\n"
-                        "       gpu_test --bench-backbone MODEL IDS CTX WINDOWS\n");
+                        "       gpu_test --bench-backbone MODEL IDS CTX WINDOWS\n"
+                        "       gpu_test --bench-gptq-moe CPU_EXPERTS\n");
         return 2;
     }
     src_dir = argv[1];
@@ -480,22 +860,33 @@ int main(int argc, char **argv)
         die("device", &err);
     printf("device: %s\n", desc);
 
+    test_router_gpu(gpu);
     test_fixture_logits("models/tiny-nemotron-h", "tests/fixtures/tiny_ref.json",
                         "tests/fixtures/tiny_logits_4x64.f32");
     test_fixture_logits("tests/fixtures/dense", "tests/fixtures/dense/dense_ref.json",
                         "tests/fixtures/dense/dense_logits.f32");
 
+    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only */
+        nq_cuda_close(gpu);
+        printf("%d passed, %d failed\n", passed, failed);
+        return failed ? 1 : 0;
+    }
     size_t n = 0;
     int32_t *ids = tokens("models/tiny-nemotron-h", "tests/fixtures/calib.txt", &n);
     test_perplexity(path("models/tiny-nemotron-h"), "bundled model", ids, n, 32, 256);
 
     char calib[4200];
     snprintf(calib, sizeof calib, "%s", path("tests/fixtures/calib.txt"));
-    test_calibrated_checkpoints(calib);
+    test_calibrated_checkpoints(calib, false);
+    test_calibrated_checkpoints(calib, true);
     char qdir[4200];
     snprintf(qdir, sizeof qdir, "%s/q-cpu", tmp_dir);
     test_perplexity(qdir, "calibrated nvfp4 (W4A4 + FP8 KV emulated)", ids, n, 16, 256);
+    test_device_stats(ids);
+    test_gptq_kernels();
     test_gptq(calib, ids, n);
+    if (!getenv("NEMOQ_GPU_SKIP_NANO"))
+        test_nano_width_gpu(gpu, src_dir);
     bench_forward(ids, n, 64, 256);
     bench_forward(ids, n, 32, 2048);
     printf("peak GPU memory allocated by nemoq: %.1f MiB\n", nq_cuda_peak_bytes(gpu) / 1048576.0);

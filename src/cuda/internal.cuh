@@ -1,0 +1,34 @@
+/* What the CUDA backend's files share beyond cuda.h: the device object's
+ * allocator and cuBLAS handle (backend.cu) and the calibration statistics
+ * the Linear layers feed (stats.cu).  C++ linkage: only .cu files use it. */
+#ifndef NQ_CUDA_INTERNAL_CUH
+#define NQ_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+
+#include "cuda/cuda.h"
+
+/* backend.cu */
+cublasHandle_t nqb_blas(nq_cuda *g);
+/* cudaMalloc counted in nq_cuda_peak_bytes; 0 or -1 with err filled. */
+int nqb_alloc(nq_cuda *g, void **p, size_t bytes, nq_error *err);
+void nqb_free(nq_cuda *g, void *p, size_t bytes);
+/* The statistics object of g (NULL when none is collecting). */
+struct nqs_stats **nqb_stats(nq_cuda *g);
+
+/* stats.cu: called by the backend's Linear layers and attention while
+ * statistics are being collected (nq_cuda_stats_begin .. _end). */
+int nqs_linear(nq_cuda *g, const char *weight_name, int layer, int expert, const float *dx,
+               int rows, int in, nq_error *err);
+int nqs_kv(nq_cuda *g, const float *k, const float *v, size_t count, nq_error *err);
+/* acc[0] = max(acc[0], max |x| of the finite x) as float bits, acc[1] |= 1
+ * when some x is not finite (device acc). */
+int nqs_amax(const float *dx, size_t count, unsigned *acc, nq_error *err);
+/* nq_cuda_output_error for w and q already on the device (f32 [out, in]). */
+int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32,
+                         const float *dq32, int64_t out, int64_t in, double *err_sq,
+                         double *ref_sq, nq_error *err);
+/* Frees everything (nq_cuda_close). */
+void nqs_free(nq_cuda *g);
+
+#endif

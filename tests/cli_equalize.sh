@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# --equalize (every pair kind), --gptq-act-order and --int4-wide-groups end
+# to end on the bundled model: the checkpoints verify (INT4 GPTQ with its
+# dynamic group rules, NVFP4 W4A4 with rescaled norms in BF16; structurally,
+# since against the input verify rightly sees rescaled weights), are
+# byte-identical for 1 and 2 threads, change only what they should (norm and
+# router weights rescaled in place, same tensor set and dtypes), and the
+# flags' preconditions fail cleanly.
+set -u
+bin=$1; src=$2
+model="$src/models/tiny-nemotron-h"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+pass=0; fail=0
+check() { if eval "$2"; then pass=$((pass+1)); else echo "FAIL: $1"; fail=$((fail+1)); fi; }
+head -c 200000 "$src/tests/fixtures/calib.txt" > "$tmp/calib.txt"
+cal="--calib $tmp/calib.txt --calib-samples 2 --calib-len 64"
+
+int4="--recipe int4 --algo gptq --weight-scale mse --gptq-act-order --int4-wide-groups"
+# thread independence with the default pair kind (cheap), then every kind once
+for t in 1 2; do
+  "$bin" quantize "$model" "$tmp/int4-$t" $int4 --equalize $cal --threads $t >"$tmp/out" 2>"$tmp/err"; rc=$?
+  check "int4 --equalize quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && grep -q "^equalize: [1-9]" "$tmp/out"'
+done
+check "int4: byte-identical for 1 and 2 threads" 'cmp -s "$tmp/int4-1/model.safetensors" "$tmp/int4-2/model.safetensors"'
+"$bin" quantize "$model" "$tmp/int4-1" $int4 --equalize-pairs norm,gated,relu2 $cal --force >"$tmp/out" 2>"$tmp/err"; rc=$?
+check "int4 --equalize-pairs norm,gated,relu2 quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && grep -q "^equalize: [1-9]" "$tmp/out"'
+out=$("$bin" verify "$tmp/int4-1" 2>&1); rc=$?
+check "int4 verifies ($(printf '%s' "$out" | tail -1))" '[ $rc -eq 0 ] && [[ "$out" != *warning* ]]'
+check "int4: wide groups as dynamic rules, desc_act stays false" 'grep -q "\"group_size\": 128" "$tmp/int4-1/quantize_config.json" && grep -q "\"desc_act\": false" "$tmp/int4-1/quantize_config.json"'
+python3 - "$model/model.safetensors" "$tmp/int4-1/model.safetensors" > "$tmp/py" 2>&1 <<'PY'
+import json, struct, sys
+def hdr(p):
+    f = open(p, "rb"); n = struct.unpack("<Q", f.read(8))[0]; return f, n, json.loads(f.read(n))
+fa, na, a = hdr(sys.argv[1]); fb, nb, b = hdr(sys.argv[2])
+def raw(f, n, h, k):
+    s, e = h[k]["data_offsets"]; f.seek(8 + n + s); return f.read(e - s)
+# kept tensors keep name, dtype and shape; the rescaled ones are the norms
+# and the routers only
+changed = set()
+for k, v in a.items():
+    if k == "__metadata__" or k not in b:
+        continue
+    assert b[k]["dtype"] == v["dtype"] and b[k]["shape"] == v["shape"], k
+    if raw(fa, na, a, k) != raw(fb, nb, b, k):
+        changed.add(k.split(".")[-2])
+print(sorted(changed))
+assert changed <= {"norm", "gate"} and "norm" in changed, changed
+PY
+check "int4: only norm and router weights differ among kept tensors ($(tail -1 "$tmp/py"))" '[ $? -eq 0 ]'
+
+"$bin" quantize "$model" "$tmp/nv" --recipe nvfp4-conservative --equalize $cal >"$tmp/out" 2>"$tmp/err"; rc=$?
+check "nvfp4 --equalize quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
+out=$("$bin" verify "$tmp/nv" 2>&1); rc=$?
+check "nvfp4 --equalize verifies ($(printf '%s' "$out" | tail -1))" '[ $rc -eq 0 ] && [[ "$out" != *warning* ]]'
+
+out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --equalize 2>&1); rc=$?
+check "--equalize without --calib fails ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"--equalize needs --calib"* ]] && [ ! -e "$tmp/x" ]'
+out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --gptq-act-order $cal 2>&1); rc=$?
+check "--gptq-act-order without gptq fails ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"needs --algo gptq"* ]] && [ ! -e "$tmp/x" ]'
+out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --equalize-pairs norm,bogus $cal 2>&1); rc=$?
+check "--equalize-pairs rejects an unknown kind ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"expected a comma list"* ]]'
+
+echo "cli_equalize: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
