@@ -36,6 +36,11 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
 
 int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
                        const float *score_bias, int n, int32_t *experts, float *weights,
+                       nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
 int nq_cuda_stats_begin(nq_cuda *g, const nq_cuda_stats_spec *spec, nq_error *err)
 {
     return nq_fail(err, NO_CUDA);
