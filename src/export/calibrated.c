@@ -380,6 +380,45 @@ static override_entry *eq_entry(override_ctx *eq, const nq_checkpoint *ck, const
     return &eq->e[eq->n++];
 }
 
+/* The shared q/k/v weight amax after equalization: the norm pair rescales
+ * the q/k/v columns after the plan took the max of their checkpoint amax,
+ * and vLLM's fused qkv_proj keeps a single weight_scale_2 (the largest of
+ * the three), so the siblings must share the max of their equalized amax.
+ * weight: "....q_proj.weight" (any of q/k/v); siblings not equalized keep
+ * their checkpoint weights and are read from ck. */
+static int equalized_qkv_amax(const override_ctx *eq, const nq_checkpoint *ck, const char *weight,
+                              float *out, nq_error *err)
+{
+    size_t n = strlen(weight);
+    const char *tail = ".weight";
+    if (n < 6 + strlen(tail))
+        return nq_fail(err, "internal: %s: not a q/k/v weight", weight);
+    size_t at = n - strlen(tail) - 6; /* start of "q_proj" */
+    float amax = 0.0f;
+    for (int k = 0; k < 3; k++) {
+        char name[300];
+        snprintf(name, sizeof name, "%.*s%c_proj%s", (int)at, weight, "qkv"[k], tail);
+        const nq_tensor *t = nq_checkpoint_find(ck, name);
+        if (!t)
+            continue;
+        const override_entry *e = override_find(eq, name);
+        float *loaded = e ? NULL : nq_tensor_load_f32(t, true, err);
+        if (!e && !loaded)
+            return -1;
+        const float *w = e ? e->w : loaded;
+        for (uint64_t i = 0; i < t->numel; i++) {
+            float a = fabsf(w[i]);
+            if (a > amax)
+                amax = a;
+        }
+        free(loaded);
+        if (!e)
+            nq_tensor_release(t);
+    }
+    *out = amax;
+    return 0;
+}
+
 /* Rounds a float copy to what its stored dtype keeps (the checkpoint writes
  * the tensors the plan keeps in their own dtype). */
 static void round_to_dtype(float *w, uint64_t n, nq_dtype dt)
@@ -889,6 +928,15 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             }
             if (qe)
                 memcpy(wf, qe->w, t->numel * sizeof *wf);
+            nq_plan_module m_eq;
+            if (eq.n > 0 && m->shared_amax > 0.0f) {
+                m_eq = *m;
+                if (equalized_qkv_amax(&eq, ck, t->name, &m_eq.shared_amax, err) != 0) {
+                    free(wf);
+                    goto done;
+                }
+                m = &m_eq;
+            }
             nq_tensor_release(t);
             const double *hess = NULL;
             bool fallback = false;

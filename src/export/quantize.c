@@ -288,9 +288,9 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
     }
     for (int f = 0; f < 4; f++)
         sum->modules[f] = nq_plan_count(&plan, (nq_format)f);
-    /* --equalize rescales q/k/v after this point (calibrated.c), so the
-     * amax read here would not be theirs: not shared there yet */
-    if (!opt->equalize && share_qkv_amax(ck, &plan, opt->threads, err) != 0)
+    /* --equalize rescales q/k/v after this point: calibrated.c then takes
+     * the shared amax again from the equalized weights */
+    if (share_qkv_amax(ck, &plan, opt->threads, err) != 0)
         goto done;
     if (opt->calib_path) {
         rc = nq_quantize_calibrated(opt, ck, &cfg, &plan, sum, err);
