@@ -54,9 +54,11 @@ check "act-percentile + four-over-six" '[ $rc -eq 0 ] && [ "$(layout "$tmp/pct")
 
 # every preset takes --optimize
 for r in fp8-conservative int4; do
-  "$bin" quantize "$model" "$tmp/$r" --recipe "$r" $cal --optimize >/dev/null 2>"$tmp/err"; rc=$?
+  "$bin" quantize "$model" "$tmp/$r" --recipe "$r" $cal --optimize --report "$tmp/$r.json" >/dev/null 2>"$tmp/err"; rc=$?
   check "$r --optimize ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && "$bin" verify "$tmp/$r" >/dev/null 2>&1'
 done
+# INT4 under --optimize runs GPTQ in act-order (int4-act-order), layout unchanged
+check "int4 --optimize: GPTQ in act-order, desc_act stays false" 'grep -q "\"gptq+act-order+mse\"" "$tmp/int4.json" && grep -q "\"desc_act\": false" "$tmp/int4/quantize_config.json"'
 
 # misuse
 out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --optimize 2>&1); rc=$?

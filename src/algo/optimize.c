@@ -29,6 +29,10 @@ static const technique table[] = {
     {"global-sweep", false, FIELD(global_sweep),
      "NVFP4 weight_scale_2 = amax / (6 M), M in 448, 384, 320, 256, the least GPTQ loss",
      "GPTQ of every NVFP4 module 4 times"},
+    {"int4-act-order", true, FIELD(int4_act_order),
+     "INT4 GPTQ in act-order with static groups (--gptq-act-order: the plain layout, "
+     "g_idx = i / group)",
+     "INT4 GPTQ runs on the CPU (act-order is not ported to the GPU)"},
     {"act-percentile", false, ACT(NQ_ACT_SCALE_PERCENTILE),
      "NVFP4 input_scale from the 99.99th percentile of |x| instead of the amax",
      "one more forward pass per layer"},

@@ -182,14 +182,16 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            if (opt->gptq_act_order) /* on the CPU: not ported to the GPU */
+            bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
+            if (act_order) /* on the CPU: not ported to the GPU */
                 rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
                                            opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
             else
                 rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
                                      opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
-            e->algo = opt->gptq_act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
-                                          : opt->mse_scales ? "gptq+mse" : "gptq";
+            e->algo = act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
+                      : opt->mse_scales ? "gptq+mse"
+                                        : "gptq";
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
                                 e->gi, &e->st, err);

@@ -266,10 +266,11 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         goto done;
     }
     if ((opt->optimize.served_hessian || opt->optimize.hessian_scales ||
-         opt->optimize.four_over_six || opt->optimize.global_sweep) &&
+         opt->optimize.four_over_six || opt->optimize.global_sweep ||
+         opt->optimize.int4_act_order) &&
         !opt->gptq) {
-        nq_fail(err, "--optimize-techniques: served-hessian, hessian-scales, four-over-six "
-                     "and global-sweep act through GPTQ: add --algo gptq");
+        nq_fail(err, "--optimize-techniques: served-hessian, hessian-scales, four-over-six, "
+                     "global-sweep and int4-act-order act through GPTQ: add --algo gptq");
         goto done;
     }
     if (needs_act && !opt->weights_only && !opt->calib_path) {
