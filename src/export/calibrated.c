@@ -389,7 +389,7 @@ static override_entry *eq_entry(override_ctx *eq, const nq_checkpoint *ck, const
  * weight: "....q_proj.weight" (any of q/k/v); siblings not equalized keep
  * their checkpoint weights and are read from ck. */
 static int equalized_qkv_amax(const override_ctx *eq, const nq_checkpoint *ck, const char *weight,
-                              float *out, nq_error *err)
+                              int threads, float *out, nq_error *err)
 {
     size_t n = strlen(weight);
     const char *tail = ".weight";
@@ -407,15 +407,16 @@ static int equalized_qkv_amax(const override_ctx *eq, const nq_checkpoint *ck, c
         float *loaded = e ? NULL : nq_tensor_load_f32(t, true, err);
         if (!e && !loaded)
             return -1;
-        const float *w = e ? e->w : loaded;
-        for (uint64_t i = 0; i < t->numel; i++) {
-            float a = fabsf(w[i]);
-            if (a > amax)
-                amax = a;
-        }
+        nq_weight_view v = {e ? e->w : loaded, NQ_F32, t->shape[0], t->shape[1]};
+        float a = 0.0f;
+        int rc = nq_weight_view_amax(&v, threads, &a, err);
         free(loaded);
         if (!e)
             nq_tensor_release(t);
+        if (rc != 0)
+            return -1;
+        if (a > amax)
+            amax = a;
     }
     *out = amax;
     return 0;
@@ -931,9 +932,10 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (qe)
                 memcpy(wf, qe->w, t->numel * sizeof *wf);
             nq_plan_module m_eq;
-            if (eq.n > 0 && m->shared_amax > 0.0f) {
+            if (qe && m->shared_amax > 0.0f) {
                 m_eq = *m;
-                if (equalized_qkv_amax(&eq, ck, t->name, &m_eq.shared_amax, err) != 0) {
+                if (equalized_qkv_amax(&eq, ck, t->name, opt->threads, &m_eq.shared_amax,
+                                       err) != 0) {
                     free(wf);
                     goto done;
                 }
