@@ -110,21 +110,16 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            /* the scale searches run on the CPU; plain GPTQ where the
+            /* plain GPTQ and --optimize's scale searches alike where the
              * calibration runs (a GPU when there is one) */
-            bool searched = opt->optimize.hessian_scales || opt->optimize.four_over_six ||
-                            opt->optimize.global_sweep;
             nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
                                      .search = opt->optimize.hessian_scales,
                                      .lo = 0.5f, .hi = 1.5f,
                                      .four_over_six = opt->optimize.four_over_six,
                                      .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f,
                                      .shared_amax = m->shared_amax};
-            rc = searched ? nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads,
-                                             e->packed, e->scales8, &e->gs, &gst, err)
-                          : nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
-                                             opt->threads, m->shared_amax, e->packed,
-                                             e->scales8, &e->gs, &gst, err);
+            rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &go, damp, opt->threads,
+                                     e->packed, e->scales8, &e->gs, &gst, err);
             /* fused siblings share one weight_scale_2: no sweep for them */
             if (rc == 0 && opt->optimize.global_sweep && !(m->shared_amax > 0)) {
                 /* the global scale with the least GPTQ loss (the output
@@ -142,8 +137,8 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                     g2.scale_max = sweep[k];
                     nq_gptq_stats st2;
                     float gs2;
-                    rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &g2, damp, opt->threads, p2, s2, &gs2,
-                                          &st2, err);
+                    rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &g2, damp, opt->threads,
+                                             p2, s2, &gs2, &st2, err);
                     if (rc == 0 && st2.proxy_loss < gst.proxy_loss) {
                         memcpy(e->packed, p2, (size_t)(o * i / 2));
                         memcpy(e->scales8, s2, (size_t)(o * i / 16));
@@ -183,9 +178,10 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
         if (hessian) {
             nq_gptq_stats gst;
             bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
-            if (act_order) /* on the CPU: not ported to the GPU */
-                rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
-                                           opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            if (act_order)
+                rc = nq_gptq_int4_actorder_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales,
+                                              damp, opt->threads, e->qw, e->qz, e->sc, e->gi,
+                                              &gst, err);
             else
                 rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
                                      opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
