@@ -87,6 +87,7 @@ typedef struct gptq_job {
     bool oom;
     const double *hessian;
     nq_gptq_stats *st;
+    const char *name;     /* for errors, or NULL */
 } gptq_job;
 
 /* The GPTQ loss of one 16-column NVFP4 block of a row (w: the row's
@@ -244,6 +245,12 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
     return 0;
 }
 
+static void name_error(nq_error *err, const char *name)
+{
+    if (name)
+        nq_error_name(err, "tensor", name);
+}
+
 /* Dead inputs (H_ii = 0) and the dampening base mean(diag H) with dead
  * diagonals taken as 1, from the diagonal alone. */
 static int hessian_diag(const double *h, int64_t n, bool *dead, double *mean, nq_gptq_stats *st,
@@ -329,13 +336,17 @@ static int run_batch(struct nq_cuda *gpu, gptq_job *jobs, size_t count, double p
             nq_fail(err, "gptq: out of memory");
             goto done;
         }
-        if (hessian_diag(j->hessian, j->cols, dead[k], &mean[k], j->st, err) != 0)
+        if (hessian_diag(j->hessian, j->cols, dead[k], &mean[k], j->st, err) != 0) {
+            name_error(err, j->name);
             goto done;
+        }
     }
     if (!gpu) {
         for (size_t k = 0; k < count; k++)
-            if (run_cpu(&jobs[k], dead[k], mean[k], percdamp, threads, err) != 0)
+            if (run_cpu(&jobs[k], dead[k], mean[k], percdamp, threads, err) != 0) {
+                name_error(err, jobs[k].name);
                 goto done;
+            }
         rc = 0;
         goto done;
     }
@@ -363,8 +374,10 @@ static int run_batch(struct nq_cuda *gpu, gptq_job *jobs, size_t count, double p
         if (r == 1)
             nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
                     st->damp);
-        if (r != 0)
+        if (r != 0) {
+            name_error(err, jobs[k].name);
             goto done;
+        }
         st->proxy_loss = cj[k].proxy_loss;
     }
     rc = 0;
@@ -436,7 +449,7 @@ static int int4_prepare(nq_gptq_item *it, int group, bool mse, bool act_order,
         return nq_fail(err, "gptq int4: out of memory");
     *j = (gptq_job){.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
                     .mse = mse, .codes = k->codes, .scales16 = it->scales, .hessian = hessian,
-                    .st = &it->st};
+                    .st = &it->st, .name = it->name};
     if (!act_order)
         return 0;
     k->perm = malloc((size_t)n * sizeof *k->perm);
@@ -514,12 +527,14 @@ int nq_gptq_int4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count
         memset(work, 0, sizeof work);
         int rc = 0;
         for (size_t k = c0; k < c1 && rc == 0; k++)
-            rc = int4_prepare(&items[k], group, mse, act_order, &work[k - c0], &jobs[k - c0],
-                              err);
+            if ((rc = int4_prepare(&items[k], group, mse, act_order, &work[k - c0],
+                                   &jobs[k - c0], err)) != 0)
+                name_error(err, items[k].name);
         if (rc == 0)
             rc = run_batch(gpu, jobs, c1 - c0, percdamp, threads, err);
         for (size_t k = c0; k < c1 && rc == 0; k++)
-            rc = int4_finish(&items[k], group, act_order, &work[k - c0], err);
+            if ((rc = int4_finish(&items[k], group, act_order, &work[k - c0], err)) != 0)
+                name_error(err, items[k].name);
         for (size_t k = 0; k < c1 - c0; k++)
             int4_work_free(&work[k]);
         if (rc != 0)
@@ -605,7 +620,7 @@ static int nvfp4_prepare(nq_gptq_item *it, const nq_gptq_nvfp4_opts *o, gptq_job
                     .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo,
                     .hi = o->hi, .four_over_six = o->four_over_six, .gs = it->global_scale,
                     .codes = it->packed, .scales8 = it->block_scales, .hessian = it->hessian,
-                    .st = &it->st};
+                    .st = &it->st, .name = it->name};
     return 0;
 }
 
@@ -616,8 +631,10 @@ static int nvfp4_batch(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
         size_t c1 = c0 + GPTQ_BATCH < count ? c0 + GPTQ_BATCH : count;
         gptq_job jobs[GPTQ_BATCH];
         for (size_t k = c0; k < c1; k++)
-            if (nvfp4_prepare(&items[k], o, &jobs[k - c0], err) != 0)
+            if (nvfp4_prepare(&items[k], o, &jobs[k - c0], err) != 0) {
+                name_error(err, items[k].name);
                 return -1;
+            }
         if (run_batch(gpu, jobs, c1 - c0, percdamp, threads, err) != 0)
             return -1;
     }
@@ -629,6 +646,13 @@ int nq_gptq_nvfp4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t coun
 {
     nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f};
     return nvfp4_batch(gpu, items, count, &o, percdamp, threads, err);
+}
+
+int nq_gptq_nvfp4_ex_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
+                              const nq_gptq_nvfp4_opts *o, double percdamp, int threads,
+                              nq_error *err)
+{
+    return nvfp4_batch(gpu, items, count, o, percdamp, threads, err);
 }
 
 static int nvfp4_one(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,

@@ -124,10 +124,15 @@ typedef struct nq_gptq_item {
     int32_t *qweight, *qzeros, *g_idx;  /* INT4 */
     uint16_t *scales;                   /* INT4 */
     nq_gptq_stats st;                   /* out */
+    const char *name;                   /* NULL, or named in the errors of this item */
 } nq_gptq_item;
 
 int nq_gptq_nvfp4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, bool mse,
                            double percdamp, int threads, nq_error *err);
+/* With nq_gptq_nvfp4_ex's options (o->shared_amax unused: each item's). */
+int nq_gptq_nvfp4_ex_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
+                              const nq_gptq_nvfp4_opts *o, double percdamp, int threads,
+                              nq_error *err);
 int nq_gptq_int4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, int group,
                           bool mse, bool act_order, double percdamp, int threads, nq_error *err);
 
