@@ -61,11 +61,10 @@ int nqg_parse_mode(const char *s, nq_cuda_gemm_mode *m)
 typedef struct pack_job {
     const uint32_t *w;
     uint16_t *out;
-    uint32_t *low; /* per chunk */
 } pack_job;
 
-#define PACK_CHUNK ((size_t)1 << 20)
-
+/* Stops the loop (-1) at the first chunk holding a value that is not
+ * exactly bf16: that weight goes up as f32 anyway. */
 static int pack_range(void *ctx, size_t begin, size_t end, int worker)
 {
     (void)worker;
@@ -75,27 +74,16 @@ static int pack_range(void *ctx, size_t begin, size_t end, int worker)
         low |= j->w[i] & 0xffffu;
         j->out[i] = (uint16_t)(j->w[i] >> 16);
     }
-    j->low[begin / PACK_CHUNK] = low;
-    return 0;
+    return low ? -1 : 0;
 }
 
 bool nqg_pack_bf16(const float *w, size_t count, uint16_t *out)
 {
-    size_t chunks = (count + PACK_CHUNK - 1) / PACK_CHUNK;
-    uint32_t one, *low = chunks > 1 ? (uint32_t *)calloc(chunks, sizeof *low) : &one;
-    pack_job j = {(const uint32_t *)w, out, low};
-    bool exact = false;
+    const size_t chunk = (size_t)1 << 20;
+    pack_job j = {(const uint32_t *)w, out};
     /* a large expert or projection: a pass over ~10^8 values, so all cores */
-    if (low && nq_parallel_for(count, PACK_CHUNK, chunks > 1 ? nq_default_threads() : 1,
-                               pack_range, &j) == 0) {
-        uint32_t all = 0;
-        for (size_t i = 0; i < chunks; i++)
-            all |= low[i];
-        exact = all == 0;
-    }
-    if (low != &one)
-        free(low);
-    return exact;
+    return nq_parallel_for(count, chunk, count > chunk ? nq_default_threads() : 1, pack_range,
+                           &j) == 0;
 }
 
 /* Term t of x[r, c] goes to o[r * row_stride + t * term_stride + c]. */
