@@ -8,7 +8,9 @@
 # and transformers with CUDA: nemoq's GPU forward vs transformers' bf16 GPU
 # forward of the same model and tokens, on the bundled model and on the
 # Nano-width model (written by nemoq-gen-nano-width, 2.7 GB, into a
-# temporary directory), printed as ratios.
+# temporary directory), printed as ratios; nemoq in each GEMM mode
+# (NEMOQ_CUDA_GEMM=f32|bf16x3|bf16x3k|bf16x2, see src/cuda/cuda.h; the GPU
+# tests run in the default mode, or in NEMOQ_CUDA_GEMM's when it is set).
 #
 # NEMOQ_GPU_BIN=DIR skips the build and takes nemoq-gpu-test and
 # nemoq-gen-nano-width from DIR (for a GPU machine without the build
