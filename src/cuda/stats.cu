@@ -384,8 +384,10 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
         nq_fail(err, "cuda: out of host memory");
         goto done;
     }
-    if (nqb_alloc(g, (void **)&dx32, xn * 4, err) || nqb_alloc(g, (void **)&dx, xn * 8, err) ||
-        nqb_alloc(g, (void **)&dw, wn * 8, err) || nqb_alloc(g, (void **)&dy, 2 * yn * 8, err))
+    if (!(dx32 = (float *)nqb_keep(g, NQB_K_X32, xn * 4, err)) ||
+        !(dx = (double *)nqb_keep(g, NQB_K_X64, xn * 8, err)) ||
+        !(dw = (double *)nqb_keep(g, NQB_K_W64, wn * 8, err)) ||
+        !(dy = (double *)nqb_keep(g, NQB_K_Y64, 2 * yn * 8, err)))
         goto done;
     if ((e = cudaMemcpy(dx32, x, xn * 4, cudaMemcpyHostToDevice)) != cudaSuccess) {
         cuda_err(err, "uploading calibration rows", e);
@@ -425,10 +427,6 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
     rc = 0;
 done:
     free(hy);
-    nqb_free(g, dx32, xn * 4);
-    nqb_free(g, dx, xn * 8);
-    nqb_free(g, dw, wn * 8);
-    nqb_free(g, dy, 2 * yn * 8);
     return rc;
 }
 
@@ -440,16 +438,14 @@ extern "C" int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const 
     if (rows <= 0)
         return 0;
     size_t wn = (size_t)(out * in);
-    float *dw = NULL;
-    int rc = -1;
-    if (nqb_alloc(g, (void **)&dw, 2 * wn * 4, err) == 0) {
-        cudaError_t e = cudaMemcpy(dw, w, wn * 4, cudaMemcpyHostToDevice);
-        if (e == cudaSuccess)
-            e = cudaMemcpy(dw + wn, q, wn * 4, cudaMemcpyHostToDevice);
-        rc = e != cudaSuccess ? cuda_err(err, "uploading a weight", e)
-                              : nqs_output_error_dev(g, x, rows, dw, dw + wn, out, in, err_sq,
-                                                     ref_sq, err);
-    }
-    nqb_free(g, dw, 2 * wn * 4);
-    return rc;
+    float *dw = (float *)nqb_keep(g, NQB_K_W, wn * 4, err);
+    float *dq = dw ? (float *)nqb_keep(g, NQB_K_Q, wn * 4, err) : NULL;
+    if (!dq)
+        return -1;
+    cudaError_t e = cudaMemcpy(dw, w, wn * 4, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(dq, q, wn * 4, cudaMemcpyHostToDevice);
+    return e != cudaSuccess ? cuda_err(err, "uploading a weight", e)
+                            : nqs_output_error_dev(g, x, rows, dw, dq, out, in, err_sq, ref_sq,
+                                                   err);
 }
