@@ -1,5 +1,6 @@
 /* The CUDA backend of the forward pass: one Nemotron-H block, or the head,
- * computed on one GPU in float32.
+ * computed on one GPU in float32 (the Linear layers' GEMMs: see
+ * nq_cuda_gemm_mode).
  *
  * The layer schedule stays in model/forward.c (embeddings, blocks in order,
  * x = x + mixer(norm(x)), norm_f, lm_head); it hands each block's host
@@ -8,7 +9,8 @@
  * sums; only the summation order inside products differs).  The CPU path is
  * the reference the GPU tests compare against.
  *
- * Weights: a block's f32 host weights are uploaded once per weights_id and
+ * Weights: a block's f32 host weights are uploaded once per weights_id (as
+ * bf16 when they are exactly bf16 and the GEMM mode is a bf16 one) and
  * kept in a small device cache (least recently used blocks dropped beyond
  * min(4 GiB, 1/16 of the GPU); NEMOQ_CUDA_WEIGHT_CACHE_MIB overrides), so
  * repeated passes over a model whose weights stay on the host do not upload
@@ -31,7 +33,8 @@
  *
  * Determinism: no atomics; every reduction has a fixed order (the expert
  * sort is a stable radix sort); cuBLAS SGEMM with TF32 off
- * (CUBLAS_DEFAULT_MATH) is bitwise reproducible on one GPU model.  Same
+ * (CUBLAS_DEFAULT_MATH) and its bf16 GemmEx, atomics off, are bitwise
+ * reproducible on one GPU model.  Same
  * GPU, input and flags: the same bytes out.
  *
  * In a build without CUDA (cuda_none.c) every function below reports that
@@ -155,6 +158,38 @@ int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logi
  * unless set here (0: back to it).  Tests only: smaller chunks make the
  * chunked paths run on a small model. */
 void nq_cuda_set_chunk_rows(nq_cuda *g, int rows);
+
+/* How the Linear layers multiply (gemm.cu).  NQ_GEMM_F32: cuBLAS SGEMM.
+ * The bf16 modes apply to weights whose f32 values are all exactly bf16
+ * (the low 16 bits of every value zero, checked at upload: a BF16
+ * checkpoint's weights); those are kept on the GPU as bf16 and multiplied
+ * on the tensor cores with the f32 input split into bf16 terms:
+ * NQ_GEMM_BF16X3 three terms (x = x1 + x2 + x3 exactly, so every product
+ * is exact and only the f32 accumulation order differs from SGEMM), one
+ * GEMM per term accumulated into the output; NQ_GEMM_BF16X3K the same
+ * three terms as one GEMM of depth 3 x in (the weight stored three times);
+ * NQ_GEMM_BF16X2 two terms (inputs kept to 16 significant bits, relative
+ * error <= 2^-17 each).  Any other weight (a merged adapter, equalized or
+ * GPTQ-rewritten weights, dequantized codes) goes through SGEMM whatever
+ * the mode.  The default comes from NEMOQ_CUDA_GEMM (f32|bf16x3|bf16x2|
+ * bf16x3k) at nq_cuda_open, else NQ_GEMM_DEFAULT. */
+typedef enum nq_cuda_gemm_mode {
+    NQ_GEMM_F32 = 0,
+    NQ_GEMM_BF16X3 = 1,
+    NQ_GEMM_BF16X2 = 2,
+    NQ_GEMM_BF16X3K = 3
+} nq_cuda_gemm_mode;
+#define NQ_GEMM_DEFAULT NQ_GEMM_BF16X2
+/* Sets the mode; the weights already on the device are dropped (uploaded
+ * again in the new form when next used). */
+void nq_cuda_set_gemm_mode(nq_cuda *g, nq_cuda_gemm_mode m);
+nq_cuda_gemm_mode nq_cuda_gemm_mode_get(const nq_cuda *g);
+const char *nq_cuda_gemm_mode_name(nq_cuda_gemm_mode m);
+/* For tests: host y[n, out] = x[n, in] w[out, in]^T through the Linear
+ * layers' upload and GEMM in the current mode; *bf16 = whether w went the
+ * bf16 tensor-core way. */
+int nq_cuda_gemm(nq_cuda *g, const float *x, int n, int in, const float *w, int out, float *y,
+                 bool *bf16, nq_error *err);
 
 /* TF32 tensor-core GEMMs (cuBLAS CUBLAS_TF32_TENSOR_OP_MATH) instead of
  * plain FP32: faster, ~1e-3 relative error per product; off by default

@@ -55,6 +55,15 @@ int nq_cuda_stats_item(nq_cuda *g, size_t i, nq_cuda_linear_stat *out, double *h
 }
 
 void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }
+void nq_cuda_set_gemm_mode(nq_cuda *g, nq_cuda_gemm_mode m) { (void)g; (void)m; }
+nq_cuda_gemm_mode nq_cuda_gemm_mode_get(const nq_cuda *g) { (void)g; return NQ_GEMM_F32; }
+const char *nq_cuda_gemm_mode_name(nq_cuda_gemm_mode m) { (void)m; return "none"; }
+
+int nq_cuda_gemm(nq_cuda *g, const float *x, int n, int in, const float *w, int out, float *y,
+                 bool *bf16, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
 
 void nq_cuda_timing_report(nq_cuda *g, const char *label) { (void)g; (void)label; }
 int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool *nonfinite,

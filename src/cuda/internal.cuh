@@ -40,4 +40,23 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
 /* Frees everything (nq_cuda_close). */
 void nqs_free(nq_cuda *g);
 
+/* gemm.cu: a Linear weight [out, in] on the device. */
+enum { NQG_F32, NQG_BF16, NQG_BF16X3 };
+typedef struct nqg_weight {
+    void *p;  /* NULL: absent */
+    int kind; /* NQG_F32: float [out, in]; NQG_BF16: bf16 [out, in] (exact); NQG_BF16X3: bf16
+                 [out, 3 in], each row three times (NQ_GEMM_BF16X3K) */
+} nqg_weight;
+/* "f32" | "bf16x3" | "bf16x2" | "bf16x3k" -> *m; -1 for anything else. */
+int nqg_parse_mode(const char *s, nq_cuda_gemm_mode *m);
+/* out[i] = the high half of w[i]; true when every low half is zero (w is
+ * exactly bf16). */
+bool nqg_pack_bf16(const float *w, size_t count, uint16_t *out);
+/* Scratch nqg_gemm needs for n rows of in features. */
+size_t nqg_scratch_bytes(const nqg_weight *w, nq_cuda_gemm_mode mode, int n, int in);
+/* dy[n, out] = dx[n, in] W^T, SGEMM for an f32 weight, else the bf16
+ * split GEMMs of mode; 0 or -1. */
+int nqg_gemm(cublasHandle_t h, const nqg_weight *w, nq_cuda_gemm_mode mode, const float *dx, int n,
+             int in, int out, float *dy, void *scratch, nq_error *err);
+
 #endif

@@ -660,8 +660,10 @@ typedef struct acts {
 } acts;
 
 /* Bytes of GPU memory one layer of cfg needs beside the activations, for
- * the largest layer: 4 x its parameters (f32), 4 x the scratch of one
- * chunk of `rows` rows, 8 x in^2 per quantized Linear with Hessians, the
+ * the largest layer: 4 x its parameters (f32; bf16 weights take half), 4 x
+ * the scratch of one chunk of `rows` rows, 6 x rows x the widest Linear
+ * input (its split into 3 bf16 terms), 8 x in^2 per quantized Linear with
+ * Hessians, the
  * statistics' 272 MiB, 4 GiB for the backend's cache of earlier blocks'
  * weights and 1 GiB for cuBLAS, the encoding of one module and
  * fragmentation.  README ("Peak GPU memory") gives the same formula. */
@@ -704,7 +706,21 @@ static uint64_t layer_device_bytes(const nq_model_config *c, int64_t rows, bool 
             break;
         }
         }
-        uint64_t b = 4 * W + 4 * (uint64_t)rows * w + (hessians ? 8 * h2 : 0);
+        /* the widest Linear input, split into up to 3 bf16 terms (gemm.cu) */
+        uint64_t I = 0;
+        switch ((nq_block_kind)c->pattern[l]) {
+        case NQ_BLOCK_MAMBA: I = (uint64_t)nq_mamba_intermediate(c); break;
+        case NQ_BLOCK_ATTENTION: I = (uint64_t)c->num_attention_heads * c->head_dim; break;
+        case NQ_BLOCK_MLP: I = (uint64_t)c->intermediate_size; break;
+        case NQ_BLOCK_MOE:
+            I = (uint64_t)(c->moe_intermediate_size > c->moe_shared_expert_intermediate_size
+                               ? c->moe_intermediate_size
+                               : c->moe_shared_expert_intermediate_size);
+            break;
+        }
+        I = I > H ? I : H;
+        uint64_t b = 4 * W + 4 * (uint64_t)rows * w + 6 * (uint64_t)rows * I +
+                     (hessians ? 8 * h2 : 0);
         worst = b > worst ? b : worst;
     }
     return worst + (272ull << 20) + (5ull << 30);

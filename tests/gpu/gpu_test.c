@@ -608,11 +608,18 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
     size_t plane = (size_t)ctx * c->hidden_size, lplane = (size_t)ctx * c->vocab_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
     float *logits = malloc(lplane * sizeof *logits), *ref = malloc(lplane * sizeof *ref);
-    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32"};
-    for (int dev = 0; dev < 3; dev++) {
+    /* GPU: FP32 SGEMM, TF32, then the bf16 split modes (gemm.cu) */
+    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32",
+                                      "nemoq-gpu-bf16x3", "nemoq-gpu-bf16x3k", "nemoq-gpu-bf16x2"};
+    static const nq_cuda_gemm_mode modes[] = {NQ_GEMM_F32, NQ_GEMM_F32, NQ_GEMM_F32,
+                                              NQ_GEMM_BF16X3, NQ_GEMM_BF16X3K, NQ_GEMM_BF16X2};
+    const nq_cuda_gemm_mode restore = nq_cuda_gemm_mode_get(gpu);
+    for (int dev = 0; dev < 6; dev++) {
         nq_model_set_cuda(lm.model, dev ? gpu : NULL);
-        if (dev)
+        if (dev) {
             nq_cuda_set_tf32(gpu, dev == 2);
+            nq_cuda_set_gemm_mode(gpu, modes[dev]);
+        }
         double best_bb = 1e30, best = 1e30;
         for (int rep = 0; rep < (dev ? 3 : 1); rep++) {
             double t0 = now();
@@ -626,11 +633,11 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
             best_bb = t1 - t0 < best_bb ? t1 - t0 : best_bb;
             best = t2 - t0 < best ? t2 - t0 : best;
         }
-        /* the last window's logits: FP32 GPU is the reference of TF32 */
+        /* the last window's logits: FP32 GPU is the reference of the others */
         char extra[160] = "";
         if (dev == 1)
             memcpy(ref, logits, lplane * sizeof *ref);
-        if (dev == 2)
+        if (dev >= 2)
             snprintf(extra, sizeof extra, "; logits max rel diff vs FP32 %.3g",
                      max_rel_diff(logits, ref, lplane));
         printf("BENCH[bundled-%d-backbone %s] nemoq %s blocks (%d windows x %d tokens, no "
@@ -641,6 +648,7 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
                ctx, best, windows * (double)ctx / best, dev ? " (best of 3)" : "", extra);
     }
     nq_cuda_set_tf32(gpu, false);
+    nq_cuda_set_gemm_mode(gpu, restore);
     free(x);
     free(logits);
     free(ref);
@@ -818,13 +826,14 @@ static int bench_backbone(char **argv)
         char label[32];
         snprintf(label, sizeof label, "pass %d", rep + 1);
         nq_cuda_timing_report(gpu, label);
-        printf("BENCH[%s-%d-backbone nemoq-gpu-f32%s] nemoq GPU backbone %s (%d layers %s, hidden "
+        printf("BENCH[%s-%d-backbone nemoq-gpu-%s%s] nemoq GPU backbone %s (%d layers %s, hidden "
                "%d): %d windows x %d tokens: %.3f s, %.0f tokens/s, %.3f s per layer (pass %d, "
-               "%s)\n", tag, ctx, resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
+               "%s)\n", tag, ctx, nq_cuda_gemm_mode_name(nq_cuda_gemm_mode_get(gpu)),
+               resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
                lm.cfg.pattern, lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
                t / lm.cfg.num_layers, rep + 1,
                resident && rep ? "weights resident on the GPU"
-                               : "weights streamed from the checkpoint as f32 included");
+                               : "weights streamed from the checkpoint included");
         fflush(stdout);
     }
     printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
@@ -917,15 +926,18 @@ int main(int argc, char **argv)
     char desc[384];
     if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0)
         die("device", &err);
-    printf("device: %s\n", desc);
+    printf("device: %s, Linear GEMMs %s\n", desc, nq_cuda_gemm_mode_name(nq_cuda_gemm_mode_get(gpu)));
 
     test_router_gpu(gpu);
+    test_gemm_modes_gpu(gpu);
     test_fixture_logits("models/tiny-nemotron-h", "tests/fixtures/tiny_ref.json",
                         "tests/fixtures/tiny_logits_4x64.f32");
     test_fixture_logits("tests/fixtures/dense", "tests/fixtures/dense/dense_ref.json",
                         "tests/fixtures/dense/dense_logits.f32");
 
-    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only */
+    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only (=nano: and the Nano-width model) */
+        if (strcmp(getenv("NEMOQ_GPU_QUICK"), "nano") == 0)
+            test_nano_width_gpu(gpu, src_dir);
         nq_cuda_close(gpu);
         printf("%d passed, %d failed\n", passed, failed);
         return failed ? 1 : 0;
