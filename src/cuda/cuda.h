@@ -268,31 +268,48 @@ int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bo
 /* ---- GPTQ on the GPU (cuda/gptq.cu) -------------------------------------
  *
  * The core of algo/gptq.c for one weight: U = upper Cholesky factor of the
- * inverse of (hessian + damp_abs I) through cuSOLVER, then the blocked
- * column sweep (blocks of 128, group scales from a block's weights as they
- * stand at its start, error feedback through U) with the same scale
- * searches and encoders as formats/.  algo/gptq.c prepares the input (dead
- * columns, dampening, the NVFP4 global scale) and packs the output; see
- * gptq.cu for how close to the CPU's bytes this is. */
+ * inverse of (hessian + damp_abs I) through cuSOLVER (opened with dlopen
+ * on first use), then the blocked column sweep (blocks of 128, group
+ * scales from a block's weights as they stand at its start, or act-order's
+ * static scales; error feedback through U) with the same scale searches and
+ * encoders as formats/.  algo/gptq.c prepares the input (dead columns,
+ * dampening, the NVFP4 global scale, act-order's permutation) and packs the
+ * output; see gptq.cu for how close to the CPU's bytes this is. */
 typedef struct nq_cuda_gptq_job {
     int fmt;                   /* 0 INT4, 1 NVFP4 */
     const float *w;            /* host [rows, cols] */
     int64_t rows, cols;
-    const double *hessian;     /* host [cols, cols], dead diagonals already 1 */
-    const bool *dead;          /* [cols]: zero weight column */
-    double damp_abs;
+    const double *hessian;     /* host [cols, cols], both triangles */
+    const bool *dead;          /* [cols]: zero weight column, H_ii taken as 1 */
+    double damp_abs;           /* added to the diagonal */
     int group;                 /* INT4 group, 16 for NVFP4 */
     bool mse;
     float gs;                  /* NVFP4 global scale */
+    /* NVFP4 scale search (nq_gptq_nvfp4_opts, --optimize): per block the
+     * candidate scale with the least GPTQ loss, from the row as updated so
+     * far; lo, hi the range, or four_over_six (overrides mse) */
+    bool search, four_over_six;
+    float lo, hi;
+    /* INT4 act-order (else NULL): column i of the job is column perm[i] of
+     * the weight (its code is stored there) and uses the static scale
+     * static16[(perm[i] / group) * rows + row]; scales16 is not written. */
+    const int64_t *perm;
+    const uint16_t *static16;
     uint8_t *codes;            /* INT4 [rows, cols] 0..15; NVFP4 packed [rows, cols/2] */
     uint16_t *scales16;        /* INT4 [cols/group, rows] */
     uint8_t *scales8;          /* NVFP4 [rows, cols/16] */
     double proxy_loss;         /* out */
+    int status;                /* out: 0, or 1 when the damped Hessian is not positive definite */
 } nq_cuda_gptq_job;
 
 /* 0, 1 when the damped Hessian is not positive definite (nothing written),
  * -1 on error. */
 int nq_cuda_gptq(nq_cuda *g, nq_cuda_gptq_job *j, nq_error *err);
+/* Several jobs, up to 8 at once on their own streams (a Nano expert alone
+ * keeps a fraction of the GPU busy); each job's bytes are what
+ * nq_cuda_gptq gives it.  0 (each job's status says whether its Hessian
+ * was positive definite) or -1 on error. */
+int nq_cuda_gptq_batch(nq_cuda *g, nq_cuda_gptq_job *jobs, size_t count, nq_error *err);
 
 /* ---- device selection (cuda/device.c, in every build) ---------------- */
 

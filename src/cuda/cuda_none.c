@@ -79,6 +79,11 @@ int nq_cuda_gptq(nq_cuda *g, nq_cuda_gptq_job *j, nq_error *err)
     return nq_fail(err, NO_CUDA);
 }
 
+int nq_cuda_gptq_batch(nq_cuda *g, nq_cuda_gptq_job *jobs, size_t count, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
 int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
                          int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err)
 {

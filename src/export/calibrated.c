@@ -98,6 +98,29 @@ static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, cons
     return 0;
 }
 
+/* h[a][b] = h[b][a] for a > b (dsyrk filled the upper triangle), in
+ * 64 x 64 tiles: the column walk of the plain loop misses the cache on
+ * every read (tens of ms for a 2688-wide Nano expert, 256 per layer). */
+static void symmetrize(double *h, int64_t d)
+{
+    const int64_t T = 64;
+    for (int64_t a0 = 0; a0 < d; a0 += T)
+        for (int64_t b0 = 0; b0 <= a0; b0 += T)
+            for (int64_t a = a0; a < a0 + T && a < d; a++)
+                for (int64_t b = b0; b < b0 + T && b < a; b++)
+                    h[a * d + b] = h[b * d + a];
+}
+
+static const char *gptq_algo_name(const nq_quantize_options *opt, nq_format f)
+{
+    if (f == NQ_FORMAT_NVFP4)
+        return opt->optimize.enabled ? "gptq+optimize" : opt->mse_scales ? "gptq+mse" : "gptq";
+    bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
+    return act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
+           : opt->mse_scales ? "gptq+mse"
+                             : "gptq";
+}
+
 static int encode_module(const float *x, const nq_plan_module *m, const nq_quantize_options *opt,
                          const double *hessian, const double *local_h, encoded *e, nq_error *err)
 {
@@ -112,21 +135,16 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            /* the scale searches run on the CPU; plain GPTQ where the
+            /* plain GPTQ and --optimize's scale searches alike where the
              * calibration runs (a GPU when there is one) */
-            bool searched = opt->optimize.hessian_scales || opt->optimize.four_over_six ||
-                            opt->optimize.global_sweep;
             nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
                                      .search = opt->optimize.hessian_scales,
                                      .lo = 0.5f, .hi = 1.5f,
                                      .four_over_six = opt->optimize.four_over_six,
                                      .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f,
                                      .shared_amax = m->shared_amax};
-            rc = searched ? nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads,
-                                             e->packed, e->scales8, &e->gs, &gst, err)
-                          : nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
-                                             opt->threads, m->shared_amax, e->packed,
-                                             e->scales8, &e->gs, &gst, err);
+            rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &go, damp, opt->threads,
+                                     e->packed, e->scales8, &e->gs, &gst, err);
             /* fused siblings share one weight_scale_2: no sweep for them */
             if (rc == 0 && opt->optimize.global_sweep && !(m->shared_amax > 0)) {
                 /* the global scale with the least GPTQ loss (the output
@@ -144,8 +162,8 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                     g2.scale_max = sweep[k];
                     nq_gptq_stats st2;
                     float gs2;
-                    rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &g2, damp, opt->threads, p2, s2, &gs2,
-                                          &st2, err);
+                    rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &g2, damp, opt->threads,
+                                             p2, s2, &gs2, &st2, err);
                     if (rc == 0 && st2.proxy_loss < gst.proxy_loss) {
                         memcpy(e->packed, p2, (size_t)(o * i / 2));
                         memcpy(e->scales8, s2, (size_t)(o * i / 16));
@@ -155,9 +173,7 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                 }
                 free(p2), free(s2);
             }
-            e->algo = opt->optimize.enabled ? "gptq+optimize"
-                      : opt->mse_scales     ? "gptq+mse"
-                                            : "gptq";
+            e->algo = gptq_algo_name(opt, NQ_FORMAT_NVFP4);
         } else if (local_h && opt->optimize.hessian_scales) {
             rc = encode_nvfp4_local_hessian(x, o, i, local_h, m->shared_amax, e->packed,
                                             e->scales8, &e->gs, err);
@@ -185,15 +201,14 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
         if (hessian) {
             nq_gptq_stats gst;
             bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
-            if (act_order) /* on the CPU: not ported to the GPU */
-                rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
-                                           opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            if (act_order)
+                rc = nq_gptq_int4_actorder_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales,
+                                              damp, opt->threads, e->qw, e->qz, e->sc, e->gi,
+                                              &gst, err);
             else
                 rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
                                      opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
-            e->algo = act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
-                      : opt->mse_scales ? "gptq+mse"
-                                        : "gptq";
+            e->algo = gptq_algo_name(opt, NQ_FORMAT_INT4);
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
                                 e->gi, &e->st, err);
@@ -548,6 +563,151 @@ static int write_kept(nq_writer *w, const nq_tensor *t, const float *v, nq_error
     int rc = nq_writer_write(w, h, t->numel * sizeof *h, err);
     free(h);
     return rc;
+}
+
+/* ---- GPTQ of several modules at once on the GPU -------------------------
+ *
+ * One Nano expert keeps a fraction of the GPU busy, so on a GPU the layer's
+ * GPTQ modules go in windows of up to GPTQ_WINDOW consecutive ones (in the
+ * write order, same format and INT4 group) through nq_gptq_*_batch_on,
+ * which runs them on several streams; the write loop then takes each
+ * module's weight and encoding from the window instead of loading and
+ * encoding it.  The bytes are those of the one-module calls (the batch
+ * calls guarantee it).  Not batched: equalized weights (their overrides
+ * and shared amax are worked out in the loop), modules falling back to
+ * round-to-nearest, and --optimize's global-sweep (several GPTQ runs per
+ * module, compared). */
+
+#define GPTQ_WINDOW 32
+
+typedef struct gptq_pre {
+    size_t k;                   /* position in the write order */
+    float *wf;                  /* the f32 weight, owned until taken */
+    encoded e;
+} gptq_pre;
+
+typedef struct gptq_window {
+    gptq_pre p[GPTQ_WINDOW];
+    int n, next;                /* entries, the next one to take */
+} gptq_window;
+
+static void window_clear(gptq_window *gw)
+{
+    for (int i = 0; i < gw->n; i++) {
+        encoded_free(&gw->p[i].e);
+        free(gw->p[i].wf);
+    }
+    memset(gw, 0, sizeof *gw);
+}
+
+/* The module's statistics when tensor t's module goes through a window. */
+static nq_linear_stats *batchable(const nq_quantize_options *opt, const nq_plan_module *m,
+                                  const override_ctx *eq, const char *tensor,
+                                  nq_calib_stats *stats, int min_rows)
+{
+    if (!opt->cuda || !opt->gptq || !m ||
+        !(m->format == NQ_FORMAT_INT4 ||
+          (m->format == NQ_FORMAT_NVFP4 && !opt->optimize.global_sweep)) ||
+        override_find(eq, tensor))
+        return NULL;
+    nq_linear_stats *st = nq_calib_find(stats, m->name);
+    return st && st->rows >= (uint64_t)min_rows && st->hessian ? st : NULL;
+}
+
+/* Fills the window with the batchable modules from position k on (k's
+ * own first) and runs their GPTQ. */
+static int window_fill(gptq_window *gw, size_t k, size_t n, const order_item *order,
+                       const nq_checkpoint *ck, const nq_plan *plan,
+                       const nq_quantize_options *opt, const override_ctx *eq,
+                       nq_calib_stats *stats, int min_rows, nq_error *err)
+{
+    window_clear(gw);
+    nq_gptq_item items[GPTQ_WINDOW];
+    memset(items, 0, sizeof items);
+    const nq_plan_module *m0 = NULL;
+    for (size_t k2 = k; k2 < n && order[k2].key == order[k].key && gw->n < GPTQ_WINDOW; k2++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, order[k2].index);
+        const nq_plan_module *m = nq_module_of_weight(plan, t->name);
+        nq_linear_stats *st = batchable(opt, m, eq, t->name, stats, min_rows);
+        if (!st)
+            continue;
+        if (m0 && (m->format != m0->format ||
+                   (m->format == NQ_FORMAT_INT4 && m->group_size != m0->group_size)))
+            break; /* a window holds one format and group; the next one starts here */
+        m0 = m0 ? m0 : m;
+        gptq_pre *p = &gw->p[gw->n];
+        nq_gptq_item *it = &items[gw->n];
+        gw->n++;
+        p->k = k2;
+        int64_t o = m->out_features, i = m->in_features;
+        p->e.m = m;
+        p->e.algo = gptq_algo_name(opt, m->format);
+        if (!(p->wf = nq_tensor_load_f32(t, true, err))) {
+            window_clear(gw);
+            return -1;
+        }
+        nq_tensor_release(t);
+        symmetrize(st->hessian, i);
+        *it = (nq_gptq_item){.w = p->wf, .rows = o, .cols = i, .hessian = st->hessian,
+                             .shared_amax = m->shared_amax, .name = t->name};
+        if (m->format == NQ_FORMAT_NVFP4) {
+            it->packed = p->e.packed = malloc((size_t)(o * i / 2));
+            it->block_scales = p->e.scales8 = malloc((size_t)(o * i / 16));
+            if (!p->e.packed || !p->e.scales8) {
+                window_clear(gw);
+                return nq_fail(err, "%s: out of memory", m->name);
+            }
+        } else {
+            int g = m->group_size;
+            it->qweight = p->e.qw = malloc((size_t)(i / 8 * o) * sizeof *p->e.qw);
+            it->qzeros = p->e.qz = malloc((size_t)(i / g * o / 8) * sizeof *p->e.qz);
+            it->scales = p->e.sc = malloc((size_t)(i / g * o) * sizeof *p->e.sc);
+            it->g_idx = p->e.gi = malloc((size_t)i * sizeof *p->e.gi);
+            if (!p->e.qw || !p->e.qz || !p->e.sc || !p->e.gi) {
+                window_clear(gw);
+                return nq_fail(err, "%s: out of memory", m->name);
+            }
+        }
+    }
+    double damp = opt->gptq_damp > 0 ? opt->gptq_damp : 0.01;
+    int rc;
+    if (m0->format == NQ_FORMAT_NVFP4) {
+        /* as encode_module's options (shared_amax: each item's) */
+        nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
+                                 .search = opt->optimize.hessian_scales,
+                                 .lo = 0.5f, .hi = 1.5f,
+                                 .four_over_six = opt->optimize.four_over_six,
+                                 .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f};
+        rc = nq_gptq_nvfp4_ex_batch_on(opt->cuda, items, (size_t)gw->n, &go, damp, opt->threads,
+                                       err);
+        for (int q = 0; q < gw->n; q++)
+            gw->p[q].e.gs = items[q].global_scale;
+    } else {
+        rc = nq_gptq_int4_batch_on(opt->cuda, items, (size_t)gw->n, m0->group_size,
+                                   opt->mse_scales,
+                                   opt->gptq_act_order || opt->optimize.int4_act_order, damp,
+                                   opt->threads, err);
+    }
+    if (rc != 0)
+        window_clear(gw);
+    return rc;
+}
+
+/* The window's entry for position k (filling a new window when k is not
+ * next), or NULL when k's module is not batched. */
+static gptq_pre *window_take(gptq_window *gw, size_t k, size_t n, const order_item *order,
+                             const nq_checkpoint *ck, const nq_plan *plan,
+                             const nq_quantize_options *opt, const override_ctx *eq,
+                             nq_calib_stats *stats, int min_rows, const nq_plan_module *m,
+                             const char *tensor, int *rc, nq_error *err)
+{
+    *rc = 0;
+    if (!batchable(opt, m, eq, tensor, stats, min_rows))
+        return NULL;
+    if (gw->next >= gw->n || gw->p[gw->next].k != k)
+        if ((*rc = window_fill(gw, k, n, order, ck, plan, opt, eq, stats, min_rows, err)) != 0)
+            return NULL;
+    return &gw->p[gw->next++];
 }
 
 /* ---- the pass ---------------------------------------------------------- */
@@ -997,6 +1157,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
     override_ctx eq = {.ck = ck};
     override_ctx ov = {.ck = ck, .next = &eq};
+    gptq_window gw = {0};
     int rc = -1;
     size_t n = nq_checkpoint_count(ck);
 
@@ -1183,9 +1344,17 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         break;
                     }
                 }
-            float *wf = qe ? malloc(t->numel * sizeof *wf)
+            int wrc;
+            gptq_pre *pre = window_take(&gw, k, n, order, ck, plan, opt, &eq, &stats, min_rows,
+                                        m, t->name, &wrc, err);
+            if (wrc != 0)
+                goto done;
+            float *wf = pre        ? pre->wf
+                        : qe        ? malloc(t->numel * sizeof *wf)
                         : opt->cuda ? load_weight_pinned(ck, t, &wbuf, err)
                                     : nq_tensor_load_f32(t, true, err);
+            if (pre)
+                pre->wf = NULL;
             if (!wf) {
                 if (qe)
                     nq_fail(err, "%s: out of memory", t->name);
@@ -1208,10 +1377,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             bool fallback = false;
             if (opt->gptq && m->format != NQ_FORMAT_FP8) {
                 if (st && st->rows >= (uint64_t)min_rows && st->hessian) {
-                    int64_t d = m->in_features;
-                    for (int64_t r = 0; r < d; r++) /* dsyrk filled the upper triangle */
-                        for (int64_t q = 0; q < r; q++)
-                            st->hessian[r * d + q] = st->hessian[q * d + r];
+                    if (!pre) /* a window's modules are symmetrized already */
+                        symmetrize(st->hessian, m->in_features);
                     hess = st->hessian;
                 } else {
                     fallback = true;
@@ -1252,10 +1419,15 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                     nq_error_name(err, "tensor", t->name);
             } else {
                 deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-                r = deq ? encode_module(wf, m, &o2, hess,
-                                        fallback && st && st->rows > 0 ? st->hessian : NULL, &e,
-                                        err)
-                        : nq_fail(err, "%s: out of memory", m->name);
+                if (pre) { /* encoded with its window */
+                    e = pre->e;
+                    memset(&pre->e, 0, sizeof pre->e);
+                }
+                r = !deq  ? nq_fail(err, "%s: out of memory", m->name)
+                    : pre ? 0
+                          : encode_module(wf, m, &o2, hess,
+                                          fallback && st && st->rows > 0 ? st->hessian : NULL,
+                                          &e, err);
                 if (r != 0)
                     nq_error_name(err, "tensor", t->name);
                 if (r == 0)
@@ -1395,6 +1567,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     sum->calib_seconds = now_seconds() - t_start;
     rc = 0;
 done:
+    window_clear(&gw);
     nq_calib_stats_reset(&stats);
     override_clear(&ov);
     free(ov.e);
