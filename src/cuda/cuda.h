@@ -252,7 +252,8 @@ void nq_cuda_stats_end(nq_cuda *g);
 /* ||X (W - Q)^T||^2 and ||X W^T||^2 for host x[rows, in], w and q [out,
  * in]: the output error of a quantized weight on sampled inputs, as
  * export/calibrated.c computes it on the CPU (products exact in double,
- * cuBLAS DGEMM; the squares summed on the host in the CPU's order). */
+ * cuBLAS DGEMM; the squares summed per row on the device in the CPU's
+ * order, the rows' sums on the host). */
 int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
                          int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err);
 
