@@ -96,7 +96,7 @@ typedef struct cached_block {
 enum {
     S_X, S_XN, S_Y, S_PROJ, S_XBC, S_DT, S_SCAN, S_STATE, S_Q, S_K, S_V, S_ATT, S_H, S_XIN,
     S_OUT, S_SHARED, S_REWRITE, S_LOGITS, S_IDX, S_ROWS, S_W, S_RESIDENT, S_EXPERTS, S_EWEIGHTS,
-    S_KEYS, S_VALS, S_SKEYS, S_SVALS, S_START, S_SORT_TEMP, S_SPLIT, S_COUNT
+    S_KEYS, S_VALS, S_SKEYS, S_SVALS, S_START, S_SORT_TEMP, S_SPLIT, S_SAVED, S_COUNT
 };
 
 struct nq_cuda {
@@ -127,6 +127,9 @@ struct nq_cuda {
     void *scratch[S_COUNT];
     size_t scratch_bytes[S_COUNT];
     struct nqs_stats *stats;    /* calibration statistics (stats.cu), or NULL */
+    int chunk_rows;             /* nq_cuda_set_chunk_rows, 0: NQ_CUDA_CHUNK_ROWS */
+    void *keep[NQB_K_COUNT];    /* nqb_keep */
+    size_t keep_bytes[NQB_K_COUNT];
 };
 
 static double wall(void)
@@ -279,9 +282,6 @@ static void *scratch(nq_cuda *g, int slot, size_t bytes, nq_error *err)
     return g->scratch[slot];
 }
 
-/* Rows (tokens) per chunk of a block's input. */
-#define NQ_CUDA_CHUNK_ROWS 32768
-
 #define SCRATCH_F(g, slot, count, err) ((float *)scratch(g, slot, (size_t)(count) * sizeof(float), err))
 
 extern "C" bool nq_cuda_built(void) { return true; }
@@ -415,6 +415,7 @@ extern "C" void nq_cuda_close(nq_cuda *g)
     list_free(g, &g->head_allocs);
     for (int i = 0; i < S_COUNT; i++)
         dfree(g, g->scratch[i], g->scratch_bytes[i]);
+    nq_cuda_trim(g);
     cublasDestroy(g->blas);
     free(g->pack);
     free(g);
@@ -444,6 +445,44 @@ int nqb_alloc(nq_cuda *g, void **p, size_t bytes, nq_error *err) { return dalloc
 void nqb_free(nq_cuda *g, void *p, size_t bytes) { dfree(g, p, bytes); }
 struct nqs_stats **nqb_stats(nq_cuda *g) { return &g->stats; }
 extern "C" size_t nq_cuda_peak_bytes(const nq_cuda *g) { return g->peak_bytes; }
+
+void *nqb_keep(nq_cuda *g, int slot, size_t bytes, nq_error *err)
+{
+    if (g->keep_bytes[slot] < bytes) {
+        dfree(g, g->keep[slot], g->keep_bytes[slot]);
+        g->keep[slot] = NULL;
+        g->keep_bytes[slot] = 0;
+        if (dalloc(g, &g->keep[slot], bytes, err) != 0)
+            return NULL;
+        g->keep_bytes[slot] = bytes;
+    }
+    return g->keep[slot];
+}
+
+extern "C" void nq_cuda_trim(nq_cuda *g)
+{
+    for (int i = 0; i < NQB_K_COUNT; i++) {
+        dfree(g, g->keep[i], g->keep_bytes[i]);
+        g->keep[i] = NULL;
+        g->keep_bytes[i] = 0;
+    }
+}
+
+extern "C" void *nq_cuda_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void nq_cuda_host_free(void *p)
+{
+    if (p)
+        cudaFreeHost(p);
+}
 
 /* ---- weights ------------------------------------------------------------ */
 
@@ -991,8 +1030,29 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
     /* Whole sequences per chunk, about NQ_CUDA_CHUNK_ROWS rows: big enough
      * for full-speed GEMMs, small enough that the scratch of a Nano-size
      * layer stays a few GiB. */
-    int per = NQ_CUDA_CHUNK_ROWS / len > 0 ? NQ_CUDA_CHUNK_ROWS / len : 1;
+    int chunk = g->chunk_rows > 0 ? g->chunk_rows : NQ_CUDA_CHUNK_ROWS;
+    int per = chunk / len > 0 ? chunk / len : 1;
     size_t plane = (size_t)len * c->hidden_size, all = (size_t)samples * plane;
+    if ((flags & (NQ_CUDA_X_IN | NQ_CUDA_X_OUT)) == (NQ_CUDA_X_IN | NQ_CUDA_X_OUT)) {
+        /* host-resident stream: one chunk at a time through the device */
+        int rows = per < samples ? per : samples;
+        float *dc = SCRATCH_F(g, S_X, (size_t)rows * plane, err);
+        if (!dc)
+            return -1;
+        for (int s = 0; s < samples; s += per) {
+            int cnt = samples - s < per ? samples - s : per;
+            size_t bytes = (size_t)cnt * plane * sizeof *x;
+            mark(g, P_XCOPY);
+            CK(cudaMemcpy(dc, x + (size_t)s * plane, bytes, cudaMemcpyHostToDevice), err);
+            mark(g, P_NORM_ADD);
+            if (run_chunk(g, ex, c, b, dc, cnt, len) != 0)
+                return -1;
+            mark(g, P_XCOPY);
+            CK(cudaMemcpy(x + (size_t)s * plane, dc, bytes, cudaMemcpyDeviceToHost), err);
+        }
+        mark(g, P_HOST);
+        return 0;
+    }
     float *dx = (flags & NQ_CUDA_X_IN) ? SCRATCH_F(g, S_RESIDENT, all, err)
                                        : (float *)g->scratch[S_RESIDENT];
     if (!dx || g->scratch_bytes[S_RESIDENT] < all * sizeof(float))
@@ -1010,6 +1070,91 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
     if (flags & NQ_CUDA_X_OUT)
         CK(cudaMemcpy(x, dx, all * sizeof *x, cudaMemcpyDeviceToHost), err);
     mark(g, P_HOST);
+    return 0;
+}
+
+/* ---- the resident stream ------------------------------------------------ */
+
+extern "C" int nq_cuda_resident_embed(nq_cuda *g, const float *table, int64_t vocab, int hidden,
+                                      const int32_t *ids, size_t n, nq_error *err)
+{
+    if (n == 0 || n > (size_t)INT32_MAX)
+        return nq_fail(err, "embedding: %zu tokens", n);
+    CK(cudaSetDevice(g->device), err);
+    mark(g, P_XCOPY);
+    size_t tb = (size_t)vocab * hidden * sizeof(float);
+    float *dx = SCRATCH_F(g, S_RESIDENT, n * hidden, err);
+    int32_t *di = (int32_t *)scratch(g, S_IDX, n * sizeof(int32_t), err);
+    if (!dx || !di)
+        return -1;
+    void *dt;
+    if (dalloc(g, &dt, tb, err) != 0)
+        return -1;
+    cudaError_t e = cudaMemcpy(dt, table, tb, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(di, ids, n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) {
+        nqk_gather_rows<<<blocks_for(n * hidden, 256), 256>>>((const float *)dt, di, (int)n,
+                                                              hidden, dx);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess)
+        e = cudaDeviceSynchronize();
+    dfree(g, dt, tb);
+    mark(g, P_HOST);
+    if (e != cudaSuccess)
+        return cuda_fail(err, "embedding on the device", e);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_save(nq_cuda *g, nq_error *err)
+{
+    size_t bytes = g->scratch_bytes[S_RESIDENT];
+    if (!g->scratch[S_RESIDENT])
+        return nq_fail(err, "cuda: no resident activations to save");
+    CK(cudaSetDevice(g->device), err);
+    void *d = scratch(g, S_SAVED, bytes, err);
+    if (!d)
+        return -1;
+    CK(cudaMemcpy(d, g->scratch[S_RESIDENT], bytes, cudaMemcpyDeviceToDevice), err);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_restore(nq_cuda *g, nq_error *err)
+{
+    size_t bytes = g->scratch_bytes[S_RESIDENT];
+    if (!g->scratch[S_RESIDENT] || g->scratch_bytes[S_SAVED] < bytes)
+        return nq_fail(err, "cuda: no saved activations to restore");
+    CK(cudaSetDevice(g->device), err);
+    CK(cudaMemcpy(g->scratch[S_RESIDENT], g->scratch[S_SAVED], bytes, cudaMemcpyDeviceToDevice),
+       err);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_download(nq_cuda *g, float *x, size_t count, nq_error *err)
+{
+    if (g->scratch_bytes[S_RESIDENT] < count * sizeof *x)
+        return nq_fail(err, "cuda: %zu resident values asked, %zu held", count,
+                       g->scratch_bytes[S_RESIDENT] / sizeof *x);
+    CK(cudaSetDevice(g->device), err);
+    return download(x, g->scratch[S_RESIDENT], count * sizeof *x, err);
+}
+
+extern "C" void nq_cuda_resident_free(nq_cuda *g)
+{
+    int slots[2] = {S_RESIDENT, S_SAVED};
+    for (int i = 0; i < 2; i++) {
+        dfree(g, g->scratch[slots[i]], g->scratch_bytes[slots[i]]);
+        g->scratch[slots[i]] = NULL;
+        g->scratch_bytes[slots[i]] = 0;
+    }
+}
+
+extern "C" int nq_cuda_mem_info(nq_cuda *g, size_t *free_bytes, size_t *total_bytes,
+                                nq_error *err)
+{
+    CK(cudaSetDevice(g->device), err);
+    CK(cudaMemGetInfo(free_bytes, total_bytes), err);
     return 0;
 }
 
@@ -1087,6 +1232,8 @@ extern "C" int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *c, const fl
         return -1;
     return 0;
 }
+
+extern "C" void nq_cuda_set_chunk_rows(nq_cuda *g, int rows) { g->chunk_rows = rows > 0 ? rows : 0; }
 
 extern "C" void nq_cuda_set_tf32(nq_cuda *g, bool on)
 {

@@ -93,17 +93,51 @@ typedef struct nq_cuda_block {
 
 /* x[samples * len, hidden] = x + mixer(norm(x)) for `samples` independent
  * FRESH sequences of len tokens each (no earlier state), run together (in
- * chunks of whole sequences).  The residual stream lives in GPU memory:
- * NQ_CUDA_X_IN copies x up first (else the stream the previous call left
- * there is used, for consecutive layers over the same sequences),
- * NQ_CUDA_X_OUT copies the result back to x.  The hooks see a chunk's rows
+ * chunks of whole sequences).  With NQ_CUDA_X_IN | NQ_CUDA_X_OUT the host x
+ * goes through the device a chunk at a time (up, the block, back down).
+ * Otherwise the residual stream lives in GPU memory: NQ_CUDA_X_IN alone
+ * copies x up first (else the stream the previous call left there is used,
+ * for consecutive layers over the same sequences), NQ_CUDA_X_OUT alone
+ * copies the result back to x.  The hooks see a chunk's rows
  * at once (routed experts: token_index into the chunk).  The state
  * pointers of b are filled only when samples == 1.  ex: layer, name
  * prefix, hooks, err.  0 or -1. */
 #define NQ_CUDA_X_IN 1u
+/* Rows (tokens) per chunk of a block's input: whole sequences, at least one. */
+#define NQ_CUDA_CHUNK_ROWS 32768
 #define NQ_CUDA_X_OUT 2u
 int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
                       const nq_cuda_block *b, float *x, int samples, int len, unsigned flags);
+
+/* ---- the residual stream resident on the GPU (calibration) -------------
+ *
+ * nq_cuda_run_block without NQ_CUDA_X_IN / NQ_CUDA_X_OUT runs on the
+ * stream left on the device; with both flags set it streams the host x
+ * through the device a chunk at a time instead (nothing stays resident).
+ * Calibration keeps its activations resident from the embedding to the
+ * last layer when they fit (calibrated.c decides; S x T x hidden x 4 bytes,
+ * twice when the layer's input must be kept): no host copy of them at all.
+ *
+ * nq_cuda_resident_embed: stream[i] = table[ids[i]] for n tokens (table:
+ * host [vocab, hidden], uploaded for the call and freed; ids checked by the
+ * caller).  _save / _restore: a second device array holding the layer's
+ * input (allocated on the first save).  _download: the first count floats
+ * of the stream to the host.  _free: both arrays. */
+int nq_cuda_resident_embed(nq_cuda *g, const float *table, int64_t vocab, int hidden,
+                           const int32_t *ids, size_t n, nq_error *err);
+int nq_cuda_resident_save(nq_cuda *g, nq_error *err);
+int nq_cuda_resident_restore(nq_cuda *g, nq_error *err);
+int nq_cuda_resident_download(nq_cuda *g, float *x, size_t count, nq_error *err);
+void nq_cuda_resident_free(nq_cuda *g);
+/* Frees the device buffers the per-module work (encoding, output errors)
+ * keeps between calls; calibration calls it after each layer. */
+void nq_cuda_trim(nq_cuda *g);
+/* Page-locked host memory (cudaMallocHost: uploads from it run at the
+ * link's full speed), or NULL; freed with nq_cuda_host_free. */
+void *nq_cuda_host_alloc(size_t bytes);
+void nq_cuda_host_free(void *p);
+/* Free and total device memory (cudaMemGetInfo). */
+int nq_cuda_mem_info(nq_cuda *g, size_t *free_bytes, size_t *total_bytes, nq_error *err);
 
 /* normed_out[n, hidden] (may be NULL) = norm_f(x); logits[n, vocab] (may be
  * NULL) = lm_head(norm_f(x)).  head_id: new value when the head weights may
@@ -119,6 +153,11 @@ int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
 int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *cfg, const float *logits,
                        const float *score_bias, int n, int32_t *experts, float *weights,
                        nq_error *err);
+
+/* Rows per chunk (whole sequences, at least one): NQ_CUDA_CHUNK_ROWS
+ * unless set here (0: back to it).  Tests only: smaller chunks make the
+ * chunked paths run on a small model. */
+void nq_cuda_set_chunk_rows(nq_cuda *g, int rows);
 
 /* How the Linear layers multiply (gemm.cu).  NQ_GEMM_F32: cuBLAS SGEMM.
  * The bf16 modes apply to weights whose f32 values are all exactly bf16
@@ -213,7 +252,8 @@ void nq_cuda_stats_end(nq_cuda *g);
 /* ||X (W - Q)^T||^2 and ||X W^T||^2 for host x[rows, in], w and q [out,
  * in]: the output error of a quantized weight on sampled inputs, as
  * export/calibrated.c computes it on the CPU (products exact in double,
- * cuBLAS DGEMM; the squares summed on the host in the CPU's order). */
+ * cuBLAS DGEMM; the squares summed per row on the device in the CPU's
+ * order, the rows' sums on the host). */
 int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const float *w, const float *q,
                          int64_t out, int64_t in, double *err_sq, double *ref_sq, nq_error *err);
 

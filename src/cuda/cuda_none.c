@@ -96,3 +96,30 @@ int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bo
 {
     return nq_fail(err, NO_CUDA);
 }
+
+int nq_cuda_resident_embed(nq_cuda *g, const float *table, int64_t vocab, int hidden,
+                           const int32_t *ids, size_t n, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+int nq_cuda_resident_save(nq_cuda *g, nq_error *err) { return nq_fail(err, NO_CUDA); }
+int nq_cuda_resident_restore(nq_cuda *g, nq_error *err) { return nq_fail(err, NO_CUDA); }
+
+int nq_cuda_resident_download(nq_cuda *g, float *x, size_t count, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_resident_free(nq_cuda *g) { (void)g; }
+
+int nq_cuda_mem_info(nq_cuda *g, size_t *free_bytes, size_t *total_bytes, nq_error *err)
+{
+    *free_bytes = *total_bytes = 0;
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_trim(nq_cuda *g) { (void)g; }
+void *nq_cuda_host_alloc(size_t bytes) { (void)bytes; return NULL; }
+void nq_cuda_host_free(void *p) { (void)p; }
+void nq_cuda_set_chunk_rows(nq_cuda *g, int rows) { (void)g; (void)rows; }

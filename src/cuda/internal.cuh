@@ -15,6 +15,15 @@ int nqb_alloc(nq_cuda *g, void **p, size_t bytes, nq_error *err);
 void nqb_free(nq_cuda *g, void *p, size_t bytes);
 /* The statistics object of g (NULL when none is collecting). */
 struct nqs_stats **nqb_stats(nq_cuda *g);
+/* Grow-only device buffers of the per-module work after a layer ran (the
+ * encoding, the output errors), kept from one module to the next instead
+ * of a cudaMalloc/cudaFree pair each (both synchronize) until nq_cuda_trim.
+ * NULL with err filled when out of memory. */
+enum {
+    NQB_K_W, NQB_K_Q, NQB_K_PACKED, NQB_K_SCALES, NQB_K_BSTATS, NQB_K_RSTATS, NQB_K_AMAX,
+    NQB_K_X32, NQB_K_X64, NQB_K_W64, NQB_K_Y64, NQB_K_COUNT
+};
+void *nqb_keep(nq_cuda *g, int slot, size_t bytes, nq_error *err);
 
 /* stats.cu: called by the backend's Linear layers and attention while
  * statistics are being collected (nq_cuda_stats_begin .. _end). */

@@ -10,8 +10,10 @@
  *
  * Peak memory: one layer's weights in f32 (the model's block) plus, during
  * quantization, one module's f32 weight and its encoding; the activations
- * of all calibration tokens twice (samples x len x hidden x 4 bytes, the
- * layer's input and its output); per quantized Linear of the current layer
+ * of all calibration tokens (samples x len x hidden x 4 bytes), twice when
+ * the layer's input must be kept (--equalize, --optimize passes, quantized
+ * propagation), on the host or, with a GPU they fit on, on the GPU only
+ * (see acts_open); per quantized Linear of the current layer
  * NQ_CALIB_SAMPLE_ROWS input rows, and with GPTQ its Hessian (in^2 x 8
  * bytes). */
 #include "export/calibrated.h"
@@ -800,11 +802,190 @@ static void choose_act_scales(nq_calib_stats *stats, nq_act_scale_rule rule)
     }
 }
 
-/* The --optimize passes over one layer (x_tmp: scratch of the layer's input
- * size): the act-scale search, then the served-input Hessians. */
+/* ---- the calibration activations --------------------------------------
+ *
+ * All samples x len tokens' residual stream, from the embeddings to the
+ * last layer.  With a GPU they fit on (after what one layer needs), they
+ * stay in its memory the whole time (cuda.h, "resident"): no host copy, no
+ * transfer per layer; the layer's input, when it must be kept, is a second
+ * device array.  Otherwise they are host arrays, and on a GPU each layer
+ * streams them through it a chunk of NQ_CUDA_CHUNK_ROWS rows at a time. */
+typedef struct acts {
+    nq_model *model;
+    struct nq_cuda *g;
+    bool resident, keep_input;
+    float *x, *x_in;   /* host, when not resident (x_in: keep_input) */
+    int S, T;
+    size_t plane;
+} acts;
+
+/* Bytes of GPU memory one layer of cfg needs beside the activations, for
+ * the largest layer: 4 x its parameters (f32; bf16 weights take half), 4 x
+ * the scratch of one chunk of `rows` rows, 6 x rows x the widest Linear
+ * input (its split into 3 bf16 terms), 8 x in^2 per quantized Linear with
+ * Hessians, the
+ * statistics' 272 MiB, 4 GiB for the backend's cache of earlier blocks'
+ * weights and 1 GiB for cuBLAS, the encoding of one module and
+ * fragmentation.  README ("Peak GPU memory") gives the same formula. */
+static uint64_t layer_device_bytes(const nq_model_config *c, int64_t rows, bool hessians)
+{
+    uint64_t H = (uint64_t)c->hidden_size, worst = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        uint64_t W = 0, w = 0, h2 = 0;
+        switch ((nq_block_kind)c->pattern[l]) {
+        case NQ_BLOCK_MAMBA: {
+            uint64_t P = (uint64_t)nq_mamba_in_proj_dim(c), in = (uint64_t)nq_mamba_intermediate(c);
+            uint64_t cd = (uint64_t)nq_mamba_conv_dim(c);
+            W = P * H + H * in + cd * (uint64_t)c->conv_kernel;
+            w = P + cd + (uint64_t)c->mamba_num_heads + in + 2 * H;
+            h2 = H * H + in * in;
+            break;
+        }
+        case NQ_BLOCK_ATTENTION: {
+            uint64_t q = (uint64_t)c->num_attention_heads * c->head_dim;
+            uint64_t kv = (uint64_t)c->num_key_value_heads * c->head_dim;
+            W = 2 * H * (q + kv);
+            w = 2 * q + 2 * kv + 2 * H;
+            h2 = 3 * H * H + q * q;
+            break;
+        }
+        case NQ_BLOCK_MLP: {
+            uint64_t I = (uint64_t)c->intermediate_size;
+            W = 2 * H * I;
+            w = I + 2 * H;
+            h2 = H * H + I * I;
+            break;
+        }
+        case NQ_BLOCK_MOE: {
+            uint64_t E = (uint64_t)c->n_routed_experts, K = (uint64_t)c->num_experts_per_tok;
+            uint64_t I = (uint64_t)c->moe_intermediate_size;
+            uint64_t Is = (uint64_t)c->moe_shared_expert_intermediate_size;
+            W = E * 2 * H * I + 2 * H * Is + E * H;
+            w = E + K * (2 * H + (I > Is ? I : Is)) + 3 * H;
+            h2 = E * (H * H + I * I) + (Is ? H * H + Is * Is : 0);
+            break;
+        }
+        }
+        /* the widest Linear input, split into up to 3 bf16 terms (gemm.cu) */
+        uint64_t I = 0;
+        switch ((nq_block_kind)c->pattern[l]) {
+        case NQ_BLOCK_MAMBA: I = (uint64_t)nq_mamba_intermediate(c); break;
+        case NQ_BLOCK_ATTENTION: I = (uint64_t)c->num_attention_heads * c->head_dim; break;
+        case NQ_BLOCK_MLP: I = (uint64_t)c->intermediate_size; break;
+        case NQ_BLOCK_MOE:
+            I = (uint64_t)(c->moe_intermediate_size > c->moe_shared_expert_intermediate_size
+                               ? c->moe_intermediate_size
+                               : c->moe_shared_expert_intermediate_size);
+            break;
+        }
+        I = I > H ? I : H;
+        uint64_t b = 4 * W + 4 * (uint64_t)rows * w + 6 * (uint64_t)rows * I +
+                     (hessians ? 8 * h2 : 0);
+        worst = b > worst ? b : worst;
+    }
+    return worst + (272ull << 20) + (5ull << 30);
+}
+
+/* Chooses where the activations live and allocates them (host arrays only
+ * here; the GPU's resident stream comes with the embedding).
+ * NEMOQ_CUDA_ACT_MIB sets the GPU memory they may take (e.g. 0: always
+ * streamed); else what is free minus layer_device_bytes. */
+static int acts_open(acts *a, nq_model *model, struct nq_cuda *g, const nq_model_config *cfg,
+                     int S, int T, bool keep_input, bool hessians, FILE *log, nq_error *err)
+{
+    memset(a, 0, sizeof *a);
+    a->model = model;
+    a->g = g;
+    a->keep_input = keep_input;
+    a->S = S;
+    a->T = T;
+    a->plane = (size_t)T * cfg->hidden_size;
+    uint64_t bytes = (uint64_t)S * a->plane * sizeof(float) * (keep_input ? 2 : 1);
+    if (g) {
+        int64_t per = NQ_CUDA_CHUNK_ROWS / T > 0 ? NQ_CUDA_CHUNK_ROWS / T : 1;
+        int64_t rows = (per < S ? per : S) * (int64_t)T;
+        uint64_t budget;
+        const char *env = getenv("NEMOQ_CUDA_ACT_MIB");
+        if (env && *env) {
+            budget = (uint64_t)strtoull(env, NULL, 10) << 20;
+        } else {
+            size_t free_b = 0, total_b = 0;
+            if (nq_cuda_mem_info(g, &free_b, &total_b, err) != 0)
+                return -1;
+            uint64_t need = layer_device_bytes(cfg, rows, hessians);
+            budget = free_b > need ? free_b - need : 0;
+        }
+        a->resident = bytes <= budget;
+        if (log)
+            fprintf(log, "calibration activations: %.2f GiB (%s) %s\n", bytes / 1073741824.0,
+                    keep_input ? "the layer's input and output" : "one copy",
+                    a->resident ? "resident on the GPU"
+                                : "on the host, streamed through the GPU a chunk at a time "
+                                  "(more than the GPU memory left for them)");
+        if (a->resident)
+            return 0;
+    }
+    a->x = malloc(S * a->plane * sizeof *a->x);
+    a->x_in = keep_input ? malloc(S * a->plane * sizeof *a->x_in) : NULL;
+    if (!a->x || (keep_input && !a->x_in))
+        return nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T,
+                       cfg->hidden_size);
+    return 0;
+}
+
+static void acts_close(acts *a)
+{
+    if (a->resident && a->g)
+        nq_cuda_resident_free(a->g);
+    free(a->x);
+    free(a->x_in);
+    a->x = a->x_in = NULL;
+}
+
+static int acts_embed(acts *a, const int32_t *ids, nq_error *err)
+{
+    if (a->resident)
+        return nq_model_embed_resident(a->model, ids, (size_t)a->S * a->T, err);
+    for (int s = 0; s < a->S; s++)
+        if (nq_model_embed(a->model, ids + (size_t)s * a->T, a->T, a->x + s * a->plane, err) != 0)
+            return -1;
+    return 0;
+}
+
+/* The layer's input, kept before it runs (keep_input only). */
+static int acts_save(acts *a, nq_error *err)
+{
+    if (!a->keep_input)
+        return 0;
+    if (a->resident)
+        return nq_cuda_resident_save(a->g, err);
+    memcpy(a->x_in, a->x, (size_t)a->S * a->plane * sizeof *a->x);
+    return 0;
+}
+
+static int acts_restore(acts *a, nq_error *err)
+{
+    if (!a->keep_input)
+        return nq_fail(err, "calibration: the layer's input was not kept");
+    if (a->resident)
+        return nq_cuda_resident_restore(a->g, err);
+    memcpy(a->x, a->x_in, (size_t)a->S * a->plane * sizeof *a->x);
+    return 0;
+}
+
+/* Block l on the activations, in place. */
+static int acts_run(acts *a, int l, nq_error *err)
+{
+    return nq_model_blocks_resident(a->model, l, a->x, a->S, a->T, !a->resident, !a->resident,
+                                    err);
+}
+
+/* The --optimize passes over one layer, each on the layer's input again
+ * (it leaves the activations as they were: the same float layer's output,
+ * bit for bit, since the hooks only read): the act-scale search, then the
+ * served-input Hessians. */
 static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
-                           nq_calib_stats *stats, int layer, const float *x_in, float *x_tmp,
-                           int S, int T, size_t plane, nq_error *err)
+                           nq_calib_stats *stats, int layer, acts *a, nq_error *err)
 {
     const nq_optimize *o = &opt->optimize;
     bool act = o->act_scale != NQ_ACT_SCALE_AMAX;
@@ -819,10 +1000,11 @@ static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
         return 0;
     nq_forward_hooks hooks = nq_calib_hooks(stats);
     if (act) {
-        memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+        if (acts_restore(a, err) != 0)
+            return -1;
         stats->mode = NQ_CALIB_ACT;
         nq_model_set_hooks(model, &hooks);
-        int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+        int r = acts_run(a, layer, err);
         nq_model_set_hooks(model, NULL);
         stats->mode = NQ_CALIB_FLOAT;
         if (r != 0)
@@ -842,13 +1024,89 @@ static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
         size_t d = (size_t)st->module->in_features;
         memset(st->hessian, 0, d * d * sizeof *st->hessian);
     }
-    memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+    if (acts_restore(a, err) != 0)
+        return -1;
     stats->mode = NQ_CALIB_SERVED;
     nq_model_set_hooks(model, &hooks);
-    int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+    int r = acts_run(a, layer, err);
     nq_model_set_hooks(model, NULL);
     stats->mode = NQ_CALIB_FLOAT;
     return r;
+}
+
+/* One module's f32 weight at a time, in a buffer reused from module to
+ * module (page-locked for the GPU's uploads: a fresh malloc of each Nano
+ * expert's 20 MB costs more in page faults than its encoding). */
+typedef struct weight_buf {
+    float *p;
+    size_t cap;    /* floats */
+    bool pinned;
+} weight_buf;
+
+/* t as f32 in wb (widened by the checkpoint reader's threads), not yet
+ * checked finite (check_finite; the GPU's encoder flags non-finite values
+ * itself). */
+static float *load_weight_pinned(const nq_checkpoint *ck, const nq_tensor *t, weight_buf *wb,
+                                 nq_error *err)
+{
+    if (wb->cap < t->numel) {
+        if (wb->pinned)
+            nq_cuda_host_free(wb->p);
+        else
+            free(wb->p);
+        wb->cap = 0;
+        wb->p = nq_cuda_host_alloc(t->numel * sizeof *wb->p);
+        wb->pinned = wb->p != NULL;
+        if (!wb->p && !(wb->p = malloc(t->numel * sizeof *wb->p))) {
+            nq_fail(err, "tensor '%s': out of memory for %llu floats", t->name,
+                    (unsigned long long)t->numel);
+            return NULL;
+        }
+        wb->cap = t->numel;
+    }
+    nq_weight_request req = {.name = t->name, .layer = -1, .ndim = t->ndim, .numel = t->numel};
+    for (int i = 0; i < t->ndim && i < 4; i++)
+        req.shape[i] = t->shape[i];
+    int rc = nq_checkpoint_weight_fetch((void *)ck, &req, wb->p, err);
+    if (rc != 0) {
+        if (rc == 1)
+            nq_fail(err, "%s: tensor not found", t->name);
+        return NULL;
+    }
+    return wb->p;
+}
+
+/* 0 when every value of w (t's) is finite, else -1 with
+ * nq_tensor_load_f32's error. */
+static int check_finite(const nq_tensor *t, const float *w, nq_error *err)
+{
+    uint64_t i = 0;
+    while (i < t->numel && isfinite(w[i]))
+        i++;
+    if (i == t->numel)
+        return 0;
+    float *again = nq_tensor_load_f32(t, true, err);
+    if (again) {
+        free(again);
+        return nq_fail(err, "tensor '%s': element %llu is not finite", t->name,
+                       (unsigned long long)i);
+    }
+    return -1;
+}
+
+static void weight_free(float *w, const weight_buf *wb)
+{
+    if (w != wb->p)
+        free(w);
+}
+
+static void weight_buf_free(weight_buf *wb)
+{
+    if (wb->pinned)
+        nq_cuda_host_free(wb->p);
+    else
+        free(wb->p);
+    memset(wb, 0, sizeof *wb);
 }
 
 static int write_scalar(nq_writer *w, float v, nq_error *err)
@@ -859,12 +1117,11 @@ static int write_scalar(nq_writer *w, float v, nq_error *err)
 /* Runs block l over x gathering its statistics into stats: on the GPU its
  * device statistics (cuda/stats.cu, fetched once for the layer), on the
  * CPU the host hooks. */
-static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_stats *stats,
+static int layer_stats(nq_model *model, int l, acts *a, nq_calib_stats *stats,
                        struct nq_cuda *g, nq_error *err)
 {
     if (g) {
-        if (nq_calib_device_begin(stats, g, err) != 0 ||
-            nq_model_blocks(model, l, x, S, T, err) != 0 ||
+        if (nq_calib_device_begin(stats, g, err) != 0 || acts_run(a, l, err) != 0 ||
             nq_calib_device_collect(stats, g, err) != 0) {
             nq_cuda_stats_end(g);
             return -1;
@@ -873,7 +1130,7 @@ static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_
     }
     nq_forward_hooks hooks = nq_calib_hooks(stats);
     nq_model_set_hooks(model, &hooks);
-    int rc = nq_model_blocks(model, l, x, S, T, err);
+    int rc = acts_run(a, l, err);
     nq_model_set_hooks(model, NULL);
     return rc;
 }
@@ -894,7 +1151,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     nq_model *model = NULL;
     nq_writer *w = NULL;
     int32_t *ids = NULL;
-    float *x = NULL, *x_in = NULL, *x_tmp = NULL;
+    acts a = {0};
+    weight_buf wbuf = {0};
     order_item *order = NULL;
     nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
     override_ctx eq = {.ck = ck};
@@ -919,19 +1177,22 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         goto done;
     nq_model_set_threads(model, opt->threads);
     nq_model_set_cuda(model, opt->cuda);
+    /* the next layer's weights read while the GPU runs this one */
+    nq_model_set_prefetch(model, opt->cuda != NULL);
     size_t plane = (size_t)T * H;
-    x = malloc((size_t)S * plane * sizeof *x);
-    x_in = malloc((size_t)S * plane * sizeof *x_in);
-    order = malloc((n ? n : 1) * sizeof *order);
     bool opt_passes = opt->optimize.act_scale != NQ_ACT_SCALE_AMAX ||
                       (opt->gptq && opt->optimize.served_hessian);
-    if (opt_passes)
-        x_tmp = malloc((size_t)S * plane * sizeof *x_tmp);
-    if (!x || !x_in || !order || (opt_passes && !x_tmp)) {
-        nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T, H);
+    bool keep_input = opt->equalize || opt_passes || quantized_propagation;
+    if (acts_open(&a, model, opt->cuda, cfg, S, T, keep_input, stats.hessians, opt->log, err) != 0)
+        goto done;
+    order = malloc((n ? n : 1) * sizeof *order);
+    if (!order) {
+        nq_fail(err, "calibration: out of memory");
         goto done;
     }
-    sum->peak_activation_bytes = 2 * (uint64_t)S * plane * sizeof *x;
+    /* host activations (none when resident on the GPU) */
+    uint64_t host_acts = a.resident ? 0 : (uint64_t)S * plane * sizeof(float) * (keep_input ? 2 : 1);
+    sum->peak_activation_bytes = host_acts;
 
     /* declare everything, in layer order */
     for (size_t i = 0; i < n; i++) {
@@ -982,9 +1243,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (; k < n && order[k].key < 0; k++)
         if (nq_copy_tensor(w, nq_checkpoint_tensor(ck, order[k].index), err) != 0)
             goto done;
-    for (int s = 0; s < S; s++)
-        if (nq_model_embed(model, ids + (size_t)s * T, T, x + s * plane, err) != 0)
-            goto done;
+    if (acts_embed(&a, ids, err) != 0)
+        goto done;
 
     for (int l = 0; l < L; l++) {
         if (nq_interrupt_check(err) != 0)
@@ -993,8 +1253,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         int kind = cfg->pattern[l] == NQ_BLOCK_MAMBA ? 0 : cfg->pattern[l] == NQ_BLOCK_MOE ? 1
                  : cfg->pattern[l] == NQ_BLOCK_ATTENTION ? 2 : 3;
         /* 1. statistics of the float layer on its input */
-        memcpy(x_in, x, (size_t)S * plane * sizeof *x);
-        if (layer_stats(model, l, x, S, T, &stats, opt->cuda, err) != 0)
+        if (acts_save(&a, err) != 0 || layer_stats(model, l, &a, &stats, opt->cuda, err) != 0)
             goto done;
         if (opt->equalize) {
             /* the scales come from the float layer's statistics; the
@@ -1004,10 +1263,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
             if (eq.n > 0) {
                 nq_calib_stats_reset(&stats);
-                memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+                if (acts_restore(&a, err) != 0)
+                    goto done;
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
-                int brc = layer_stats(model, l, x, S, T, &stats, opt->cuda, err);
+                int brc = layer_stats(model, l, &a, &stats, opt->cuda, err);
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                           .ctx = (void *)ck});
@@ -1020,7 +1280,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (eq.n > 0)
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
-            int orc = optimize_passes(model, opt, &stats, l, x_in, x_tmp, S, T, plane, err);
+            int orc = optimize_passes(model, opt, &stats, l, &a, err);
             if (eq.n > 0)
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
@@ -1032,8 +1292,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
                           (NQ_CALIB_SAMPLE_ROWS * 4 + (stats.hessians ? stats.items[i].module->in_features * 8 : 0));
-        if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
-            sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
+        if (host_acts + stat_bytes > sum->peak_activation_bytes)
+            sum->peak_activation_bytes = host_acts + stat_bytes;
 
         sum->layer_stats_seconds[kind] += now_seconds() - t_layer;
         /* 2. quantize and write the layer's tensors */
@@ -1089,9 +1349,10 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                                         m, t->name, &wrc, err);
             if (wrc != 0)
                 goto done;
-            float *wf = pre   ? pre->wf
-                        : qe  ? malloc(t->numel * sizeof *wf)
-                              : nq_tensor_load_f32(t, true, err);
+            float *wf = pre        ? pre->wf
+                        : qe        ? malloc(t->numel * sizeof *wf)
+                        : opt->cuda ? load_weight_pinned(ck, t, &wbuf, err)
+                                    : nq_tensor_load_f32(t, true, err);
             if (pre)
                 pre->wf = NULL;
             if (!wf) {
@@ -1106,7 +1367,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 m_eq = *m;
                 if (equalized_qkv_amax(&eq, ck, t->name, opt->threads, &m_eq.shared_amax,
                                        err) != 0) {
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     goto done;
                 }
                 m = &m_eq;
@@ -1135,7 +1396,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             double gstats[5] = {0};
             float *deq = NULL;
             int r;
-            if (gpu_rtn) {
+            if (!gpu_rtn && wf == wbuf.p && check_finite(t, wf, err) != 0)
+                r = -1;
+            else if (gpu_rtn) {
                 int64_t mo = m->out_features, mi = m->in_features;
                 e.m = m;
                 e.algo = o2.mse_scales ? "rtn+mse" : "rtn";
@@ -1150,7 +1413,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 e.st.sq_err = gstats[0];
                 e.st.sq_err_max_scale = gstats[1];
                 e.st.sq_ref = gstats[2];
-                if (r != 0)
+                /* the CPU's message for a NaN or infinite weight (the GPU
+                 * only flags that there is one) */
+                if (r != 0 && !(wf == wbuf.p && check_finite(t, wf, err) != 0))
                     nq_error_name(err, "tensor", t->name);
             } else {
                 deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
@@ -1173,7 +1438,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                     (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
             if (r != 0) {
                 encoded_free(&e);
-                free(wf);
+                weight_free(wf, &wbuf);
                 free(deq);
                 goto done;
             }
@@ -1203,7 +1468,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                                          m->out_features, m->in_features, &osq, &oref,
                                          err) != 0) {
                     encoded_free(&e);
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     free(deq);
                     goto done;
                 }
@@ -1232,7 +1497,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 override_entry *ne = realloc(ov.e, (ov.n + 1) * sizeof *ne);
                 if (!ne) {
                     encoded_free(&e);
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     free(deq);
                     nq_fail(err, "out of memory");
                     goto done;
@@ -1243,7 +1508,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 deq = NULL;
             }
             encoded_free(&e);
-            free(wf);
+            weight_free(wf, &wbuf);
             free(deq);
         }
         if (kv_fp8 && cfg->pattern[l] == NQ_BLOCK_ATTENTION) {
@@ -1258,13 +1523,16 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
         }
         nq_calib_stats_reset(&stats);
+        if (opt->cuda)
+            nq_cuda_trim(opt->cuda);
 
         /* 3. the next layer's input */
         if (quantized_propagation && ov.n > 0) {
-            memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+            if (acts_restore(&a, err) != 0)
+                goto done;
             nq_model_set_weights(model,
                                  (nq_weight_provider){.fetch = override_fetch, .ctx = &ov});
-            if (nq_model_blocks(model, l, x, S, T, err) != 0)
+            if (acts_run(&a, l, err) != 0)
                 goto done;
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
@@ -1277,6 +1545,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (opt->log)
             fprintf(opt->log, "\r[layer %d/%d] %c: %.1f s%-50s\n", l + 1, L, cfg->pattern[l],
                     dt_layer, "");
+        if (opt->cuda) {
+            char label[32];
+            snprintf(label, sizeof label, "layer %d (%c)", l, cfg->pattern[l]);
+            nq_cuda_timing_report(opt->cuda, label);
+        }
     }
     /* the head */
     for (; k < n; k++)
@@ -1304,9 +1577,8 @@ done:
     nq_model_close(model);
     nq_tokenizer_free(tok);
     free(ids);
-    free(x);
-    free(x_in);
-    free(x_tmp);
+    acts_close(&a);
+    weight_buf_free(&wbuf);
     free(order);
     return rc;
 }

@@ -262,9 +262,12 @@ static void test_perplexity(const char *dir, const char *label, const int32_t *i
 static nq_quantize_summary last_sum;
 static bool quantize_mse;
 
+static nq_act_scale_rule quantize_act_scale;
+
 static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
 {
     nq_quantize_options o = {0};
+    o.optimize.act_scale = quantize_act_scale;
     o.in_dir = path("models/tiny-nemotron-h");
     o.out_dir = out;
     o.recipe.preset = gptq ? "int4" : "nvfp4-conservative";
@@ -793,6 +796,62 @@ static size_t checkpoint_diff(const char *a_dir, const char *b_dir, size_t *tota
     return d;
 }
 
+/* Where the calibration activations live (export/calibrated.c, acts_open):
+ * resident on the GPU from the embedding to the last layer, or on the host
+ * and streamed through the GPU a chunk at a time when they do not fit
+ * (forced here with NEMOQ_CUDA_ACT_MIB=0).  Chunks of 512 rows (2 of the 8
+ * calibration sequences) so that both paths run several chunks per layer.
+ * The same arithmetic either way: byte-identical checkpoints, for plain
+ * NVFP4 (one copy of the activations), GPTQ INT4 (the layer's input kept
+ * for the quantized propagation: device save/restore vs host memcpy) and
+ * NVFP4 with the act-mse search (the --optimize pass with host hooks
+ * rerunning the layer on the resident input).  The summary's host
+ * activation bytes say which placement ran. */
+static void test_act_placement(char *calib)
+{
+    nq_error err = {0};
+    nq_model_config cfg;
+    if (nq_model_config_load(path("models/tiny-nemotron-h/config.json"), &cfg, &err) != 0)
+        die("config", &err);
+    nq_cuda_set_chunk_rows(gpu, 512);
+    static const char *const names[3] = {"nvfp4", "gptq int4", "nvfp4 act-mse"};
+    for (int c = 0; c < 3; c++) {
+        char res_dir[4200], str_dir[4200];
+        snprintf(res_dir, sizeof res_dir, "%s/place-res-%d", tmp_dir, c);
+        snprintf(str_dir, sizeof str_dir, "%s/place-str-%d", tmp_dir, c);
+        quantize_act_scale = c == 2 ? NQ_ACT_SCALE_MSE : NQ_ACT_SCALE_AMAX;
+        unsetenv("NEMOQ_CUDA_ACT_MIB");
+        double t0 = now();
+        quantize(res_dir, gpu, calib, c == 1);
+        nq_quantize_summary sr = last_sum;
+        double t1 = now();
+        setenv("NEMOQ_CUDA_ACT_MIB", "0", 1);
+        quantize(str_dir, gpu, calib, c == 1);
+        nq_quantize_summary ss = last_sum;
+        double t2 = now();
+        unsetenv("NEMOQ_CUDA_ACT_MIB");
+        quantize_act_scale = NQ_ACT_SCALE_AMAX;
+        uint64_t one = (uint64_t)sr.calib_samples * sr.calib_len * cfg.hidden_size * 4;
+        uint64_t want = one * (c == 0 ? 1 : 2);
+        size_t total = 0;
+        bool same = false;
+        size_t d = checkpoint_diff(res_dir, str_dir, &total, &same);
+        check(same && d == 0 && total > 0, "calibration activations resident on the GPU vs "
+              "streamed through it in chunks of 512 rows (%s): byte-identical checkpoints (%zu of "
+              "%zu bytes differ); %.2f s vs %.2f s", names[c], d, total, t1 - t0, t2 - t1);
+        /* the summary's host bytes: the statistics plus, streamed, the
+         * activations (twice when the layer's input is kept) */
+        check(ss.peak_activation_bytes == sr.peak_activation_bytes + want,
+              "%s: host memory for activations and statistics %llu bytes streamed, %llu "
+              "resident: %llu more = %llu x %s (the activations stay on the GPU)", names[c],
+              (unsigned long long)ss.peak_activation_bytes,
+              (unsigned long long)sr.peak_activation_bytes,
+              (unsigned long long)(ss.peak_activation_bytes - sr.peak_activation_bytes),
+              (unsigned long long)one, c == 0 ? "1" : "2");
+    }
+    nq_cuda_set_chunk_rows(gpu, 0);
+}
+
 /* GPTQ INT4 with the calibration forward, the Hessians and GPTQ itself on
  * each device: KL against the float model on windows 600..615 of the text
  * (the 8 evenly spaced calibration windows cover under 1% of it) must agree
@@ -1056,6 +1115,7 @@ int main(int argc, char **argv)
     test_device_stats(ids);
     test_gptq_kernels();
     test_gptq(calib, ids, n);
+    test_act_placement(calib);
     if (!getenv("NEMOQ_GPU_SKIP_NANO"))
         test_nano_width_gpu(gpu, src_dir);
     bench_forward(ids, n, 64, 256);
