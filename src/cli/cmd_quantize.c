@@ -62,6 +62,10 @@ static const char *usage =
     "                         gated norm -> out_proj (needs --calib)\n"
     "  --equalize-pairs LIST  equalize these pair kinds: norm (block RMSNorm -> its Linears,\n"
     "                         the router absorbing), gated, relu2 (expert up rows -> down)\n"
+    "  --equalize-objective hessian|served  what the equalization search minimises: the\n"
+    "                         W4A16 output error through the Hessian (default), or the served\n"
+    "                         layer's on sampled calibration rows (NVFP4: W4A4, activations\n"
+    "                         quantized with the recomputed input scale; SmoothQuant scales)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --optimize             the best measured quality at the same format and size: GPTQ +\n"
@@ -281,6 +285,15 @@ int nq_cmd_quantize(int argc, char **argv)
             if (!bad && !opt.equalize_kinds) {
                 nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
                              v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--equalize-objective", &v, &bad)) {
+            if (!bad && strcmp(v, "served") == 0)
+                opt.equalize_served = true;
+            else if (!bad && strcmp(v, "hessian") == 0)
+                opt.equalize_served = false;
+            else if (!bad) {
+                nq_cli_error("--equalize-objective '%s': expected hessian or served", v);
                 bad = true;
             }
         } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {

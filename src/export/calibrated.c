@@ -449,6 +449,7 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         return -1;
     int rc = -1;
     nq_eq_consumer *cons = NULL;
+    nq_eq_sample_consumer *scons = NULL;
     qdq_ctx *qc = NULL;
     float **ent = NULL;   /* weights, not entries: the table may move */
     float *c = NULL;
@@ -457,13 +458,14 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         const nq_eq_pair *p = &pairs[pi];
         if (!(kinds & p->kind))
             continue;
-        free(cons), free(qc), free(ent), free(c), free(rms);
+        free(cons), free(scons), free(qc), free(ent), free(c), free(rms);
         cons = calloc((size_t)p->n, sizeof *cons);
+        scons = calloc((size_t)p->n, sizeof *scons);
         qc = calloc((size_t)p->n, sizeof *qc);
         ent = calloc((size_t)p->n, sizeof *ent);
         c = malloc((size_t)p->cols * sizeof *c);
         rms = malloc((size_t)p->cols * sizeof *rms);
-        if (!cons || !qc || !ent || !c || !rms) {
+        if (!cons || !scons || !qc || !ent || !c || !rms) {
             nq_fail(err, "out of memory");
             goto done;
         }
@@ -476,7 +478,7 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
                                                                     : NULL;
             /* few rows: a Hessian of low rank, whose unseen directions
              * the search would sacrifice */
-            if (!st || !st->hessian || st->rows < (uint64_t)min_rows)
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows || st->sample_rows <= 0)
                 continue;
             override_entry *re = eq_entry(eq, ck, p->readers[r], err);
             if (!re)
@@ -490,21 +492,30 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
             cons[nc] = (nq_eq_consumer){.w = ent[r], .rows = m->out_features,
                                         .hessian = st->hessian, .qdq = qdq_module,
                                         .qdq_ctx = &qc[nc]};
+            scons[nc] = (nq_eq_sample_consumer){.w = ent[r], .rows = m->out_features,
+                                                .x = st->sample, .xrows = st->sample_rows,
+                                                .act_nvfp4 = m->format == NQ_FORMAT_NVFP4,
+                                                .qdq = qdq_module, .qdq_ctx = &qc[nc]};
             nc++;
             if (st->rows > rrows)
                 rrows = st->rows, rh = st->hessian;
         }
         if (nc == 0)
             continue;   /* no quantized reader saw data: leave the pair alone */
-        for (int64_t k = 0; k < p->cols; k++)
-            rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
         nq_eq_result res;
-        if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
-            goto done;
+        if (opt->equalize_served) {
+            if (nq_equalize_search_served(scons, nc, p->cols, NQ_EQ_GRID, c, &res, err) != 0)
+                goto done;
+        } else {
+            for (int64_t k = 0; k < p->cols; k++)
+                rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
+            if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
+                goto done;
+        }
         sum->eq_searched++;
         sum->eq_err_identity += res.err_identity;
         sum->eq_err_best += res.err_best;
-        if (res.alpha == 0.0)
+        if (res.identity)
             continue;
         sum->eq_pairs++;
         override_entry *se = eq_entry(eq, ck, p->src, err);
@@ -528,7 +539,7 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     }
     rc = 0;
 done:
-    free(cons), free(qc), free(ent), free(c), free(rms);
+    free(cons), free(scons), free(qc), free(ent), free(c), free(rms);
     nq_eq_pairs_free(pairs, np);
     return rc;
 }
