@@ -1,5 +1,8 @@
 /* --equalize: the scale search against an independent numpy implementation
  * (tests/gen/gen_equalize_reference.py, fixture tests/fixtures/equalize),
+ * the served (W4A4) objective's search against another
+ * (tests/gen/gen_equalize_served_reference.py, numpy + torch's E4M3 cast,
+ * fixture tests/fixtures/equalize_served),
  * and the pairs folded into the bundled model with arbitrary scales leaving
  * its float logits unchanged (to float32 rounding), also after the kept
  * tensors (norms, router) are rounded to BF16 as the checkpoint stores
@@ -293,11 +296,12 @@ static void test_served_search_matches_reference(void **state)
             .qdq = qdq_nvfp4};
     }
     float *ref = load_served("c.f32", sizeof(float) * (size_t)C);
+    double *rms = load_served("rms.f64", sizeof(double) * (size_t)C);
     float *c = malloc(sizeof(float) * (size_t)C);
     nq_eq_result res;
     nq_error err = {0};
     int grid = (int)json_integer_value(json_object_get(cs, "grid"));
-    assert_int_equal(nq_equalize_search_served(cons, 3, C, grid, c, &res, &err), 0);
+    assert_int_equal(nq_equalize_search_served(cons, 3, C, rms, grid, c, &res, &err), 0);
     assert_false(res.identity);
     assert_float_equal(res.alpha, json_real_value(json_object_get(cs, "alpha")), 1e-12);
     /* float32 products against float64: the errors agree to 1e-4 */
@@ -307,24 +311,21 @@ static void test_served_search_matches_reference(void **state)
     assert_float_equal(res.err_identity, ei, 1e-4 * ei);
     for (int64_t k = 0; k < C; k++)
         assert_float_equal(c[k], ref[k], 1e-6 * ref[k]);
-    /* one consumer: the identity is among the candidates and a layer
-     * without outliers keeps it when nothing beats it */
-    float *flat = malloc(sizeof(float) * (size_t)(128 * C));
-    for (int64_t k = 0; k < 128 * C; k++)
-        flat[k] = (k % 7) - 3.0f; /* every channel alike: smoothing only perturbs */
-    nq_eq_sample_consumer one = cons[0];
-    one.x = flat;
-    one.xrows = 128;
-    assert_int_equal(nq_equalize_search_served(&one, 1, C, grid, c, &res, &err), 0);
-    assert_true(res.err_best <= res.err_identity);
-    if (res.identity)
-        for (int64_t k = 0; k < C; k++)
-            assert_float_equal(c[k], 1.0f, 0.0f);
+    /* channels alike: every candidate is the identity, the first is kept */
+    double *flat = malloc(sizeof(double) * (size_t)C);
+    for (int64_t k = 0; k < C; k++)
+        flat[k] = 2.0;
+    assert_int_equal(nq_equalize_search_served(cons, 3, C, flat, grid, c, &res, &err), 0);
+    assert_true(res.identity);
+    assert_float_equal(res.err_best, ei, 1e-4 * ei);
+    for (int64_t k = 0; k < C; k++)
+        assert_float_equal(c[k], 1.0f, 0.0f);
     /* NVFP4 activations need whole blocks */
+    nq_eq_sample_consumer one = cons[0];
     one.xrows = 1;
-    assert_int_equal(nq_equalize_search_served(&one, 1, 40, grid, c, &res, &err), -1);
+    assert_int_equal(nq_equalize_search_served(&one, 1, 40, flat, grid, c, &res, &err), -1);
     assert_non_null(strstr(err.msg, "NVFP4 blocks"));
-    free(flat), free(c), free(ref);
+    free(flat), free(c), free(ref), free(rms);
     for (int j = 0; j < 3; j++)
         free(w[j]), free(x[j]);
     json_decref(cs);

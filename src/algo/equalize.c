@@ -96,28 +96,6 @@ done:
 
 /* ---- the served objective ---------------------------------------------- */
 
-void nq_equalize_smooth_scales(const float *ax, const float *aw, int64_t cols, double alpha,
-                               float *c)
-{
-    double mx = 0.0, mw = 0.0;
-    for (int64_t k = 0; k < cols; k++) {
-        mx = ax[k] > mx ? ax[k] : mx;
-        mw = aw[k] > mw ? aw[k] : mw;
-    }
-    double fx = mx > 0 ? NQ_EQ_RMS_FLOOR * mx : 1.0, fw = mw > 0 ? NQ_EQ_RMS_FLOOR * mw : 1.0;
-    double lo = INFINITY, hi = 0.0;
-    for (int64_t k = 0; k < cols; k++) {
-        double a = ax[k] > fx ? ax[k] : fx, b = aw[k] > fw ? aw[k] : fw;
-        double t = pow(a, alpha) / pow(b, 1.0 - alpha);
-        c[k] = (float)t;
-        lo = t < lo ? t : lo;
-        hi = t > hi ? t : hi;
-    }
-    double norm = sqrt(hi * lo);
-    for (int64_t k = 0; k < cols; k++)
-        c[k] = (float)(c[k] / norm);
-}
-
 /* sum of squares of ref - xq q^T: xq [xr, cols], q [rows, cols], ref and
  * y [xr, rows] */
 static double served_error(const float *ref, const float *xq, int xr, const float *q,
@@ -133,8 +111,9 @@ static double served_error(const float *ref, const float *xq, int xr, const floa
     return e;
 }
 
-int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols, int grid,
-                              float *c, nq_eq_result *res, nq_error *err)
+int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols,
+                              const double *rms, int grid, float *c, nq_eq_result *res,
+                              nq_error *err)
 {
     int64_t maxw = 0, maxx = 0, maxy = 0;
     bool act = false;
@@ -148,7 +127,6 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
     if (act && cols % NQ_NVFP4_BLOCK != 0)
         return nq_fail(err, "equalize: %lld input channels are not whole NVFP4 blocks",
                        (long long)cols);
-    float *ax = calloc((size_t)cols, sizeof *ax), *aw = calloc((size_t)cols, sizeof *aw);
     float *cand = malloc((size_t)cols * sizeof *cand);
     float *ws = malloc((size_t)(maxw ? maxw : 1) * sizeof *ws);
     float *q = malloc((size_t)(maxw ? maxw : 1) * sizeof *q);
@@ -156,20 +134,12 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
     float *y = malloc((size_t)(maxy ? maxy : 1) * sizeof *y);
     float **ref = calloc((size_t)(n ? n : 1), sizeof *ref);
     int rc = -1;
-    if (!ax || !aw || !cand || !ws || !q || !xs || !y || !ref) {
+    if (!cand || !ws || !q || !xs || !y || !ref) {
         nq_fail(err, "equalize: out of memory");
         goto done;
     }
     for (int j = 0; j < n; j++) {
         const nq_eq_sample_consumer *x = &cons[j];
-        for (int64_t k = 0; k < (int64_t)x->xrows * cols; k++) {
-            float a = fabsf(x->x[k]);
-            ax[k % cols] = a > ax[k % cols] ? a : ax[k % cols];
-        }
-        for (int64_t k = 0; k < x->rows * cols; k++) {
-            float a = fabsf(x->w[k]);
-            aw[k % cols] = a > aw[k % cols] ? a : aw[k % cols];
-        }
         /* the float layer's output (the equalized float layer computes the
          * same) */
         ref[j] = malloc((size_t)((int64_t)x->xrows * x->rows) * sizeof **ref);
@@ -181,14 +151,9 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
                     1.0f, x->x, (int)cols, x->w, (int)cols, 0.0f, ref[j], (int)x->rows);
     }
     double best = INFINITY;
-    for (int g = -1; g <= grid; g++) {
-        /* g = -1: the identity */
-        double alpha = g < 0 ? 0.0 : (double)g / grid;
-        if (g < 0)
-            for (int64_t k = 0; k < cols; k++)
-                cand[k] = 1.0f;
-        else
-            nq_equalize_smooth_scales(ax, aw, cols, alpha, cand);
+    for (int g = 0; g < grid; g++) {
+        double alpha = (double)g / grid;
+        nq_equalize_scales(rms, cols, alpha, cand);
         /* the input scale the pipeline will compute from the equalized
          * activations */
         float amax = 0.0f;
@@ -213,13 +178,13 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
                 nq_nvfp4_fake_quant(xs, nx, gs);
             e += served_error(ref[j], xs, x->xrows, q, x->rows, cols, y);
         }
-        if (g < 0)
+        if (g == 0)
             res->err_identity = e;
         if (e < best) {
             best = e;
             res->alpha = alpha;
             res->err_best = e;
-            res->identity = g < 0;
+            res->identity = g == 0;
             memcpy(c, cand, (size_t)cols * sizeof *c);
         }
     }
@@ -228,6 +193,6 @@ done:
     for (int j = 0; ref && j < n; j++)
         free(ref[j]);
     free(ref);
-    free(ax), free(aw), free(cand), free(ws), free(q), free(xs), free(y);
+    free(cand), free(ws), free(q), free(xs), free(y);
     return rc;
 }

@@ -56,8 +56,10 @@ void nq_equalize_scales(const double *rms, int64_t cols, double alpha, float *c)
 
 /* ---- the served (W4A4) objective --------------------------------------
  *
- * nq_equalize_search_served minimises what the server computes instead:
- * for every consumer j with calibration input rows X_j [n_j, cols],
+ * nq_equalize_search_served has the same candidates (c from rms, alpha on
+ * 0, 1/grid, ..., (grid-1)/grid, alpha = 0 the identity, the first minimum
+ * kept) but minimises what the server computes: for every consumer j with
+ * calibration input rows X_j [n_j, cols],
  *
  *   E(c) = sum_j || X_j W_j^T - A(X_j diag(1/c)) Q_j(W_j diag c)^T ||^2
  *
@@ -67,16 +69,9 @@ void nq_equalize_scales(const double *rms, int64_t cols, double alpha, float *c)
  * with amax the largest |X_j / c| over all the consumers' rows: the
  * input_scale the pipeline recomputes from the equalized activations),
  * or the identity for consumers whose activations stay in float (INT4,
- * W4A16).  Candidates: c = 1 (the identity, always tried first, so ties keep
- * the model unchanged) and SmoothQuant's
- *
- *   c_k = ax_k^alpha / aw_k^(1 - alpha),  alpha = 0, 1/grid, ..., 1,
- *
- * ax_k the largest |x| of channel k over the consumers' rows, aw_k the
- * largest |w| of column k over the consumers' weights (each clamped below
- * at NQ_EQ_RMS_FLOOR of its maximum, so a dead channel gets no extreme
- * scale), normalised as AWQ does (geometric middle of the range -> 1).
- * Float32 products, double sums. */
+ * W4A16).  Float32 products, double sums.  (SmoothQuant's candidates,
+ * max|x|^alpha / max|w|^(1-alpha) from the sampled rows, were measured and
+ * dropped: README, "NVFP4 W4A4: equalization and damping".) */
 typedef struct nq_eq_sample_consumer {
     const float *w;           /* [rows, cols] float weight */
     int64_t rows;
@@ -87,13 +82,10 @@ typedef struct nq_eq_sample_consumer {
     void *qdq_ctx;
 } nq_eq_sample_consumer;
 
-/* cols % 16 == 0 when any consumer has act_nvfp4.  c[cols] receives the
- * scales; res->alpha is the chosen alpha (meaningless when res->identity). */
-int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols, int grid,
-                              float *c, nq_eq_result *res, nq_error *err);
-
-/* SmoothQuant's scales for one alpha from ax, aw (as the search uses them). */
-void nq_equalize_smooth_scales(const float *ax, const float *aw, int64_t cols, double alpha,
-                               float *c);
+/* cols % 16 == 0 when any consumer has act_nvfp4.  rms[cols] as for
+ * nq_equalize_search; c[cols] receives the scales. */
+int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols,
+                              const double *rms, int grid, float *c, nq_eq_result *res,
+                              nq_error *err);
 
 #endif

@@ -65,7 +65,7 @@ static const char *usage =
     "  --equalize-objective hessian|served  what the equalization search minimises: the\n"
     "                         W4A16 output error through the Hessian (default), or the served\n"
     "                         layer's on sampled calibration rows (NVFP4: W4A4, activations\n"
-    "                         quantized with the recomputed input scale; SmoothQuant scales)\n"
+    "                         quantized with the recomputed input scale)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --optimize             the best measured quality at the same format and size: GPTQ +\n"
@@ -626,7 +626,7 @@ int nq_cmd_quantize(int argc, char **argv)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,
                    opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
-        if (opt.equalize)
+        if (opt.equalize || opt.optimize.equalize_nvfp4)
             printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
                    "error on calibration inputs %.1f%% lower than unscaled\n",
                    sum.eq_pairs, sum.eq_searched,
@@ -692,8 +692,9 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
             json_object_set_new(summary, "experts_without_tokens",
                                 json_integer((json_int_t)sum.experts_without_tokens));
-            json_object_set_new(summary, "equalize", json_boolean(opt.equalize));
-            if (opt.equalize)
+            json_object_set_new(summary, "equalize",
+                                json_boolean(opt.equalize || opt.optimize.equalize_nvfp4));
+            if (opt.equalize || opt.optimize.equalize_nvfp4)
                 json_object_set_new(summary, "equalized_pairs",
                                     json_integer((json_int_t)sum.eq_pairs));
         }

@@ -445,6 +445,9 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     int np;
     int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
     int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    /* --optimize's equalize-nvfp4 alone: the default pairs, NVFP4 readers
+     * only (INT4 with act-order measured no gain from them) */
+    bool nvfp4_only = !opt->equalize;
     if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
         return -1;
     int rc = -1;
@@ -478,7 +481,8 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
                                                                     : NULL;
             /* few rows: a Hessian of low rank, whose unseen directions
              * the search would sacrifice */
-            if (!st || !st->hessian || st->rows < (uint64_t)min_rows || st->sample_rows <= 0)
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows || st->sample_rows <= 0 ||
+                (nvfp4_only && m->format != NQ_FORMAT_NVFP4))
                 continue;
             override_entry *re = eq_entry(eq, ck, p->readers[r], err);
             if (!re)
@@ -502,16 +506,15 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         }
         if (nc == 0)
             continue;   /* no quantized reader saw data: leave the pair alone */
+        /* the channels' RMS over every calibration row (the sampled rows
+         * alone are one window for most readers) */
+        for (int64_t k = 0; k < p->cols; k++)
+            rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
         nq_eq_result res;
-        if (opt->equalize_served) {
-            if (nq_equalize_search_served(scons, nc, p->cols, NQ_EQ_GRID, c, &res, err) != 0)
-                goto done;
-        } else {
-            for (int64_t k = 0; k < p->cols; k++)
-                rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
-            if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
-                goto done;
-        }
+        if (opt->equalize_served
+                ? nq_equalize_search_served(scons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err)
+                : nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err))
+            goto done;
         sum->eq_searched++;
         sum->eq_err_identity += res.err_identity;
         sum->eq_err_best += res.err_best;
@@ -747,7 +750,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     int32_t *ids = NULL;
     float *x = NULL, *x_in = NULL, *x_tmp = NULL;
     order_item *order = NULL;
-    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
+    bool equalize = opt->equalize || opt->optimize.equalize_nvfp4;
+    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || equalize};
     override_ctx eq = {.ck = ck};
     override_ctx ov = {.ck = ck, .next = &eq};
     int rc = -1;
@@ -846,7 +850,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         memcpy(x_in, x, (size_t)S * plane * sizeof *x);
         if (layer_stats(model, l, x, S, T, &stats, opt->cuda, err) != 0)
             goto done;
-        if (opt->equalize) {
+        if (equalize) {
             /* the scales come from the float layer's statistics; the
              * statistics GPTQ and the input scales use are those of the
              * equalized layer (its inputs are divided by the scales) */

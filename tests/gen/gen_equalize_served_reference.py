@@ -1,8 +1,9 @@
 """Reference for tests/test_equalize.c's served (W4A4) objective
-(nq_equalize_search_served, src/algo/equalize.h), written from the
-SmoothQuant paper (s_k = max|x_k|^alpha / max|w_k|^(1 - alpha), activations
-divided by s, weight columns multiplied) and vLLM's NVFP4 W4A4 semantics,
-in numpy float64 with torch's float8_e4m3fn cast for E4M3:
+(nq_equalize_search_served, src/algo/equalize.h), written from the AWQ
+paper / llm-awq `auto_scale` (s = x_rms^alpha normalised by
+sqrt(max * min), alpha on a grid, the first minimum of the output error;
+activations divided by s, weight columns multiplied) and vLLM's NVFP4 W4A4
+semantics, in numpy float64 with torch's float8_e4m3fn cast for E4M3:
 
   - weights: NVFP4 round-to-nearest with max scales (ModelOpt: global scale
     amax / (6 * 448), per-16 block scale e4m3(block_amax / (6 gs)) clamped
@@ -11,16 +12,17 @@ in numpy float64 with torch's float8_e4m3fn cast for E4M3:
     input_scale a calibration of the equalized model computes, for the
     consumers served W4A4; untouched for the W4A16 one;
   - error: || X W^T - A(X / s) Q(W diag s)^T ||^2 summed over consumers,
-    candidates s = 1 first, then alpha = 0, 0.1, ..., 1 (nemoq clamps both
-    statistics below at 1e-2 of their max and normalises s by
-    sqrt(max s * min s), as AWQ does); the first minimum wins.
+    candidates alpha = 0 (s = 1), 0.1, ..., 0.9, the channel RMS given
+    (nemoq passes the RMS over all calibration rows; here over the first
+    consumer's rows) clamped below at 1e-2 of its max; the first minimum
+    wins.
 
 Three consumers share one input with outlier channels (the second sees a
 subset of the rows, as a routed expert does; the third is W4A16).
 
     python3 tests/gen/gen_equalize_served_reference.py tests/fixtures/equalize_served
 writes case.json (the errors per candidate, the choice), w{1,2,3}.f32,
-x{1,2,3}.f32, c.f32 (the chosen scales).
+x{1,2,3}.f32, rms.f64, c.f32 (the chosen scales).
 """
 import json, os, sys
 import numpy as np
@@ -77,16 +79,14 @@ def qdq_weight(w):
     return fake_quant(w, global_scale(np.abs(w).max()))
 
 
-ax = np.max([np.abs(x).max(axis=0) for x in xs], axis=0).astype(np.float32)
-aw = np.max([np.abs(w).max(axis=0) for w in ws], axis=0).astype(np.float32)
+rms = np.sqrt((x1.astype(np.float64) ** 2).mean(axis=0))
 
 
-def smooth(alpha):
-    a = np.maximum(ax.astype(np.float64), 1e-2 * float(ax.max()))
-    b = np.maximum(aw.astype(np.float64), 1e-2 * float(aw.max()))
-    t = a ** alpha / b ** (1.0 - alpha)
-    c = t.astype(np.float32)
-    norm = np.sqrt(t.max() * t.min())
+def scales(alpha):
+    m = np.maximum(rms, 1e-2 * rms.max())
+    v = m ** alpha
+    c = v.astype(np.float32)
+    norm = np.sqrt(v.max() * v.min())
     return (c.astype(np.float64) / norm).astype(np.float32)
 
 
@@ -104,8 +104,7 @@ def error(c):
     return e
 
 
-cands = [("identity", np.ones(cols, np.float32))] + \
-        [(g / grid, smooth(g / grid)) for g in range(grid + 1)]
+cands = [(g / grid, scales(g / grid)) for g in range(grid)]
 errs = [error(c) for _, c in cands]
 best = int(np.argmin(errs))
 srt = sorted(errs)
@@ -116,6 +115,7 @@ for i in range(3):
     ws[i].tofile(os.path.join(out, f"w{i + 1}.f32"))
     xs[i].tofile(os.path.join(out, f"x{i + 1}.f32"))
 cands[best][1].tofile(os.path.join(out, "c.f32"))
+rms.tofile(os.path.join(out, "rms.f64"))
 json.dump({"cols": cols, "rows": rows, "xrows": [len(x) for x in xs], "act_nvfp4": act,
            "grid": grid, "errors": errs, "best": best, "alpha": cands[best][0],
            "err_identity": errs[0], "err_best": errs[best]},
