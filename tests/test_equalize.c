@@ -283,7 +283,7 @@ static void test_served_search_matches_reference(void **state)
     nq_eq_sample_consumer cons[3];
     float *w[3], *x[3];
     for (int j = 0; j < 3; j++) {
-        char wn[16], xn[16];
+        char wn[32], xn[32];
         int64_t r = json_integer_value(json_array_get(json_object_get(cs, "rows"), j));
         int64_t xr = json_integer_value(json_array_get(json_object_get(cs, "xrows"), j));
         snprintf(wn, sizeof wn, "w%d.f32", j + 1);

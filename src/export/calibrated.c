@@ -444,10 +444,13 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     nq_eq_pair *pairs;
     int np;
     int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
-    int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
-    /* --optimize's equalize-nvfp4 alone: the default pairs, NVFP4 readers
-     * only (INT4 with act-order measured no gain from them) */
+    /* --optimize's equalize-nvfp4 alone: every pair kind, the served
+     * objective, NVFP4 readers only (INT4 with act-order measured no gain
+     * from equalization) */
     bool nvfp4_only = !opt->equalize;
+    int kinds = nvfp4_only ? NQ_EQ_NORM | NQ_EQ_GATED | NQ_EQ_RELU2
+              : opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    bool served = nvfp4_only || opt->equalize_served;
     if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
         return -1;
     int rc = -1;
@@ -511,7 +514,7 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         for (int64_t k = 0; k < p->cols; k++)
             rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
         nq_eq_result res;
-        if (opt->equalize_served
+        if (served
                 ? nq_equalize_search_served(scons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err)
                 : nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err))
             goto done;
