@@ -8,7 +8,9 @@
 # and transformers with CUDA: nemoq's GPU forward vs transformers' bf16 GPU
 # forward of the same model and tokens, on the bundled model and on the
 # Nano-width model (written by nemoq-gen-nano-width, 2.7 GB, into a
-# temporary directory), printed as ratios.
+# temporary directory), printed as ratios; nemoq in each GEMM mode
+# (NEMOQ_CUDA_GEMM=f32|bf16x3|bf16x3k|bf16x2, see src/cuda/cuda.h; the GPU
+# tests run in the default mode, or in NEMOQ_CUDA_GEMM's when it is set).
 #
 # NEMOQ_GPU_BIN=DIR skips the build and takes nemoq-gpu-test and
 # nemoq-gen-nano-width from DIR (for a GPU machine without the build
@@ -52,14 +54,19 @@ if python3 -c "import torch, transformers, sys; sys.exit(0 if torch.cuda.is_avai
     cp models/tiny-nemotron-h/tokenizer.json "$tmp/nanow/" 2>/dev/null || true
     python3 -c "import numpy as np; np.random.default_rng(0).integers(3, 512, size=$windows * 2048, dtype=np.int32).tofile('$tmp/nanow_ids.i32')"
     python3 -c "import numpy as np; np.random.default_rng(1).integers(3, 512, size=32 * 2048, dtype=np.int32).tofile('$tmp/nanow_ids32.i32')"
-    # streamed every pass, then resident after the first pass; 32 windows:
-    # nemoq alone (transformers' pure-PyTorch Mamba path runs out of memory)
+    # streamed every pass (default GEMM mode), then resident after the
+    # first pass in each GEMM mode (NEMOQ_CUDA_GEMM); 32 windows: nemoq
+    # alone (transformers' pure-PyTorch Mamba path runs out of memory)
     { NEMOQ_BENCH_TAG=nanow "$NEMOQ_GPU_BIN/nemoq-gpu-test" --bench-backbone "$tmp/nanow" \
         "$tmp/nanow_ids.i32" 2048 "$windows" || true
-      NEMOQ_BENCH_TAG=nanow NEMOQ_BENCH_RESIDENT=1 "$NEMOQ_GPU_BIN/nemoq-gpu-test" --bench-backbone \
-        "$tmp/nanow" "$tmp/nanow_ids.i32" 2048 "$windows" || true
-      NEMOQ_BENCH_TAG=nanow-32windows NEMOQ_BENCH_RESIDENT=1 "$NEMOQ_GPU_BIN/nemoq-gpu-test" \
-        --bench-backbone "$tmp/nanow" "$tmp/nanow_ids32.i32" 2048 32 || true
+      for mode in f32 bf16x3 bf16x3k bf16x2; do
+        NEMOQ_CUDA_GEMM=$mode NEMOQ_BENCH_TAG=nanow NEMOQ_BENCH_RESIDENT=1 "$NEMOQ_GPU_BIN/nemoq-gpu-test" \
+          --bench-backbone "$tmp/nanow" "$tmp/nanow_ids.i32" 2048 "$windows" || true
+      done
+      for mode in f32 bf16x3; do
+        NEMOQ_CUDA_GEMM=$mode NEMOQ_BENCH_TAG=nanow-32windows NEMOQ_BENCH_RESIDENT=1 \
+          "$NEMOQ_GPU_BIN/nemoq-gpu-test" --bench-backbone "$tmp/nanow" "$tmp/nanow_ids32.i32" 2048 32 || true
+      done
       NEMOQ_BENCH_TAG=nanow python3 "$bench" "$tmp/nanow" "$tmp/nanow_ids.i32" 2048 "$windows" backbone 2>&1 |
         grep -E '^BENCH|Error' || true; } | tee -a "$tmp/bench.log"
   else

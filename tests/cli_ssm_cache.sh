@@ -63,6 +63,11 @@ err=$("$bin" eval "$model" --text "$tmp/eval.txt" --ctx 16 --decode --prefill 16
 check "--prefill beyond the window ($err)" '[ $rc -eq 1 ] && [[ "$err" == *"--prefill 16: must be 1..15"* ]] && [ $(printf "%s" "$err" | wc -l) -le 1 ]'
 err=$("$bin" eval "$model" --text "$tmp/eval.txt" --decode --seed -1 2>&1); rc=$?
 check "negative --seed" '[ $rc -eq 2 ]'
+# a value flag last on the line: a usage error, not a crash
+for f in --prefill --ssm-cache --philox-rounds --seed --kl-bucket --ctx --windows --skip-windows --threads; do
+  err=$("$bin" eval "$model" --text "$tmp/eval.txt" --decode $f 2>&1); rc=$?
+  check "eval $f without its value" '[ $rc -eq 2 ] && [[ "$err" == *"$f needs a value"* ]]'
+done
 
 echo "cli_ssm_cache: $pass passed, $fail failed"
 [ $fail -eq 0 ]

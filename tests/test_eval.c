@@ -13,6 +13,7 @@
 #include "eval/deploy.h"
 #include "eval/loaded.h"
 #include "eval/perplexity.h"
+#include "formats/fp8.h"
 #include "formats/nvfp4.h"
 #include "tok/tokenizer.h"
 
@@ -148,7 +149,7 @@ static void test_fake_quant_nvfp4_by_hand(void **state)
 {
     (void)state;
     float x[16] = {0.3f, 1.2f, -3.0f, 0.8f};
-    nq_fake_quant_nvfp4(x, 16, 1.0f / 6.0f);
+    nq_nvfp4_fake_quant(x, 16, 1.0f / 6.0f);
     assert_true(x[0] == 0.25f);
     assert_true(x[1] == 1.0f);
     assert_true(x[2] == -3.0f);
@@ -163,7 +164,7 @@ static void test_fake_quant_fp8_by_hand(void **state)
 {
     (void)state;
     float x[3] = {1.1f, 1000.0f, -0.0f};
-    nq_fake_quant_fp8(x, 3, 0.5f);
+    nq_fp8_fake_quant(x, 3, 0.5f);
     assert_true(x[0] == 1.125f);
     assert_true(x[1] == 224.0f);
     assert_true(x[2] == 0.0f);

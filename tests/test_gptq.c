@@ -22,13 +22,7 @@
 
 static void *load(const char *name, size_t want)
 {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/fixtures/gptq/%s", name);
-    size_t len;
-    void *p = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(p);
-    assert_int_equal(len, want);
-    return p;
+    return nq_test_load_fixture("gptq", name, want);
 }
 
 static void test_int4_matches_reference(void **state)
@@ -45,13 +39,7 @@ static void test_int4_matches_reference(void **state)
     assert_int_equal(nq_gptq_int4(w, R, C, h, G, false, 0.01, 2, qw, qz, sc, gi, &st, &err), 0);
     assert_int_equal(st.dead_columns, 1);
     assert_memory_equal(sc, scales, sizeof sc);
-    /* unpack our codes: qweight row k/8, nibble k%8 */
-    int diff = 0;
-    for (int r = 0; r < R; r++)
-        for (int k = 0; k < C; k++) {
-            int code = (int)(((uint32_t)qw[(k / 8) * R + r] >> (4 * (k % 8))) & 15);
-            diff += code != codes[r * C + k];
-        }
+    int diff = nq_test_int4_codes_differing(qw, codes, R, C);
     /* float64 on both sides; only a rounding tie decided differently by
      * the last bit of a BLAS sum may flip a code */
     if (diff > 2)

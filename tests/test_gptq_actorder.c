@@ -18,13 +18,7 @@
 
 static void *load(const char *name, size_t want)
 {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/fixtures/gptq_actorder/%s", name);
-    size_t len;
-    void *p = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(p);
-    assert_int_equal(len, want);
-    return p;
+    return nq_test_load_fixture("gptq_actorder", name, want);
 }
 
 static void test_matches_reference(void **state)
@@ -46,12 +40,7 @@ static void test_matches_reference(void **state)
         assert_int_equal(gi[k], k / G);
     for (int k = 0; k < C / G * R / 8; k++)
         assert_int_equal((uint32_t)qz[k], 0x77777777u);
-    int diff = 0;
-    for (int r = 0; r < R; r++)
-        for (int k = 0; k < C; k++) {
-            int code = (int)(((uint32_t)qw[(k / 8) * R + r] >> (4 * (k % 8))) & 15);
-            diff += code != codes[r * C + k];
-        }
+    int diff = nq_test_int4_codes_differing(qw, codes, R, C);
     /* float64 on both sides; only a rounding tie decided differently by the
      * last bit of a BLAS sum may flip a code */
     if (diff > 2)

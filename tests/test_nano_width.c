@@ -38,13 +38,8 @@
 #include <string.h>
 
 #include "calib/calib.h"
-#include "core/parallel.h"
-#include "model/config.h"
-#include "model/forward.h"
-#include "nanow/nano_width_gen.h"
-#include "recipe/plan.h"
+#include "nanow/nano_width_fixture.h"
 
-#define DIR "tests/fixtures/nano_width"
 /* Logits: max |nemoq - ref| / max(1, |ref|), the bound of test_model.c and
  * of issue 16; measured ~1e-5 (see PROVENANCE.md). */
 #define LOGIT_TOL 2e-3
@@ -55,153 +50,41 @@
 #define AMAX_TOL 1e-4
 #define MOE_GROUP 4
 
-typedef struct {
-    nq_model_config cfg;
-    nq_nanow_spec *specs;
-    size_t nspecs;
-    nq_nanow_source src;
-    json_t *ref;
-    nq_model *m;
-    nq_plan plan;
-    int checked, mismatched;
-} nanow;
-
-static int check_checksum(void *ctx, const nq_nanow_spec *s, uint64_t sum, nq_error *err)
-{
-    nanow *f = ctx;
-    json_t *c = json_object_get(json_object_get(f->ref, "checksums"), s->name);
-    if (!json_is_string(c))
-        return nq_fail(err, "%s: no checksum in ref.json", s->name);
-    uint64_t want = strtoull(json_string_value(c), NULL, 10);
-    f->checked++;
-    if (want != sum) {
-        f->mismatched++;
-        return nq_fail(err, "%s: generated checksum %llu, the Python generator's %llu", s->name,
-                       (unsigned long long)sum, (unsigned long long)want);
-    }
-    return 0;
-}
+typedef nq_nanow_fixture nanow;
+typedef nq_nanow_observer observer;
 
 static void open_nanow(nanow *f)
 {
     nq_error err = {0};
-    memset(f, 0, sizeof *f);
-    if (nq_model_config_load(nq_test_path(DIR "/config.json"), &f->cfg, &err) != 0)
+    if (nq_nanow_fixture_open(f, NQ_SOURCE_DIR, true, &err) != 0)
         fail_msg("%s", err.msg);
     assert_string_equal(f->cfg.pattern, "M*E");
     assert_int_equal(f->cfg.hidden_size, 2688);
     assert_int_equal(f->cfg.n_routed_experts, 128);
     assert_int_equal(f->cfg.num_experts_per_tok, 6);
-    f->specs = nq_nanow_specs(&f->cfg, &f->nspecs, &err);
-    if (!f->specs)
-        fail_msg("%s", err.msg);
-    json_error_t jerr;
-    f->ref = json_load_file(nq_test_path(DIR "/ref.json"), 0, &jerr);
-    if (!f->ref)
-        fail_msg("ref.json: %s", jerr.text);
-    f->src = (nq_nanow_source){.specs = f->specs, .count = f->nspecs, .seed = NQ_NANOW_SEED,
-                               .threads = nq_default_threads(), .on_tensor = check_checksum,
-                               .ctx = f};
-    f->m = nq_model_open(NULL, &f->cfg, &err);
-    if (!f->m)
-        fail_msg("%s", err.msg);
-    nq_model_set_weights(f->m, (nq_weight_provider){.fetch = nq_nanow_fetch, .ctx = &f->src});
-    nq_recipe_options ro = {.preset = "int4"};
-    if (nq_plan_build(&f->cfg, NULL, &ro, &f->plan, &err) != 0)
-        fail_msg("%s", err.msg);
 }
 
 static void close_nanow(nanow *f)
 {
     printf("  generator: %d tensors checked against the Python checksums, %.2f G values\n",
            f->checked, f->src.generated / 1e9);
-    nq_plan_free(&f->plan);
-    nq_model_close(f->m);
-    json_decref(f->ref);
-    free(f->specs);
+    nq_nanow_fixture_close(f);
 }
 
 static int32_t *seq_ids(nanow *f, int s, int *n)
 {
-    json_t *a = json_array_get(json_object_get(f->ref, "seqs"), (size_t)s);
-    assert_non_null(a);
-    *n = (int)json_array_size(a);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    for (int t = 0; t < *n; t++)
-        ids[t] = (int32_t)json_integer_value(json_array_get(a, (size_t)t));
+    int32_t *ids = nq_nanow_fixture_seq(f, s, n);
+    assert_non_null(ids);
     return ids;
 }
 
-static float *read_f32(const char *rel, size_t count)
+static float *read_f32(nanow *f, const char *name, size_t count)
 {
-    size_t len = 0;
-    unsigned char *b = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(b);
-    assert_int_equal(len, count * sizeof(float));
-    return (float *)b;
-}
-
-static double max_rel_diff(const float *a, const float *ref, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double scale = fabs((double)ref[i]) > 1.0 ? fabs((double)ref[i]) : 1.0;
-        double d = fabs((double)a[i] - ref[i]) / scale;
-        if (!(d <= m))
-            m = isnan(d) ? INFINITY : d;
-    }
-    return m;
-}
-
-/* ---- statistics -------------------------------------------------------- */
-
-typedef struct {
-    nq_calib_stats stats;
-    nq_forward_hooks calib;
-    int32_t *experts;   /* [tokens, top_k] as routed, in token order */
-    int routed_tokens, cap;
-} observer;
-
-static int obs_linear(void *ctx, const nq_linear_input *in, nq_error *err)
-{
-    observer *o = ctx;
-    return o->calib.linear_input(o->calib.ctx, in, err);
-}
-
-static int obs_kv(void *ctx, const nq_kv_output *kv, nq_error *err)
-{
-    observer *o = ctx;
-    return o->calib.kv_output(o->calib.ctx, kv, err);
-}
-
-static int obs_routing(void *ctx, const nq_routing *r, nq_error *err)
-{
-    observer *o = ctx;
-    if (o->routed_tokens + r->tokens > o->cap)
-        return nq_fail(err, "routing: more tokens than the sequence");
-    memcpy(o->experts + (size_t)o->routed_tokens * r->top_k, r->experts,
-           (size_t)r->tokens * r->top_k * sizeof *o->experts);
-    o->routed_tokens += r->tokens;
-    return 0;
-}
-
-static void observe(nanow *f, observer *o, int tokens)
-{
-    memset(o, 0, sizeof *o);
-    o->stats.plan = &f->plan;
-    o->calib = nq_calib_hooks(&o->stats);
-    o->cap = tokens;
-    o->experts = malloc((size_t)tokens * f->cfg.num_experts_per_tok * sizeof *o->experts);
-    nq_forward_hooks h = {.linear_input = obs_linear, .kv_output = obs_kv,
-                          .routing = obs_routing, .ctx = o};
-    nq_model_set_hooks(f->m, &h);
-}
-
-static void unobserve(nanow *f, observer *o)
-{
-    nq_model_set_hooks(f->m, NULL);
-    nq_calib_stats_reset(&o->stats);
-    free(o->experts);
+    nq_error err = {0};
+    float *b = nq_nanow_fixture_f32(f, name, count, &err);
+    if (!b)
+        fail_msg("%s", err.msg);
+    return b;
 }
 
 static double rel(double a, double ref) { return fabs(a - ref) / fabs(ref); }
@@ -262,7 +145,7 @@ static double check_stats(nanow *f, observer *o, int seq, int upto, int tokens)
             /* the same 6 experts for every token (reference: sorted) */
             json_t *rows = json_object_get(v, "experts");
             int K = f->cfg.num_experts_per_tok;
-            assert_int_equal(o->routed_tokens, tokens);
+            assert_int_equal(o->routed, tokens);
             assert_int_equal(json_array_size(rows), (size_t)tokens);
             for (int t = 0; t < tokens; t++) {
                 int32_t mine[16];
@@ -314,25 +197,25 @@ static void test_short_full_forward(void **state)
             off += (size_t)len * V;
         total += (size_t)len * V;
     }
-    float *ref = read_f32(DIR "/logits.f32", total);
-    float *href = read_f32(DIR "/hidden_short.f32", (size_t)(L + 1) * n * H);
+    float *ref = read_f32(&f, "logits.f32", total);
+    float *href = read_f32(&f, "hidden_short.f32", (size_t)(L + 1) * n * H);
     float *logits = malloc((size_t)n * V * sizeof *logits);
     float *hid = malloc((size_t)(L + 1) * n * H * sizeof *hid);
     observer o;
-    observe(&f, &o, n);
+    nq_nanow_observe(&f, &o, n);
     nq_error err = {0};
     if (nq_model_forward(f.m, ids, n, logits, hid, &err) != 0)
         fail_msg("%s", err.msg);
-    double d = max_rel_diff(logits, ref + off, (size_t)n * V);
+    double d = nq_nanow_max_rel(logits, ref + off, (size_t)n * V);
     printf("  seq %d (%d tokens, nq_model_forward): logits max rel err %.3g\n", seq, n, d);
     assert_true(d <= LOGIT_TOL);
     for (int l = 0; l <= L; l++) {
-        double h = max_rel_diff(hid + (size_t)l * n * H, href + (size_t)l * n * H, (size_t)n * H);
+        double h = nq_nanow_max_rel(hid + (size_t)l * n * H, href + (size_t)l * n * H, (size_t)n * H);
         printf("  hidden entry %d: max rel err %.3g\n", l, h);
         assert_true(h <= HIDDEN_TOL);
     }
     check_stats(&f, &o, seq, L, n);
-    unobserve(&f, &o);
+    nq_nanow_unobserve(&f, &o);
     assert_int_equal(f.mismatched, 0);
     free(ids);
     free(ref);
@@ -352,22 +235,22 @@ static void test_long_mamba_attention(void **state)
     int n, H = f.cfg.hidden_size;
     int32_t *ids = seq_ids(&f, seq, &n);
     assert_true(n > f.cfg.chunk_size);
-    float *ref = read_f32(DIR "/hidden_long_l2.f32", (size_t)n * H);
+    float *ref = read_f32(&f, "hidden_long_l2.f32", (size_t)n * H);
     float *x = malloc((size_t)n * H * sizeof *x);
     observer o;
-    observe(&f, &o, n);
+    nq_nanow_observe(&f, &o, n);
     nq_error err = {0};
     if (nq_model_embed(f.m, ids, n, x, &err) != 0)
         fail_msg("%s", err.msg);
     for (int l = 0; l < entry; l++)
         if (nq_model_block(f.m, l, x, n, NULL, &err) != 0)
             fail_msg("%s", err.msg);
-    double d = max_rel_diff(x, ref, (size_t)n * H);
+    double d = nq_nanow_max_rel(x, ref, (size_t)n * H);
     printf("  seq %d (%d tokens): residual stream after blocks M and * max rel err %.3g\n", seq,
            n, d);
     assert_true(d <= HIDDEN_TOL);
     check_stats(&f, &o, seq, entry, n);
-    unobserve(&f, &o);
+    nq_nanow_unobserve(&f, &o);
     assert_int_equal(f.mismatched, 0);
     free(ids);
     free(ref);
@@ -405,7 +288,7 @@ static void test_logits_32_tokens(void **state)
         free(seq_ids(&f, (int)json_integer_value(json_array_get(ls, i)), &len));
         total += (size_t)len * V;
     }
-    float *ref = read_f32(DIR "/logits.f32", total);
+    float *ref = read_f32(&f, "logits.f32", total);
     nq_weight_provider prov = {.fetch = nq_nanow_fetch, .ctx = &f.src};
     size_t off = 0;
     for (size_t i = 0; i < json_array_size(ls); i++) {
@@ -419,7 +302,7 @@ static void test_logits_32_tokens(void **state)
         float *x = malloc((size_t)n * H * sizeof *x);
         float *logits = malloc((size_t)n * V * sizeof *logits);
         observer o;
-        observe(&f, &o, n);
+        nq_nanow_observe(&f, &o, n);
         nq_error err = {0};
         if (nq_model_embed(f.m, ids, n, x, &err) != 0)
             fail_msg("%s", err.msg);
@@ -439,12 +322,12 @@ static void test_logits_32_tokens(void **state)
         }
         if (nq_model_final(f.m, x, n, NULL, logits, &err) != 0)
             fail_msg("%s", err.msg);
-        double d = max_rel_diff(logits, ref + off, (size_t)n * V);
+        double d = nq_nanow_max_rel(logits, ref + off, (size_t)n * V);
         printf("  seq %d (%d tokens, MoE in groups of %d): logits max rel err %.3g\n", s, n,
                MOE_GROUP, d);
         assert_true(d <= LOGIT_TOL);
         check_stats(&f, &o, s, L, n);
-        unobserve(&f, &o);
+        nq_nanow_unobserve(&f, &o);
         off += (size_t)n * V;
         free(ids);
         free(x);
@@ -474,7 +357,7 @@ static void test_generator_matches_python(void **state)
         nq_nanow_bits(s, NQ_NANOW_SEED, 0, s->numel, bits);
         uint64_t sum = nq_nanow_checksum(0, bits, 0, s->numel);
         nq_error err = {0};
-        if (check_checksum(&f, s, sum, &err) != 0)
+        if (nq_nanow_fixture_checksum(&f, s, sum, &err) != 0)
             fail_msg("%s", err.msg);
         free(bits);
         checked++;

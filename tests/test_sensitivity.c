@@ -17,7 +17,7 @@
 
 #include "algo/gptq.h"
 #include "algo/sensitivity.h"
-#include "eval/deploy.h"
+#include "formats/fp8.h"
 #include "formats/nvfp4.h"
 #include "model/forward.h"
 #include "recipe/autoq.h"
@@ -62,7 +62,7 @@ static int rewrite(void *ctx, const nq_linear_input *in, float *x_out, nq_error 
         return 0;
     int64_t n = (int64_t)in->rows * in->in_features;
     memcpy(x_out, in->x, (size_t)n * sizeof *x_out);
-    nq_fake_quant_nvfp4(x_out, n, c->input_scale);
+    nq_nvfp4_fake_quant(x_out, n, c->input_scale);
     return 1;
 }
 

@@ -68,3 +68,26 @@ int nq_test_write_file(const char *path, const void *data, size_t len)
     size_t w = fwrite(data, 1, len, f);
     return (fclose(f) == 0 && w == len) ? 0 : -1;
 }
+
+void *nq_test_load_fixture(const char *dir, const char *name, size_t want)
+{
+    char rel[512];
+    snprintf(rel, sizeof rel, "tests/fixtures/%s/%s", dir, name);
+    size_t len = 0;
+    void *p = nq_test_read_file(nq_test_path(rel), &len);
+    if (!p)
+        fail_msg("%s: missing or unreadable", rel);
+    assert_int_equal(len, want);
+    return p;
+}
+
+int nq_test_int4_codes_differing(const int32_t *qweight, const uint8_t *codes, int rows, int cols)
+{
+    int diff = 0;
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < cols; k++) {
+            int code = (int)(((uint32_t)qweight[(k / 8) * rows + r] >> (4 * (k % 8))) & 15);
+            diff += code != codes[r * cols + k];
+        }
+    return diff;
+}

@@ -20,15 +20,16 @@ void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 #define GPTQ_ROW_CHUNK 16
 
 /* U with H^-1 = U^T U, row-major [n, n] (zero below the diagonal), from the
- * damped H; NULL when H is not positive definite. */
-static double *inverse_cholesky_upper(const double *h, int n, double damp_abs)
+ * damped H (dead inputs' H_ii taken as 1); NULL when H is not positive
+ * definite. */
+static double *inverse_cholesky_upper(const double *h, const bool *dead, int n, double damp_abs)
 {
     double *a = malloc((size_t)n * n * sizeof *a);
     if (!a)
         return NULL;
     memcpy(a, h, (size_t)n * n * sizeof *a);
     for (int i = 0; i < n; i++)
-        a[(size_t)i * n + i] += damp_abs;
+        a[(size_t)i * n + i] = (dead[i] ? 1.0 : a[(size_t)i * n + i]) + damp_abs;
     int info = 0;
     /* a is symmetric, so row- and column-major read the same matrix */
     dpotrf_("U", &n, a, &n, &info);
@@ -84,6 +85,9 @@ typedef struct gptq_job {
     uint8_t *scales8;     /* NVFP4 [rows, cols/16] */
     double *chunk_loss;   /* per chunk */
     bool oom;
+    const double *hessian;
+    nq_gptq_stats *st;
+    const char *name;     /* for errors, or NULL */
 } gptq_job;
 
 /* The GPTQ loss of one 16-column NVFP4 block of a row (w: the row's
@@ -241,70 +245,42 @@ static int gptq_rows(void *ctx, size_t begin, size_t end, int worker)
     return 0;
 }
 
-/* The inverse Cholesky and the sweep on GPU g (cuda/gptq.cu): 0, 1 when
- * the damped Hessian is not positive definite, -1 on error. */
-static int run_gpu(struct nq_cuda *g, gptq_job *j, const double *h, const bool *dead,
-                   double damp_abs, double *loss, nq_error *err)
+static void name_error(nq_error *err, const char *name)
 {
-    nq_cuda_gptq_job cj = {.fmt = j->fmt == FMT_INT4 ? 0 : 1, .w = j->w, .rows = j->rows,
-                           .cols = j->cols, .hessian = h, .dead = dead, .damp_abs = damp_abs,
-                           .group = j->group, .mse = j->mse, .gs = j->gs, .codes = j->codes,
-                           .scales16 = j->scales16, .scales8 = j->scales8};
-    int r = nq_cuda_gptq(g, &cj, err);
-    *loss = cj.proxy_loss;
-    return r;
+    if (name)
+        nq_error_name(err, "tensor", name);
 }
 
-static int run(struct nq_cuda *gpu, gptq_job *j, const double *hessian, double percdamp,
-               int threads, nq_gptq_stats *st, nq_error *err)
+/* Dead inputs (H_ii = 0) and the dampening base mean(diag H) with dead
+ * diagonals taken as 1, from the diagonal alone. */
+static int hessian_diag(const double *h, int64_t n, bool *dead, double *mean, nq_gptq_stats *st,
+                        nq_error *err)
 {
-    int64_t n = j->cols;
-    memset(st, 0, sizeof *st);
-    if (n > 65536)
-        return nq_fail(err, "gptq: %lld input features is more than this implementation "
-                            "handles",
-                       (long long)n);
-    double *h = malloc((size_t)(n * n) * sizeof *h);
-    bool *dead = calloc((size_t)n, sizeof *dead);
-    j->chunk_loss = calloc((size_t)(j->rows / GPTQ_ROW_CHUNK + 1), sizeof *j->chunk_loss);
-    double *u = NULL;
-    int rc = -1;
-    if (!h || !dead || !j->chunk_loss) {
-        nq_fail(err, "gptq: out of memory for a %lld x %lld Hessian", (long long)n, (long long)n);
-        goto done;
-    }
-    memcpy(h, hessian, (size_t)(n * n) * sizeof *h);
-    double mean_diag = 0.0;
+    double sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
         double v = h[i * n + i];
-        if (!isfinite(v) || v < 0) {
-            nq_fail(err, "gptq: Hessian diagonal %lld is %g", (long long)i, v);
-            goto done;
-        }
-        if (v == 0.0) {
-            dead[i] = true;
-            st->dead_columns++;
-            h[i * n + i] = 1.0;
-        }
-        mean_diag += h[i * n + i];
+        if (!isfinite(v) || v < 0)
+            return nq_fail(err, "gptq: Hessian diagonal %lld is %g", (long long)i, v);
+        dead[i] = v == 0.0;
+        st->dead_columns += dead[i];
+        sum += dead[i] ? 1.0 : v;
     }
-    mean_diag /= (double)n;
-    st->damp = percdamp;
-    if (gpu) {
-        int r = 1;
-        for (int attempt = 0; attempt < 5 && r == 1; attempt++) {
-            r = run_gpu(gpu, j, h, dead, st->damp * mean_diag, &st->proxy_loss, err);
-            if (r == 1)
-                st->damp *= 10.0;
-        }
-        if (r == 1)
-            nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
-                    st->damp / 10.0);
-        rc = r == 0 ? 0 : -1;
-        goto done;
-    }
+    *mean = sum / (double)n;
+    return 0;
+}
+
+static int run_cpu(gptq_job *j, const bool *dead, double mean_diag, double percdamp, int threads,
+                   nq_error *err)
+{
+    nq_gptq_stats *st = j->st;
+    int64_t n = j->cols;
+    double *u = NULL;
+    int rc = -1;
+    j->chunk_loss = calloc((size_t)(j->rows / GPTQ_ROW_CHUNK + 1), sizeof *j->chunk_loss);
+    if (!j->chunk_loss)
+        return nq_fail(err, "gptq: out of memory");
     for (int attempt = 0; attempt < 5 && !u; attempt++) {
-        u = inverse_cholesky_upper(h, (int)n, st->damp * mean_diag);
+        u = inverse_cholesky_upper(j->hessian, dead, (int)n, st->damp * mean_diag);
         if (!u)
             st->damp *= 10.0;
     }
@@ -322,76 +298,107 @@ static int run(struct nq_cuda *gpu, gptq_job *j, const double *hessian, double p
     for (int64_t c = 0; c <= j->rows / GPTQ_ROW_CHUNK; c++)
         st->proxy_loss += j->chunk_loss[c];
     rc = 0;
+    (void)percdamp;
 done:
-    free(h);
-    free(dead);
     free(u);
     free(j->chunk_loss);
+    j->chunk_loss = NULL;
+    j->u = NULL;
     return rc;
 }
 
-int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessian, int group,
-                 bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
-                 uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
+/* GPTQ of jobs[0..count) (each with its hessian and st set): on the CPU one
+ * after the other, on a GPU together (nq_cuda_gptq_batch); a job whose
+ * damped Hessian is not positive definite is retried alone with 10x the
+ * dampening, up to 4 times. */
+static int run_batch(struct nq_cuda *gpu, gptq_job *jobs, size_t count, double percdamp,
+                     int threads, nq_error *err)
 {
-    return nq_gptq_int4_on(NULL, w, rows, cols, hessian, group, mse, percdamp, threads, qweight,
-                           qzeros, scales, g_idx, st, err);
-}
-
-int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
-                  double percdamp, int threads, float shared_amax, uint8_t *packed,
-                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
-{
-    return nq_gptq_nvfp4_on(NULL, w, rows, cols, hessian, mse, percdamp, threads, shared_amax,
-                            packed, block_scales, global_scale, st, err);
-}
-
-int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
-                    const double *hessian, int group, bool mse, double percdamp, int threads,
-                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
-                    nq_gptq_stats *st, nq_error *err)
-{
-    if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
-        rows % 8 != 0)
-        return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
-                       (long long)rows, (long long)cols, group);
-    float amax = 0.0f;
-    for (int64_t i = 0; i < rows * cols; i++) {
-        float a = fabsf(w[i]);
-        if (!(a <= amax)) {
-            if (!isfinite(a))
-                return nq_fail(err, "gptq int4: element %lld is %s", (long long)i,
-                               a != a ? "NaN" : "infinite");
-            amax = a;
+    for (size_t k = 0; k < count; k++)
+        if (jobs[k].cols > 65536)
+            return nq_fail(err, "gptq: %lld input features is more than this implementation "
+                                "handles",
+                           (long long)jobs[k].cols);
+    bool **dead = calloc(count, sizeof *dead);
+    double *mean = calloc(count, sizeof *mean);
+    nq_cuda_gptq_job *cj = gpu ? calloc(count, sizeof *cj) : NULL;
+    int rc = -1;
+    if (!dead || !mean || (gpu && !cj)) {
+        nq_fail(err, "gptq: out of memory");
+        goto done;
+    }
+    for (size_t k = 0; k < count; k++) {
+        gptq_job *j = &jobs[k];
+        memset(j->st, 0, sizeof *j->st);
+        j->st->damp = percdamp;
+        dead[k] = calloc((size_t)j->cols, sizeof **dead);
+        if (!dead[k]) {
+            nq_fail(err, "gptq: out of memory");
+            goto done;
+        }
+        if (hessian_diag(j->hessian, j->cols, dead[k], &mean[k], j->st, err) != 0) {
+            name_error(err, j->name);
+            goto done;
         }
     }
-    if (nq_int4_check_amax(amax, err) != 0)
-        return -1;
-    uint8_t *codes = malloc((size_t)(rows * cols));
-    if (!codes)
-        return nq_fail(err, "gptq int4: out of memory");
-    gptq_job j = {.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
-                  .mse = mse, .codes = codes, .scales16 = scales};
-    int rc = run(gpu, &j, hessian, percdamp, threads, st, err);
-    /* error feedback moves weights: a group may end up past what amax/7
-     * in F16 can hold even when the input did not */
-    for (int64_t k = 0; rc == 0 && k < (cols / group) * rows; k++)
-        if ((scales[k] & 0x7fffu) >= 0x7c00u)
-            rc = nq_fail(err, "gptq int4: the scale of group %lld of row %lld overflows F16 after "
-                              "error feedback; keep the module in BF16 (--exclude MODULE)",
-                         (long long)(k / rows), (long long)(k % rows));
-    if (rc == 0)
-        nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
-    free(codes);
+    if (!gpu) {
+        for (size_t k = 0; k < count; k++)
+            if (run_cpu(&jobs[k], dead[k], mean[k], percdamp, threads, err) != 0) {
+                name_error(err, jobs[k].name);
+                goto done;
+            }
+        rc = 0;
+        goto done;
+    }
+    for (size_t k = 0; k < count; k++) {
+        gptq_job *j = &jobs[k];
+        cj[k] = (nq_cuda_gptq_job){.fmt = j->fmt == FMT_INT4 ? 0 : 1, .w = j->w, .rows = j->rows,
+                                   .cols = j->cols, .hessian = j->hessian, .dead = dead[k],
+                                   .damp_abs = percdamp * mean[k], .group = j->group,
+                                   .mse = j->mse, .gs = j->gs, .search = j->search,
+                                   .four_over_six = j->four_over_six, .lo = j->lo, .hi = j->hi,
+                                   .perm = j->perm,
+                                   .static16 = j->static16, .codes = j->codes,
+                                   .scales16 = j->scales16, .scales8 = j->scales8};
+    }
+    if (nq_cuda_gptq_batch(gpu, cj, count, err) != 0)
+        goto done;
+    for (size_t k = 0; k < count; k++) {
+        nq_gptq_stats *st = jobs[k].st;
+        int r = cj[k].status;
+        for (int attempt = 1; attempt < 5 && r == 1; attempt++) {
+            st->damp *= 10.0;
+            cj[k].damp_abs = st->damp * mean[k];
+            r = nq_cuda_gptq(gpu, &cj[k], err);
+        }
+        if (r == 1)
+            nq_fail(err, "gptq: the Hessian is not positive definite even with dampening %g",
+                    st->damp);
+        if (r != 0) {
+            name_error(err, jobs[k].name);
+            goto done;
+        }
+        st->proxy_loss = cj[k].proxy_loss;
+    }
+    rc = 0;
+done:
+    for (size_t k = 0; dead && k < count; k++)
+        free(dead[k]);
+    free(dead);
+    free(mean);
+    free(cj);
     return rc;
 }
+
+/* ---- INT4 ------------------------------------------------------------- */
 
 typedef struct diag_item {
     double d;
     int64_t i;
 } diag_item;
 
-/* descending H_ii (dead inputs count as 1, as run() sets them), ties by index */
+/* descending H_ii (dead inputs count as 1, as the sweep takes them), ties by
+ * index */
 static int cmp_desc_diag(const void *a, const void *b)
 {
     const diag_item *x = a, *y = b;
@@ -400,11 +407,27 @@ static int cmp_desc_diag(const void *a, const void *b)
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
-int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
-                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
-                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
-                          nq_error *err)
+/* What one INT4 item holds while it runs. */
+typedef struct int4_work {
+    uint8_t *codes;
+    int64_t *perm;        /* act-order */
+    double *hp;           /* act-order: the permuted Hessian */
+    float *wp;            /* act-order: the permuted weight */
+    uint16_t *unused;     /* act-order: the job's dynamic scales (not written) */
+} int4_work;
+
+static void int4_work_free(int4_work *k)
 {
+    free(k->codes), free(k->perm), free(k->hp), free(k->wp), free(k->unused);
+    memset(k, 0, sizeof *k);
+}
+
+static int int4_prepare(nq_gptq_item *it, int group, bool mse, bool act_order,
+                        int4_work *k, gptq_job *j, nq_error *err)
+{
+    int64_t rows = it->rows, cols = it->cols, n = cols;
+    const float *w = it->w;
+    const double *hessian = it->hessian;
     if (group <= 0 || GPTQ_BLOCK % group != 0 || cols % group != 0 || cols % 8 != 0 ||
         rows % 8 != 0)
         return nq_fail(err, "gptq int4: shape [%lld, %lld] does not fit group %d",
@@ -421,29 +444,36 @@ int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const doub
     }
     if (nq_int4_check_amax(amax, err) != 0)
         return -1;
-    int64_t n = cols;
-    uint8_t *codes = malloc((size_t)(rows * cols));
-    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    k->codes = malloc((size_t)(rows * cols));
+    if (!k->codes)
+        return nq_fail(err, "gptq int4: out of memory");
+    *j = (gptq_job){.fmt = FMT_INT4, .w = w, .rows = rows, .cols = cols, .group = group,
+                    .mse = mse, .codes = k->codes, .scales16 = it->scales, .hessian = hessian,
+                    .st = &it->st, .name = it->name};
+    if (!act_order)
+        return 0;
+    k->perm = malloc((size_t)n * sizeof *k->perm);
     diag_item *diag = malloc((size_t)n * sizeof *diag);
-    double *hp = malloc((size_t)(n * n) * sizeof *hp);
-    float *wp = malloc((size_t)(rows * n) * sizeof *wp);
+    k->hp = malloc((size_t)(n * n) * sizeof *k->hp);
+    k->wp = malloc((size_t)(rows * n) * sizeof *k->wp);
+    k->unused = malloc((size_t)(n / group * rows) * sizeof *k->unused);
     float *gbuf = malloc((size_t)group * sizeof *gbuf);
-    int rc = -1;
-    if (!codes || !perm || !diag || !hp || !wp || !gbuf) {
-        nq_fail(err, "gptq int4: out of memory");
-        goto done;
+    if (!k->perm || !diag || !k->hp || !k->wp || !k->unused || !gbuf) {
+        free(diag), free(gbuf);
+        return nq_fail(err, "gptq int4: out of memory");
     }
     for (int64_t i = 0; i < n; i++) {
         diag[i].d = hessian[i * n + i] == 0.0 ? 1.0 : hessian[i * n + i];
         diag[i].i = i;
     }
     /* static groups (AutoGPTQ static_groups): every scale from the weights
-     * before any update, dead inputs zeroed as run() zeroes them */
+     * before any update, dead inputs zeroed as the sweep zeroes them */
+    uint16_t *scales = it->scales;
     for (int64_t row = 0; row < rows; row++)
         for (int64_t g = 0; g < n / group; g++) {
-            for (int k = 0; k < group; k++) {
-                int64_t c = g * group + k;
-                gbuf[k] = hessian[c * n + c] == 0.0 ? 0.0f : w[row * n + c];
+            for (int q = 0; q < group; q++) {
+                int64_t c = g * group + q;
+                gbuf[q] = hessian[c * n + c] == 0.0 ? 0.0f : w[row * n + c];
             }
             double e;
             scales[g * rows + row] = mse ? nq_int4_group_scale_mse(gbuf, group, &e)
@@ -451,58 +481,122 @@ int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const doub
         }
     qsort(diag, (size_t)n, sizeof *diag, cmp_desc_diag);
     for (int64_t i = 0; i < n; i++)
-        perm[i] = diag[i].i;
+        k->perm[i] = diag[i].i;
     for (int64_t a = 0; a < n; a++)
         for (int64_t b = 0; b < n; b++)
-            hp[a * n + b] = hessian[perm[a] * n + perm[b]];
+            k->hp[a * n + b] = hessian[k->perm[a] * n + k->perm[b]];
     for (int64_t row = 0; row < rows; row++)
         for (int64_t i = 0; i < n; i++)
-            wp[row * n + i] = w[row * n + perm[i]];
-    gptq_job j = {.fmt = FMT_INT4, .w = wp, .rows = rows, .cols = cols, .group = group,
-                  .mse = mse, .codes = codes, .perm = perm, .static16 = scales};
-    uint16_t *unused = malloc((size_t)(n / group * rows) * sizeof *unused);
-    j.scales16 = unused;
-    /* act-order runs on the CPU (cuda/gptq.cu has no permuted static groups) */
-    rc = unused ? run(NULL, &j, hp, percdamp, threads, st, err)
-                : nq_fail(err, "gptq int4: out of memory");
-    free(unused);
-    if (rc == 0)
-        nq_int4_pack_gptq(codes, rows, cols, group, qweight, qzeros, g_idx);
-done:
-    free(codes), free(perm), free(diag), free(hp), free(wp), free(gbuf);
+            k->wp[row * n + i] = w[row * n + k->perm[i]];
+    free(diag), free(gbuf);
+    j->w = k->wp;
+    j->hessian = k->hp;
+    j->perm = k->perm;
+    j->static16 = scales;
+    j->scales16 = k->unused;
+    return 0;
+}
+
+static int int4_finish(nq_gptq_item *it, int group, bool act_order, const int4_work *k,
+                       nq_error *err)
+{
+    int64_t rows = it->rows, cols = it->cols;
+    /* error feedback moves weights: a group may end up past what amax/7
+     * in F16 can hold even when the input did not (static scales come from
+     * the input) */
+    for (int64_t q = 0; !act_order && q < (cols / group) * rows; q++)
+        if ((it->scales[q] & 0x7fffu) >= 0x7c00u)
+            return nq_fail(err, "gptq int4: the scale of group %lld of row %lld overflows F16 "
+                                "after error feedback; keep the module in BF16 (--exclude MODULE)",
+                           (long long)(q / rows), (long long)(q % rows));
+    nq_int4_pack_gptq(k->codes, rows, cols, group, it->qweight, it->qzeros, it->g_idx);
+    return 0;
+}
+
+/* Items run GPTQ_BATCH at a time: act-order holds a permuted copy of each
+ * Hessian on the host meanwhile. */
+#define GPTQ_BATCH 32
+
+int nq_gptq_int4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, int group,
+                          bool mse, bool act_order, double percdamp, int threads, nq_error *err)
+{
+    for (size_t c0 = 0; c0 < count; c0 += GPTQ_BATCH) {
+        size_t c1 = c0 + GPTQ_BATCH < count ? c0 + GPTQ_BATCH : count;
+        int4_work work[GPTQ_BATCH];
+        gptq_job jobs[GPTQ_BATCH];
+        memset(work, 0, sizeof work);
+        int rc = 0;
+        for (size_t k = c0; k < c1 && rc == 0; k++)
+            if ((rc = int4_prepare(&items[k], group, mse, act_order, &work[k - c0],
+                                   &jobs[k - c0], err)) != 0)
+                name_error(err, items[k].name);
+        if (rc == 0)
+            rc = run_batch(gpu, jobs, c1 - c0, percdamp, threads, err);
+        for (size_t k = c0; k < c1 && rc == 0; k++)
+            if ((rc = int4_finish(&items[k], group, act_order, &work[k - c0], err)) != 0)
+                name_error(err, items[k].name);
+        for (size_t k = 0; k < c1 - c0; k++)
+            int4_work_free(&work[k]);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int int4_one(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, bool act_order, double percdamp,
+                    int threads, int32_t *qweight, int32_t *qzeros, uint16_t *scales,
+                    int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
+{
+    nq_gptq_item it = {.w = w, .rows = rows, .cols = cols, .hessian = hessian, .qweight = qweight,
+                       .qzeros = qzeros, .scales = scales, .g_idx = g_idx};
+    int rc = nq_gptq_int4_batch_on(gpu, &it, 1, group, mse, act_order, percdamp, threads, err);
+    *st = it.st;
     return rc;
 }
 
-static int gptq_nvfp4_impl(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
-                           const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
-                           int threads, uint8_t *packed, uint8_t *block_scales,
-                           float *global_scale, nq_gptq_stats *st, nq_error *err);
-
-int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
-                     const double *hessian, bool mse, double percdamp, int threads,
-                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
-                     float *global_scale, nq_gptq_stats *st, nq_error *err)
+int nq_gptq_int4(const float *w, int64_t rows, int64_t cols, const double *hessian, int group,
+                 bool mse, double percdamp, int threads, int32_t *qweight, int32_t *qzeros,
+                 uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
 {
-    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f, .shared_amax = shared_amax};
-    return gptq_nvfp4_impl(gpu, w, rows, cols, hessian, &o, percdamp, threads, packed,
-                           block_scales, global_scale, st, err);
+    return int4_one(NULL, w, rows, cols, hessian, group, mse, false, percdamp, threads, qweight,
+                    qzeros, scales, g_idx, st, err);
 }
 
-/* --optimize's options (the scale searches) run on the CPU only */
-int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
-                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
-                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
-                     nq_error *err)
+int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                    const double *hessian, int group, bool mse, double percdamp, int threads,
+                    int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
+                    nq_gptq_stats *st, nq_error *err)
 {
-    return gptq_nvfp4_impl(NULL, w, rows, cols, hessian, o, percdamp, threads, packed,
-                           block_scales, global_scale, st, err);
+    return int4_one(gpu, w, rows, cols, hessian, group, mse, false, percdamp, threads, qweight,
+                    qzeros, scales, g_idx, st, err);
 }
 
-static int gptq_nvfp4_impl(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
-                           const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
-                           int threads, uint8_t *packed, uint8_t *block_scales,
-                           float *global_scale, nq_gptq_stats *st, nq_error *err)
+int nq_gptq_int4_actorder(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                          int group, bool mse, double percdamp, int threads, int32_t *qweight,
+                          int32_t *qzeros, uint16_t *scales, int32_t *g_idx, nq_gptq_stats *st,
+                          nq_error *err)
 {
+    return int4_one(NULL, w, rows, cols, hessian, group, mse, true, percdamp, threads, qweight,
+                    qzeros, scales, g_idx, st, err);
+}
+
+int nq_gptq_int4_actorder_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                             const double *hessian, int group, bool mse, double percdamp,
+                             int threads, int32_t *qweight, int32_t *qzeros, uint16_t *scales,
+                             int32_t *g_idx, nq_gptq_stats *st, nq_error *err)
+{
+    return int4_one(gpu, w, rows, cols, hessian, group, mse, true, percdamp, threads, qweight,
+                    qzeros, scales, g_idx, st, err);
+}
+
+/* ---- NVFP4 ------------------------------------------------------------ */
+
+static int nvfp4_prepare(nq_gptq_item *it, const nq_gptq_nvfp4_opts *o, gptq_job *j,
+                         nq_error *err)
+{
+    int64_t rows = it->rows, cols = it->cols;
+    const float *w = it->w;
     if (cols % 16 != 0)
         return nq_fail(err, "gptq nvfp4: in_features %lld is not a multiple of 16",
                        (long long)cols);
@@ -516,15 +610,97 @@ static int gptq_nvfp4_impl(struct nq_cuda *gpu, const float *w, int64_t rows, in
             amax = a;
         }
     }
-    float amax_eff = o->shared_amax > amax ? o->shared_amax : amax;
-    *global_scale = o->scale_max == 448.0f || !(amax_eff > 0)
-                        ? nq_nvfp4_global_scale(amax_eff)
-                        : amax_eff / (6.0f * o->scale_max);
-    memset(packed, 0, (size_t)(rows * cols / 2));
-    gptq_job j = {.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16,
-                  .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo, .hi = o->hi,
-                  .four_over_six = o->four_over_six, .gs = *global_scale, .codes = packed,
-                  .scales8 = block_scales};
-    return run(gpu, &j, hessian, percdamp, threads, st, err);
+    float shared = it->shared_amax;
+    float amax_eff = shared > amax ? shared : amax;
+    it->global_scale = o->scale_max == 448.0f || !(amax_eff > 0)
+                           ? nq_nvfp4_global_scale(amax_eff)
+                           : amax_eff / (6.0f * o->scale_max);
+    memset(it->packed, 0, (size_t)(rows * cols / 2));
+    *j = (gptq_job){.fmt = FMT_NVFP4, .w = w, .rows = rows, .cols = cols, .group = 16,
+                    .mse = o->mse, .search = o->search || o->four_over_six, .lo = o->lo,
+                    .hi = o->hi, .four_over_six = o->four_over_six, .gs = it->global_scale,
+                    .codes = it->packed, .scales8 = it->block_scales, .hessian = it->hessian,
+                    .st = &it->st, .name = it->name};
+    return 0;
 }
 
+static int nvfp4_batch(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
+                       const nq_gptq_nvfp4_opts *o, double percdamp, int threads, nq_error *err)
+{
+    for (size_t c0 = 0; c0 < count; c0 += GPTQ_BATCH) {
+        size_t c1 = c0 + GPTQ_BATCH < count ? c0 + GPTQ_BATCH : count;
+        gptq_job jobs[GPTQ_BATCH];
+        for (size_t k = c0; k < c1; k++)
+            if (nvfp4_prepare(&items[k], o, &jobs[k - c0], err) != 0) {
+                name_error(err, items[k].name);
+                return -1;
+            }
+        if (run_batch(gpu, jobs, c1 - c0, percdamp, threads, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int nq_gptq_nvfp4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, bool mse,
+                           double percdamp, int threads, nq_error *err)
+{
+    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f};
+    return nvfp4_batch(gpu, items, count, &o, percdamp, threads, err);
+}
+
+int nq_gptq_nvfp4_ex_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
+                              const nq_gptq_nvfp4_opts *o, double percdamp, int threads,
+                              nq_error *err)
+{
+    return nvfp4_batch(gpu, items, count, o, percdamp, threads, err);
+}
+
+static int nvfp4_one(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
+                     int threads, uint8_t *packed, uint8_t *block_scales, float *global_scale,
+                     nq_gptq_stats *st, nq_error *err)
+{
+    nq_gptq_item it = {.w = w, .rows = rows, .cols = cols, .hessian = hessian,
+                       .shared_amax = o->shared_amax, .packed = packed,
+                       .block_scales = block_scales};
+    int rc = nvfp4_batch(gpu, &it, 1, o, percdamp, threads, err);
+    *global_scale = it.global_scale;
+    *st = it.st;
+    return rc;
+}
+
+int nq_gptq_nvfp4(const float *w, int64_t rows, int64_t cols, const double *hessian, bool mse,
+                  double percdamp, int threads, float shared_amax, uint8_t *packed,
+                  uint8_t *block_scales, float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    return nq_gptq_nvfp4_on(NULL, w, rows, cols, hessian, mse, percdamp, threads, shared_amax,
+                            packed, block_scales, global_scale, st, err);
+}
+
+int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                     const double *hessian, bool mse, double percdamp, int threads,
+                     float shared_amax, uint8_t *packed, uint8_t *block_scales,
+                     float *global_scale, nq_gptq_stats *st, nq_error *err)
+{
+    nq_gptq_nvfp4_opts o = {.mse = mse, .scale_max = 448.0f, .shared_amax = shared_amax};
+    return nvfp4_one(gpu, w, rows, cols, hessian, &o, percdamp, threads, packed, block_scales,
+                     global_scale, st, err);
+}
+
+int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *hessian,
+                     const nq_gptq_nvfp4_opts *o, double percdamp, int threads, uint8_t *packed,
+                     uint8_t *block_scales, float *global_scale, nq_gptq_stats *st,
+                     nq_error *err)
+{
+    return nvfp4_one(NULL, w, rows, cols, hessian, o, percdamp, threads, packed, block_scales,
+                     global_scale, st, err);
+}
+
+int nq_gptq_nvfp4_ex_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                        const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
+                        int threads, uint8_t *packed, uint8_t *block_scales, float *global_scale,
+                        nq_gptq_stats *st, nq_error *err)
+{
+    return nvfp4_one(gpu, w, rows, cols, hessian, o, percdamp, threads, packed, block_scales,
+                     global_scale, st, err);
+}

@@ -15,8 +15,8 @@
  * group's first column comes up, from the weights as updated so far (max or
  * mse, the same functions as round-to-nearest uses), as the reference does
  * without static groups.  The NVFP4 global scale is fixed beforehand from
- * the original weight's amax.  No act-order: the stored layout stays the
- * plain one every loader reads.
+ * the original weight's amax.  (Act-order: nq_gptq_int4_actorder below;
+ * the stored layout stays the plain one every loader reads.)
  *
  * Rows are independent given U: they are processed in fixed chunks of rows,
  * in parallel, so the output is byte-identical for any thread count.  When
@@ -26,6 +26,7 @@
 #define NQ_ALGO_GPTQ_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -86,16 +87,53 @@ int nq_gptq_nvfp4_ex(const float *w, int64_t rows, int64_t cols, const double *h
                      nq_error *err);
 /* The same on a GPU (cuda/cuda.h, nq_cuda_gptq): the inverse Cholesky and
  * the column sweep run there (gpu NULL: on the CPU, as above).  Same
- * algorithm and scale searches; only the order of the sums inside the
- * factorization and the block updates differs (see cuda/gptq.cu). */
+ * algorithm; only the order of the sums inside the factorizations and the
+ * block updates can differ (see cuda/gptq.cu); the NVFP4 scale searches
+ * of nq_gptq_nvfp4_ex (nq_gptq_nvfp4_ex_on) and act-order run there too. */
 struct nq_cuda;
 int nq_gptq_int4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
                     const double *hessian, int group, bool mse, double percdamp, int threads,
                     int32_t *qweight, int32_t *qzeros, uint16_t *scales, int32_t *g_idx,
                     nq_gptq_stats *st, nq_error *err);
+int nq_gptq_int4_actorder_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                             const double *hessian, int group, bool mse, double percdamp,
+                             int threads, int32_t *qweight, int32_t *qzeros, uint16_t *scales,
+                             int32_t *g_idx, nq_gptq_stats *st, nq_error *err);
 int nq_gptq_nvfp4_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
                      const double *hessian, bool mse, double percdamp, int threads,
                      float shared_amax, uint8_t *packed, uint8_t *block_scales,
                      float *global_scale, nq_gptq_stats *st, nq_error *err);
+int nq_gptq_nvfp4_ex_on(struct nq_cuda *gpu, const float *w, int64_t rows, int64_t cols,
+                        const double *hessian, const nq_gptq_nvfp4_opts *o, double percdamp,
+                        int threads, uint8_t *packed, uint8_t *block_scales, float *global_scale,
+                        nq_gptq_stats *st, nq_error *err);
+
+/* Several weights of one format at once (a MoE layer's experts): on a GPU
+ * they run together (nq_cuda_gptq_batch, several streams), which one
+ * expert alone cannot; each item's bytes are what the one-weight call
+ * gives it.  Inputs: w, rows, cols, hessian (and shared_amax for NVFP4);
+ * outputs: the format's arrays, which the caller allocates as for the
+ * one-weight call, and st (and global_scale). */
+typedef struct nq_gptq_item {
+    const float *w;
+    int64_t rows, cols;
+    const double *hessian;
+    float shared_amax;                  /* NVFP4 */
+    uint8_t *packed, *block_scales;     /* NVFP4 */
+    float global_scale;                 /* NVFP4, out */
+    int32_t *qweight, *qzeros, *g_idx;  /* INT4 */
+    uint16_t *scales;                   /* INT4 */
+    nq_gptq_stats st;                   /* out */
+    const char *name;                   /* NULL, or named in the errors of this item */
+} nq_gptq_item;
+
+int nq_gptq_nvfp4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, bool mse,
+                           double percdamp, int threads, nq_error *err);
+/* With nq_gptq_nvfp4_ex's options (o->shared_amax unused: each item's). */
+int nq_gptq_nvfp4_ex_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count,
+                              const nq_gptq_nvfp4_opts *o, double percdamp, int threads,
+                              nq_error *err);
+int nq_gptq_int4_batch_on(struct nq_cuda *gpu, nq_gptq_item *items, size_t count, int group,
+                          bool mse, bool act_order, double percdamp, int threads, nq_error *err);
 
 #endif

@@ -37,7 +37,7 @@ static const technique table[] = {
     {"int4-act-order", true, FIELD(int4_act_order),
      "INT4 GPTQ in act-order with static groups (--gptq-act-order: the plain layout, "
      "g_idx = i / group)",
-     "INT4 GPTQ runs on the CPU (act-order is not ported to the GPU)"},
+     "a permuted copy of each Hessian; runs where GPTQ runs (the GPU with --device cuda)"},
     {"act-percentile", false, ACT(NQ_ACT_SCALE_PERCENTILE),
      "NVFP4 input_scale from the 99.99th percentile of |x| instead of the amax",
      "one more forward pass per layer"},

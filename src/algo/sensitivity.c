@@ -9,10 +9,9 @@
 #include "algo/gptq.h"
 #include "calib/calib.h"
 #include "core/interrupt.h"
-#include "eval/deploy.h"
-#include "export/dequant.h"
 #include "formats/encode.h"
 #include "formats/floatconv.h"
+#include "formats/fp8.h"
 #include "formats/nvfp4.h"
 #include "model/forward.h"
 
@@ -58,9 +57,9 @@ static int group_rewrite(void *ctx, const nq_linear_input *in, float *x_out, nq_
             int64_t n = (int64_t)in->rows * in->in_features;
             memcpy(x_out, in->x, (size_t)n * sizeof *x_out);
             if (g->m[i].format == NQ_FORMAT_NVFP4)
-                nq_fake_quant_nvfp4(x_out, n, g->m[i].input_scale);
+                nq_nvfp4_fake_quant(x_out, n, g->m[i].input_scale);
             else
-                nq_fake_quant_fp8(x_out, n, g->m[i].input_scale);
+                nq_fp8_fake_quant(x_out, n, g->m[i].input_scale);
             return 1;
         }
     return 0;
@@ -151,9 +150,9 @@ static int output_error(const nq_linear_stats *st, const float *w, const float *
     }
     memcpy(xq, st->sample, (size_t)n * in * sizeof *xq);
     if (f == NQ_FORMAT_NVFP4)
-        nq_fake_quant_nvfp4(xq, (int64_t)n * in, input_scale);
+        nq_nvfp4_fake_quant(xq, (int64_t)n * in, input_scale);
     else
-        nq_fake_quant_fp8(xq, (int64_t)n * in, input_scale);
+        nq_fp8_fake_quant(xq, (int64_t)n * in, input_scale);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)o, (int)in, 1.0f, st->sample,
                 (int)in, w, (int)in, 0.0f, y, (int)o);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)o, (int)in, 1.0f, xq, (int)in,

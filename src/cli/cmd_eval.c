@@ -116,7 +116,7 @@ int nq_cmd_eval(int argc, char **argv)
     bool json = false, bad = false, decode = false, modes_given = false, sr_given = false;
     nq_decode_options dopt = {.n_modes = 1, .modes = {NQ_SSM_CACHE_FP32}, .philox_rounds = 10};
     for (int i = 1; i < argc && !bad; i++) {
-        const char *v;
+        const char *v = NULL;
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fputs(usage, stdout);
             return 0;
@@ -127,13 +127,13 @@ int nq_cmd_eval(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--report", &v, &bad)) {
             report_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--prefill", &v, &bad)) {
-            if (nq_parse_int(v, 1, 1 << 20, &prefill) != 0) {
+            if (!bad && nq_parse_int(v, 1, 1 << 20, &prefill) != 0) {
                 nq_cli_error("eval: --prefill '%s': expected a positive integer", v);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--ssm-cache", &v, &bad)) {
             modes_given = true;
-            if (parse_modes(v, &dopt) != 0) {
+            if (!bad && parse_modes(v, &dopt) != 0) {
                 nq_cli_error("eval: --ssm-cache '%s': expected up to 3 distinct of fp32, fp16, "
                              "fp16-sr, comma-separated",
                              v);
@@ -141,12 +141,14 @@ int nq_cmd_eval(int argc, char **argv)
             }
         } else if (nq_arg_value(argc, argv, &i, "--philox-rounds", &v, &bad)) {
             sr_given = true;
-            if (nq_parse_int(v, 1, 64, &dopt.philox_rounds) != 0) {
+            if (!bad && nq_parse_int(v, 1, 64, &dopt.philox_rounds) != 0) {
                 nq_cli_error("eval: --philox-rounds '%s': expected 1..64", v);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--seed", &v, &bad)) {
             sr_given = true;
+            if (bad)
+                break;
             char *end;
             errno = 0;
             unsigned long long sd = strtoull(v, &end, 10);
@@ -156,7 +158,7 @@ int nq_cmd_eval(int argc, char **argv)
             }
             dopt.seed = sd;
         } else if (nq_arg_value(argc, argv, &i, "--kl-bucket", &v, &bad)) {
-            if (nq_parse_int(v, 1, 1 << 20, &bucket) != 0) {
+            if (!bad && nq_parse_int(v, 1, 1 << 20, &bucket) != 0) {
                 nq_cli_error("eval: --kl-bucket '%s': expected a positive integer", v);
                 bad = true;
             }
@@ -169,22 +171,22 @@ int nq_cmd_eval(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
             device = v;
         } else if (nq_arg_value(argc, argv, &i, "--ctx", &v, &bad)) {
-            if (nq_parse_int(v, 2, 1 << 20, &ctx) != 0) {
+            if (!bad && nq_parse_int(v, 2, 1 << 20, &ctx) != 0) {
                 nq_cli_error("eval: --ctx '%s': expected an integer from 2 to %d", v, 1 << 20);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--windows", &v, &bad)) {
-            if (nq_parse_int(v, 1, 1 << 30, &windows) != 0) {
+            if (!bad && nq_parse_int(v, 1, 1 << 30, &windows) != 0) {
                 nq_cli_error("eval: --windows '%s': expected an integer from 1 to %d", v, 1 << 30);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--skip-windows", &v, &bad)) {
-            if (nq_parse_int(v, 0, 1 << 30, &skip) != 0) {
+            if (!bad && nq_parse_int(v, 0, 1 << 30, &skip) != 0) {
                 nq_cli_error("eval: --skip-windows '%s': expected an integer from 0 to %d", v, 1 << 30);
                 bad = true;
             }
         } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
-            if (nq_parse_int(v, 1, 1024, &threads) != 0) {
+            if (!bad && nq_parse_int(v, 1, 1024, &threads) != 0) {
                 nq_cli_error("eval: --threads '%s': expected an integer from 1 to 1024", v);
                 bad = true;
             }

@@ -37,6 +37,19 @@ static const char *convert_usage =
     "  NVFP4 modules are repacked bit for bit (llama.cpp's convert_hf_to_gguf.py\n"
     "  layout), float matrices written in the --gguf-rest type (default q8_0).\n";
 
+/* --gguf-rest TYPE, the type of the matrices that are not routed experts */
+static bool arg_gguf_rest(int argc, char **argv, int *i, uint32_t *type, bool *bad)
+{
+    const char *v = NULL;
+    if (!nq_arg_value(argc, argv, i, "--gguf-rest", &v, bad))
+        return false;
+    if (!*bad && nq_gguf_rest_type_from_name(v, type) != 0) {
+        nq_cli_error("--gguf-rest '%s': expected q8_0, bf16, f16 or f32", v);
+        *bad = true;
+    }
+    return true;
+}
+
 static void print_summary(const char *out, const nq_gguf_summary *s)
 {
     printf("wrote %s: %zu tensors (%zu nvfp4, %zu q8_0, %zu bf16/f16, %zu f32), %.2f MB, %.3f bits per weight\n",
@@ -69,6 +82,8 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
     nq_gguf_options o = {.rest_type = NQ_GGML_Q8_0, .log = isatty(2) ? stderr : NULL};
     nq_quantize_options q = {.log = isatty(2) ? stderr : NULL};
     bool bad = false, clean_stale = false;
+    static const char *const weight_scales[] = {"max", "mse"}, *const algos[] = {"rtn", "gptq"};
+    int choice = 0;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL, *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -78,61 +93,31 @@ int nq_cmd_quantize_gguf(int argc, char **argv)
             /* checked by the caller */
         } else if (nq_arg_value(argc, argv, &i, "--recipe", &v, &bad)) {
             recipe = v;
-        } else if (nq_arg_value(argc, argv, &i, "--gguf-rest", &v, &bad)) {
-            if (!bad && nq_gguf_rest_type_from_name(v, &o.rest_type) != 0) {
-                nq_cli_error("--gguf-rest '%s': expected q8_0, bf16, f16 or f32", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--weight-scale", &v, &bad)) {
-            if (!bad && strcmp(v, "mse") != 0 && strcmp(v, "max") != 0) {
-                nq_cli_error("--weight-scale '%s': expected max or mse", v);
-                bad = true;
-            }
-            o.mse_scales = q.mse_scales = v && strcmp(v, "mse") == 0;
-        } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1024, &o.threads) != 0) {
-                nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);
-                bad = true;
-            }
+        } else if (arg_gguf_rest(argc, argv, &i, &o.rest_type, &bad)) {
+            /* read into o */
+        } else if (nq_arg_choice(argc, argv, &i, "--weight-scale", weight_scales, 2, &choice, &bad)) {
+            if (!bad)
+                o.mse_scales = q.mse_scales = choice == 1;
+        } else if (nq_arg_threads(argc, argv, &i, &o.threads, &bad)) {
+            /* read into o */
         } else if (nq_arg_value(argc, argv, &i, "--calib", &v, &bad)) {
             q.calib_path = v;
-        } else if (nq_arg_value(argc, argv, &i, "--calib-samples", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1 << 20, &q.calib_samples) != 0) {
-                nq_cli_error("--calib-samples '%s': expected a positive integer", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--calib-len", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 2, 1 << 20, &q.calib_len) != 0) {
-                nq_cli_error("--calib-len '%s': expected an integer >= 2", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--algo", &v, &bad)) {
-            if (!bad && strcmp(v, "gptq") != 0 && strcmp(v, "rtn") != 0) {
-                nq_cli_error("--algo '%s': expected rtn or gptq", v);
-                bad = true;
-            }
-            q.gptq = v && strcmp(v, "gptq") == 0;
-        } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
-            char *end = NULL;
-            q.gptq_damp = bad ? 0 : strtod(v, &end);
-            if (!bad && (!end || *end || !(q.gptq_damp > 0 && q.gptq_damp < 1))) {
-                nq_cli_error("--gptq-damp '%s': expected a number in (0, 1)", v);
-                bad = true;
-            }
+        } else if (nq_arg_int(argc, argv, &i, "--calib-samples", 1, 1 << 20, "a positive integer",
+                              &q.calib_samples, &bad) ||
+                   nq_arg_int(argc, argv, &i, "--calib-len", 2, 1 << 20, "an integer >= 2",
+                              &q.calib_len, &bad) ||
+                   nq_arg_gptq_damp(argc, argv, &i, &q.gptq_damp, &bad)) {
+            /* read into q */
+        } else if (nq_arg_choice(argc, argv, &i, "--algo", algos, 2, &choice, &bad)) {
+            if (!bad)
+                q.gptq = choice == 1;
         } else if (strcmp(a, "--force") == 0) {
             o.force = true;
         } else if (strcmp(a, "--clean-stale") == 0) {
             clean_stale = true;
-        } else if (a[0] == '-') {
-            nq_cli_error("quantize --format gguf: unknown or unsupported flag '%s'", a);
-            bad = true;
-        } else if (!in) {
-            in = a;
-        } else if (!out) {
-            out = a;
         } else {
-            nq_cli_error("quantize: unexpected argument '%s'", a);
-            bad = true;
+            bad = !nq_arg_in_out(a, "quantize --format gguf: unknown or unsupported flag", "quantize",
+                                 &in, &out);
         }
     }
     if (!bad && (!in || !out)) {
@@ -220,29 +205,18 @@ int nq_cmd_convert(int argc, char **argv)
     nq_gguf_options o = {.rest_type = NQ_GGML_Q8_0, .log = isatty(2) ? stderr : NULL};
     bool bad = false, clean_stale = false;
     for (int i = 1; i < argc && !bad; i++) {
-        const char *v = NULL, *a = argv[i];
+        const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(convert_usage, stdout);
             return 0;
-        } else if (nq_arg_value(argc, argv, &i, "--gguf-rest", &v, &bad)) {
-            if (!bad && nq_gguf_rest_type_from_name(v, &o.rest_type) != 0) {
-                nq_cli_error("--gguf-rest '%s': expected q8_0, bf16, f16 or f32", v);
-                bad = true;
-            }
+        } else if (arg_gguf_rest(argc, argv, &i, &o.rest_type, &bad)) {
+            /* read into o */
         } else if (strcmp(a, "--force") == 0) {
             o.force = true;
         } else if (strcmp(a, "--clean-stale") == 0) {
             clean_stale = true;
-        } else if (a[0] == '-') {
-            nq_cli_error("convert: unknown flag '%s'", a);
-            bad = true;
-        } else if (!in) {
-            in = a;
-        } else if (!out) {
-            out = a;
         } else {
-            nq_cli_error("convert: unexpected argument '%s'", a);
-            bad = true;
+            bad = !nq_arg_in_out(a, "convert: unknown flag", "convert", &in, &out);
         }
     }
     if (!bad && (!in || !out)) {

@@ -4,8 +4,8 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "eval/inspect.h"
 #include "export/lora.h"
-#include "model/inspect.h"
 
 static const char *usage =
     "usage: nemoq inspect DIR [--json]\n"

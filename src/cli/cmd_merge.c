@@ -26,23 +26,6 @@ static const char *usage =
     "  --force                replace a non-empty OUT\n"
     "  --clean-stale          remove temporaries (.OUT.nemoq-tmp-*) of killed runs\n";
 
-int nq_cli_add_lora(const char *arg, nq_lora_spec **specs, size_t *n)
-{
-    nq_lora_spec *g = realloc(*specs, (*n + 1) * sizeof *g);
-    nq_error e = {0};
-    if (!g) {
-        nq_cli_error("out of memory reading --lora %s", arg);
-        return -1;
-    }
-    *specs = g;
-    if (nq_lora_spec_parse(arg, &g[*n], &e) != 0) {
-        nq_cli_error("%s", e.msg);
-        return -1;
-    }
-    (*n)++;
-    return 0;
-}
-
 int nq_cmd_merge(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL;
@@ -65,30 +48,15 @@ int nq_cmd_merge(int argc, char **argv)
                 bad = true;
                 break;
             }
-        } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1024, &opt.threads) != 0) {
-                nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--max-shard-size", &v, &bad)) {
-            if (!bad && nq_parse_size(v, &opt.max_shard_bytes) != 0) {
-                nq_cli_error("--max-shard-size '%s': expected a size such as 5GB or 500MB", v);
-                bad = true;
-            }
+        } else if (nq_arg_threads(argc, argv, &i, &opt.threads, &bad) ||
+                   nq_arg_shard_size(argc, argv, &i, &opt.max_shard_bytes, &bad)) {
+            /* read into opt */
         } else if (strcmp(a, "--force") == 0) {
             opt.force = true;
         } else if (strcmp(a, "--clean-stale") == 0) {
             clean_stale = true;
-        } else if (a[0] == '-') {
-            nq_cli_error("merge: unknown flag '%s'", a);
-            bad = true;
-        } else if (!in) {
-            in = a;
-        } else if (!out) {
-            out = a;
         } else {
-            nq_cli_error("merge: unexpected argument '%s'", a);
-            bad = true;
+            bad = !nq_arg_in_out(a, "merge: unknown flag", "merge", &in, &out);
         }
     }
     if (bad)

@@ -162,6 +162,13 @@ int nq_cmd_quantize(int argc, char **argv)
     bool auto_score_given = false;
     int group = 0, rc = 2;
     bool wide_groups = false;
+    static const char *const weight_scales[] = {"max", "mse"}, *const algos[] = {"rtn", "gptq"},
+                             *const propagations[] = {"float", "quantized"},
+                             *const ssm_cache_dtypes[] = {"float32", "float16", "bfloat16"},
+                             *const kv_caches[] = {"fp8", "none"},
+                             *const auto_costs[] = {"weight", "active-moe"},
+                             *const auto_scores[] = {"kl", "proxy"};
+    int choice = 0;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
         const char *a = argv[i];
@@ -204,17 +211,9 @@ int nq_cmd_quantize(int argc, char **argv)
             }
             rules = g;
             rules[nrules++] = r;
-        } else if (nq_arg_value(argc, argv, &i, "--weight-scale", &v, &bad)) {
-            if (bad)
-                break;
-            if (strcmp(v, "max") == 0)
-                opt.mse_scales = false;
-            else if (strcmp(v, "mse") == 0)
-                opt.mse_scales = true;
-            else {
-                nq_cli_error("--weight-scale '%s': expected max or mse", v);
-                bad = true;
-            }
+        } else if (nq_arg_choice(argc, argv, &i, "--weight-scale", weight_scales, 2, &choice, &bad)) {
+            if (!bad)
+                opt.mse_scales = choice == 1;
         } else if (nq_arg_value(argc, argv, &i, "--rounding", &v, &bad)) {
             nq_rounding r;
             if (bad)
@@ -233,35 +232,26 @@ int nq_cmd_quantize(int argc, char **argv)
             }
         } else if (nq_arg_value(argc, argv, &i, "--device", &v, &bad)) {
             device = v;
-        } else if (nq_arg_value(argc, argv, &i, "--threads", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1024, &opt.threads) != 0) {
-                nq_cli_error("--threads '%s': expected a number from 1 to 1024", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--max-shard-size", &v, &bad)) {
-            if (!bad && nq_parse_size(v, &opt.max_shard_bytes) != 0) {
-                nq_cli_error("--max-shard-size '%s': expected a size such as 5GB or 500MB", v);
-                bad = true;
-            }
+        } else if (nq_arg_threads(argc, argv, &i, &opt.threads, &bad) ||
+                   nq_arg_shard_size(argc, argv, &i, &opt.max_shard_bytes, &bad) ||
+                   nq_arg_int(argc, argv, &i, "--calib-samples", 1, 1 << 20,
+                              "an integer from 1 to 1048576", &opt.calib_samples, &bad) ||
+                   nq_arg_int(argc, argv, &i, "--calib-len", 2, 1 << 20,
+                              "an integer from 2 to 1048576", &opt.calib_len, &bad) ||
+                   nq_arg_gptq_damp(argc, argv, &i, &opt.gptq_damp, &bad) ||
+                   nq_arg_int(argc, argv, &i, "--eval-windows", 1, 1 << 20,
+                              "an integer from 1 to 1048576", &eval_windows, &bad) ||
+                   nq_arg_number(argc, argv, &i, "--auto-quantize", 0, 16, true,
+                                 "bits per parameter in (0, 16]", &opt.auto_bits, &bad) ||
+                   nq_arg_int(argc, argv, &i, "--auto-score-samples", 1, 1 << 20,
+                              "a positive integer", &opt.auto_score_windows, &bad)) {
+            /* read into opt */
         } else if (nq_arg_value(argc, argv, &i, "--calib", &v, &bad)) {
             opt.calib_path = v;
-        } else if (nq_arg_value(argc, argv, &i, "--calib-samples", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1 << 20, &opt.calib_samples) != 0) {
-                nq_cli_error("--calib-samples '%s': expected an integer from 1 to %d", v, 1 << 20);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--calib-len", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 2, 1 << 20, &opt.calib_len) != 0) {
-                nq_cli_error("--calib-len '%s': expected an integer from 2 to %d", v, 1 << 20);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--algo", &v, &bad)) {
-            if (!bad && strcmp(v, "gptq") == 0)
+        } else if (nq_arg_choice(argc, argv, &i, "--algo", algos, 2, &choice, &bad)) {
+            /* a later --algo rtn does not undo an earlier gptq */
+            if (!bad && choice == 1)
                 opt.gptq = true;
-            else if (!bad && strcmp(v, "rtn") != 0) {
-                nq_cli_error("--algo '%s': expected rtn or gptq", v);
-                bad = true;
-            }
         } else if (strcmp(argv[i], "--equalize") == 0) {
             opt.equalize = true;
         } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
@@ -300,36 +290,17 @@ int nq_cmd_quantize(int argc, char **argv)
             wide_groups = true;
         } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
             opt.gptq_act_order = true;
-        } else if (nq_arg_value(argc, argv, &i, "--gptq-damp", &v, &bad)) {
-            char *end = NULL;
-            opt.gptq_damp = bad ? 0 : strtod(v, &end);
-            if (!bad && (!end || *end || !(opt.gptq_damp > 0 && opt.gptq_damp < 1))) {
-                nq_cli_error("--gptq-damp '%s': expected a number in (0, 1)", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--propagate", &v, &bad)) {
-            if (!bad && strcmp(v, "float") == 0)
-                opt.propagate = NQ_PROPAGATE_FLOAT;
-            else if (!bad && strcmp(v, "quantized") == 0)
-                opt.propagate = NQ_PROPAGATE_QUANTIZED;
-            else if (!bad) {
-                nq_cli_error("--propagate '%s': expected float or quantized", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--ssm-cache-dtype", &v, &bad)) {
-            if (!bad && strcmp(v, "float32") != 0 && strcmp(v, "float16") != 0 &&
-                strcmp(v, "bfloat16") != 0) {
-                nq_cli_error("--ssm-cache-dtype '%s': expected float32, float16 or bfloat16", v);
-                bad = true;
-            }
-            opt.ssm_cache_dtype = v;
-        } else if (nq_arg_value(argc, argv, &i, "--kv-cache", &v, &bad)) {
-            if (!bad && strcmp(v, "none") == 0)
+        } else if (nq_arg_choice(argc, argv, &i, "--propagate", propagations, 2, &choice, &bad)) {
+            if (!bad)
+                opt.propagate = choice == 0 ? NQ_PROPAGATE_FLOAT : NQ_PROPAGATE_QUANTIZED;
+        } else if (nq_arg_choice(argc, argv, &i, "--ssm-cache-dtype", ssm_cache_dtypes, 3, &choice,
+                                 &bad)) {
+            if (!bad)
+                opt.ssm_cache_dtype = ssm_cache_dtypes[choice];
+        } else if (nq_arg_choice(argc, argv, &i, "--kv-cache", kv_caches, 2, &choice, &bad)) {
+            /* a later fp8 does not undo an earlier none */
+            if (!bad && choice == 1)
                 opt.kv_cache_fp8 = false;
-            else if (!bad && strcmp(v, "fp8") != 0) {
-                nq_cli_error("--kv-cache '%s': expected fp8 or none", v);
-                bad = true;
-            }
         } else if (nq_arg_value(argc, argv, &i, "--lora", &v, &bad)) {
             if (bad)
                 break;
@@ -341,18 +312,6 @@ int nq_cmd_quantize(int argc, char **argv)
             report_path = v;
         } else if (nq_arg_value(argc, argv, &i, "--eval", &v, &bad)) {
             eval_path = v;
-        } else if (nq_arg_value(argc, argv, &i, "--eval-windows", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1 << 20, &eval_windows) != 0) {
-                nq_cli_error("--eval-windows '%s': expected an integer from 1 to %d", v, 1 << 20);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--auto-quantize", &v, &bad)) {
-            char *end = NULL;
-            opt.auto_bits = bad ? 0 : strtod(v, &end);
-            if (!bad && (!end || *end || !(opt.auto_bits > 0 && opt.auto_bits <= 16))) {
-                nq_cli_error("--auto-quantize '%s': expected bits per parameter in (0, 16]", v);
-                bad = true;
-            }
         } else if (nq_arg_value(argc, argv, &i, "--auto-formats", &v, &bad)) {
             if (bad)
                 break;
@@ -370,25 +329,14 @@ int nq_cmd_quantize(int argc, char **argv)
                     opt.auto_formats[f] = true;
                 }
             }
-        } else if (nq_arg_value(argc, argv, &i, "--auto-cost", &v, &bad)) {
-            if (!bad && strcmp(v, "active-moe") == 0)
+        } else if (nq_arg_choice(argc, argv, &i, "--auto-cost", auto_costs, 2, &choice, &bad)) {
+            /* a later weight does not undo an earlier active-moe */
+            if (!bad && choice == 1)
                 opt.auto_active_moe = true;
-            else if (!bad && strcmp(v, "weight") != 0) {
-                nq_cli_error("--auto-cost '%s': expected weight or active-moe", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--auto-score-samples", &v, &bad)) {
-            if (!bad && nq_parse_int(v, 1, 1 << 20, &opt.auto_score_windows) != 0) {
-                nq_cli_error("--auto-score-samples '%s': expected a positive integer", v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--auto-score", &v, &bad)) {
-            if (!bad && strcmp(v, "proxy") == 0)
+        } else if (nq_arg_choice(argc, argv, &i, "--auto-score", auto_scores, 2, &choice, &bad)) {
+            /* a later kl does not undo an earlier proxy */
+            if (!bad && choice == 1)
                 opt.auto_score_proxy = true;
-            else if (!bad && strcmp(v, "kl") != 0) {
-                nq_cli_error("--auto-score '%s': expected kl or proxy", v);
-                bad = true;
-            }
             auto_score_given = true;
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
@@ -409,16 +357,8 @@ int nq_cmd_quantize(int argc, char **argv)
             clean_stale = true;
         } else if (strcmp(a, "--dry-run") == 0) {
             dry_run = true;
-        } else if (a[0] == '-') {
-            nq_cli_error("quantize: unknown flag '%s'", a);
-            bad = true;
-        } else if (!in) {
-            in = a;
-        } else if (!out) {
-            out = a;
         } else {
-            nq_cli_error("quantize: unexpected argument '%s'", a);
-            bad = true;
+            bad = !nq_arg_in_out(a, "quantize: unknown flag", "quantize", &in, &out);
         }
     }
     if (bad)

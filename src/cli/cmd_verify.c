@@ -19,7 +19,7 @@ int nq_cmd_verify(int argc, char **argv)
     const char *dir = NULL, *against = NULL;
     bool bad = false;
     for (int i = 1; i < argc && !bad; i++) {
-        const char *v;
+        const char *v = NULL;
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             fputs(usage, stdout);
             return 0;

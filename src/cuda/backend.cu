@@ -66,16 +66,16 @@ typedef struct alloc_list {
 } alloc_list;
 
 typedef struct dev_mlp {
-    float *up, *up_b, *down, *down_b;
+    nqg_weight up, down;
+    float *up_b, *down_b;
     int inter;
 } dev_mlp;
 
 typedef struct dev_block {
     float *norm;
-    float *in_proj, *in_proj_b, *conv_w, *conv_b, *dt_bias, *A, *D, *norm_w, *out_proj, *out_proj_b;
-    float *q, *k, *v, *o;
+    nqg_weight in_proj, out_proj, q, k, v, o, gate;
+    float *in_proj_b, *conv_w, *conv_b, *dt_bias, *A, *D, *norm_w, *out_proj_b;
     dev_mlp mlp, shared;
-    float *gate;
     float *score_bias;
     dev_mlp *experts; /* host array [n_experts] of device pointers */
     int n_experts;
@@ -96,7 +96,7 @@ typedef struct cached_block {
 enum {
     S_X, S_XN, S_Y, S_PROJ, S_XBC, S_DT, S_SCAN, S_STATE, S_Q, S_K, S_V, S_ATT, S_H, S_XIN,
     S_OUT, S_SHARED, S_REWRITE, S_LOGITS, S_IDX, S_ROWS, S_W, S_RESIDENT, S_EXPERTS, S_EWEIGHTS,
-    S_KEYS, S_VALS, S_SKEYS, S_SVALS, S_START, S_SORT_TEMP, S_COUNT
+    S_KEYS, S_VALS, S_SKEYS, S_SVALS, S_START, S_SORT_TEMP, S_SPLIT, S_SAVED, S_COUNT
 };
 
 struct nq_cuda {
@@ -111,6 +111,9 @@ struct nq_cuda {
     uint64_t tick;
     size_t cache_budget;        /* bytes of weights kept between blocks */
     bool tf32;
+    nq_cuda_gemm_mode gemm_mode;
+    uint16_t *pack;             /* host staging of bf16 weights */
+    size_t pack_count;
     /* NEMOQ_CUDA_TIMING=1: wall time per phase (the device synchronized at
      * every mark), printed to stderr by nq_cuda_close. */
     bool timing;
@@ -118,11 +121,15 @@ struct nq_cuda {
     double phase_t, phase_s[32];
     bool have_head;
     uint64_t head_id;
-    float *norm_f, *lm_head;
+    float *norm_f;
+    nqg_weight lm_head;
     alloc_list head_allocs;
     void *scratch[S_COUNT];
     size_t scratch_bytes[S_COUNT];
     struct nqs_stats *stats;    /* calibration statistics (stats.cu), or NULL */
+    int chunk_rows;             /* nq_cuda_set_chunk_rows, 0: NQ_CUDA_CHUNK_ROWS */
+    void *keep[NQB_K_COUNT];    /* nqb_keep */
+    size_t keep_bytes[NQB_K_COUNT];
 };
 
 static double wall(void)
@@ -178,13 +185,10 @@ static void list_free(nq_cuda *g, alloc_list *l)
     memset(l, 0, sizeof *l);
 }
 
-/* Uploads count floats of host h into a new device array recorded in l;
- * h == NULL gives *out = NULL. */
-static int upload(nq_cuda *g, alloc_list *l, const float *h, size_t count, float **out, nq_error *err)
+/* A new device array of `bytes` recorded in l. */
+static int dalloc_listed(nq_cuda *g, alloc_list *l, size_t bytes, void **out, nq_error *err)
 {
     *out = NULL;
-    if (!h)
-        return 0;
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 32;
         void **p = (void **)realloc(l->ptr, (size_t)cap * sizeof *p);
@@ -198,13 +202,70 @@ static int upload(nq_cuda *g, alloc_list *l, const float *h, size_t count, float
         l->cap = cap;
     }
     void *d;
-    if (dalloc(g, &d, count * sizeof(float), err) != 0)
+    if (dalloc(g, &d, bytes, err) != 0)
         return -1;
     l->ptr[l->n] = d;
-    l->bytes[l->n] = count * sizeof(float);
+    l->bytes[l->n] = bytes;
     l->n++;
+    *out = d;
+    return 0;
+}
+
+/* Uploads count floats of host h into a new device array recorded in l;
+ * h == NULL gives *out = NULL. */
+static int upload(nq_cuda *g, alloc_list *l, const float *h, size_t count, float **out, nq_error *err)
+{
+    *out = NULL;
+    if (!h)
+        return 0;
+    void *d;
+    if (dalloc_listed(g, l, count * sizeof(float), &d, err) != 0)
+        return -1;
     CK(cudaMemcpy(d, h, count * sizeof(float), cudaMemcpyHostToDevice), err);
     *out = (float *)d;
+    return 0;
+}
+
+/* Uploads the Linear weight h [out, in] (NULL: w->p = NULL).  In a bf16
+ * mode a weight whose values are all exactly bf16 goes up as bf16 (half
+ * the bytes), else as f32: a weight is never rounded. */
+static int upload_weight(nq_cuda *g, alloc_list *l, const float *h, size_t out, size_t in,
+                         nqg_weight *w, nq_error *err)
+{
+    w->p = NULL;
+    w->kind = NQG_F32;
+    size_t count = out * in;
+    if (!h)
+        return 0;
+    if (g->gemm_mode != NQ_GEMM_F32) {
+        if (g->pack_count < count) {
+            uint16_t *p = (uint16_t *)realloc(g->pack, count * sizeof *p);
+            if (!p)
+                return nq_fail(err, "cuda: out of host memory");
+            g->pack = p;
+            g->pack_count = count;
+        }
+        if (nqg_pack_bf16(h, count, g->pack)) {
+            int reps = g->gemm_mode == NQ_GEMM_BF16X3K ? 3 : 1;
+            /* one float's bytes = two bf16s: the list records the size */
+            float *d;
+            size_t fl = (count * reps + 1) / 2;
+            if (dalloc_listed(g, l, fl * sizeof(float), (void **)&d, err) != 0)
+                return -1;
+            for (int r = 0; r < reps; r++)
+                CK(cudaMemcpy2D((uint16_t *)d + r * in, reps * in * sizeof(uint16_t), g->pack,
+                                in * sizeof(uint16_t), in * sizeof(uint16_t), out,
+                                cudaMemcpyHostToDevice),
+                   err);
+            w->p = d;
+            w->kind = reps == 3 ? NQG_BF16X3 : NQG_BF16;
+            return 0;
+        }
+    }
+    float *d;
+    if (upload(g, l, h, count, &d, err) != 0)
+        return -1;
+    w->p = d;
     return 0;
 }
 
@@ -220,9 +281,6 @@ static void *scratch(nq_cuda *g, int slot, size_t bytes, nq_error *err)
     }
     return g->scratch[slot];
 }
-
-/* Rows (tokens) per chunk of a block's input. */
-#define NQ_CUDA_CHUNK_ROWS 32768
 
 #define SCRATCH_F(g, slot, count, err) ((float *)scratch(g, slot, (size_t)(count) * sizeof(float), err))
 
@@ -292,6 +350,13 @@ extern "C" nq_cuda *nq_cuda_open(int device, nq_error *err)
     g->timing = tm && *tm && strcmp(tm, "0") != 0;
     g->phase = P_HOST;
     g->phase_t = wall();
+    g->gemm_mode = NQ_GEMM_DEFAULT;
+    const char *gm = getenv("NEMOQ_CUDA_GEMM");
+    if (gm && *gm && nqg_parse_mode(gm, &g->gemm_mode) != 0) {
+        nq_fail(err, "NEMOQ_CUDA_GEMM=%s: expected f32, bf16x3, bf16x2 or bf16x3k", gm);
+        nq_cuda_close(g);
+        return NULL;
+    }
     const char *cm = getenv("NEMOQ_CUDA_WEIGHT_CACHE_MIB");
     if (cm && *cm)
         g->cache_budget = (size_t)strtoull(cm, NULL, 10) << 20;
@@ -350,7 +415,9 @@ extern "C" void nq_cuda_close(nq_cuda *g)
     list_free(g, &g->head_allocs);
     for (int i = 0; i < S_COUNT; i++)
         dfree(g, g->scratch[i], g->scratch_bytes[i]);
+    nq_cuda_trim(g);
     cublasDestroy(g->blas);
+    free(g->pack);
     free(g);
 }
 
@@ -379,15 +446,53 @@ void nqb_free(nq_cuda *g, void *p, size_t bytes) { dfree(g, p, bytes); }
 struct nqs_stats **nqb_stats(nq_cuda *g) { return &g->stats; }
 extern "C" size_t nq_cuda_peak_bytes(const nq_cuda *g) { return g->peak_bytes; }
 
+void *nqb_keep(nq_cuda *g, int slot, size_t bytes, nq_error *err)
+{
+    if (g->keep_bytes[slot] < bytes) {
+        dfree(g, g->keep[slot], g->keep_bytes[slot]);
+        g->keep[slot] = NULL;
+        g->keep_bytes[slot] = 0;
+        if (dalloc(g, &g->keep[slot], bytes, err) != 0)
+            return NULL;
+        g->keep_bytes[slot] = bytes;
+    }
+    return g->keep[slot];
+}
+
+extern "C" void nq_cuda_trim(nq_cuda *g)
+{
+    for (int i = 0; i < NQB_K_COUNT; i++) {
+        dfree(g, g->keep[i], g->keep_bytes[i]);
+        g->keep[i] = NULL;
+        g->keep_bytes[i] = 0;
+    }
+}
+
+extern "C" void *nq_cuda_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+extern "C" void nq_cuda_host_free(void *p)
+{
+    if (p)
+        cudaFreeHost(p);
+}
+
 /* ---- weights ------------------------------------------------------------ */
 
 static int upload_mlp(nq_cuda *g, const nq_mlp_weights *w, int hidden, dev_mlp *d, nq_error *err)
 {
     alloc_list *l = &g->cur->allocs;
     d->inter = w->inter;
-    size_t n = (size_t)w->inter * hidden;
-    return upload(g, l, w->up, n, &d->up, err) || upload(g, l, w->up_b, w->inter, &d->up_b, err) ||
-           upload(g, l, w->down, n, &d->down, err) ||
+    return upload_weight(g, l, w->up, w->inter, hidden, &d->up, err) ||
+           upload(g, l, w->up_b, w->inter, &d->up_b, err) ||
+           upload_weight(g, l, w->down, hidden, w->inter, &d->down, err) ||
            upload(g, l, w->down_b, hidden, &d->down_b, err)
                ? -1
                : 0;
@@ -447,13 +552,13 @@ static int fill_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block 
         const nq_mamba2_weights *w = b->mamba;
         size_t P = nq_mamba_in_proj_dim(c), inter = nq_mamba_intermediate(c);
         size_t conv_dim = nq_mamba_conv_dim(c), nh = c->mamba_num_heads;
-        if (upload(g, l, w->in_proj, P * H, &d->in_proj, err) ||
+        if (upload_weight(g, l, w->in_proj, P, H, &d->in_proj, err) ||
             upload(g, l, w->in_proj_b, P, &d->in_proj_b, err) ||
             upload(g, l, w->conv_w, conv_dim * c->conv_kernel, &d->conv_w, err) ||
             upload(g, l, w->conv_b, conv_dim, &d->conv_b, err) ||
             upload(g, l, w->dt_bias, nh, &d->dt_bias, err) || upload(g, l, w->A, nh, &d->A, err) ||
             upload(g, l, w->D, nh, &d->D, err) || upload(g, l, w->norm_w, inter, &d->norm_w, err) ||
-            upload(g, l, w->out_proj, (size_t)H * inter, &d->out_proj, err) ||
+            upload_weight(g, l, w->out_proj, H, inter, &d->out_proj, err) ||
             upload(g, l, w->out_proj_b, H, &d->out_proj_b, err))
             return -1;
         break;
@@ -462,8 +567,10 @@ static int fill_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block 
         const nq_attention_weights *w = b->attn;
         size_t qd = (size_t)c->num_attention_heads * c->head_dim;
         size_t kvd = (size_t)c->num_key_value_heads * c->head_dim;
-        if (upload(g, l, w->q, qd * H, &d->q, err) || upload(g, l, w->k, kvd * H, &d->k, err) ||
-            upload(g, l, w->v, kvd * H, &d->v, err) || upload(g, l, w->o, qd * H, &d->o, err))
+        if (upload_weight(g, l, w->q, qd, H, &d->q, err) ||
+            upload_weight(g, l, w->k, kvd, H, &d->k, err) ||
+            upload_weight(g, l, w->v, kvd, H, &d->v, err) ||
+            upload_weight(g, l, w->o, H, qd, &d->o, err))
             return -1;
         break;
     }
@@ -477,7 +584,7 @@ static int fill_block(nq_cuda *g, const nq_model_config *c, const nq_cuda_block 
             return nq_fail(err, "layer: %d experts, top-%d: the CUDA router handles at most %d, "
                            "top-%d", c->n_routed_experts, c->num_experts_per_tok,
                            NQ_CUDA_MAX_EXPERTS, NQ_CUDA_MAX_TOPK);
-        if (upload(g, l, w->gate, (size_t)c->n_routed_experts * H, &d->gate, err) != 0 ||
+        if (upload_weight(g, l, w->gate, (size_t)c->n_routed_experts, H, &d->gate, err) != 0 ||
             upload(g, l, w->score_bias, (size_t)c->n_routed_experts, &d->score_bias, err) != 0)
             return -1;
         if (w->shared.up && upload_mlp(g, &w->shared, H, &d->shared, err) != 0)
@@ -500,11 +607,21 @@ static int download(void *h, const void *d, size_t bytes, nq_error *err)
     return 0;
 }
 
+static int gemm(nq_cuda *g, const nqg_weight *w, const float *dx, int n, int in, int out,
+                float *dy, nq_error *err)
+{
+    size_t sb = nqg_scratch_bytes(w, g->gemm_mode, n, in);
+    void *sc = sb ? scratch(g, S_SPLIT, sb, err) : NULL;
+    if (sb && !sc)
+        return -1;
+    return nqg_gemm(g->blas, w, g->gemm_mode, dx, n, in, out, dy, sc, err);
+}
+
 /* dy[n, out] = dx[n, in] W^T (+ b), firing the hooks on a host copy of dx
  * exactly as nq_linear does (linear_input, then rewrite_input). */
 static int linear(nq_cuda *g, const nq_exec *ex, const char *suffix, int expert,
-                  const int32_t *token_index, const float *dx, int n, int in, const float *dW,
-                  const float *db, int out, float *dy)
+                  const int32_t *token_index, const float *dx, int n, int in,
+                  const nqg_weight *dW, const float *db, int out, float *dy)
 {
     nq_error *err = ex->err;
     if (n <= 0)
@@ -562,12 +679,8 @@ static int linear(nq_cuda *g, const nq_exec *ex, const char *suffix, int expert,
         if (rc != 0)
             return -1;
     }
-    /* Row-major y[n,out] = x[n,in] W[out,in]^T is column-major
-     * y^T = W^T-as-stored x^T: op(A) = W (stored [in,out] col-major) ^T. */
-    const float one = 1.0f, zero = 0.0f;
-    CKB(cublasSgemm(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, dW, in, dx, in, &zero, dy,
-                    out),
-        err);
+    if (gemm(g, dW, dx, n, in, out, dy, err) != 0)
+        return -1;
     if (db) {
         size_t count = (size_t)n * out;
         nqk_add_bias<<<blocks_for(count, 256), 256>>>(dy, db, n, out);
@@ -584,12 +697,13 @@ static int mlp(nq_cuda *g, const nq_exec *ex, const char *names, int expert,
     char up[128], down[128];
     snprintf(up, sizeof up, "%sup_proj.weight", names);
     snprintf(down, sizeof down, "%sdown_proj.weight", names);
-    if (linear(g, ex, up, expert, token_index, dx, n, hidden, w->up, w->up_b, w->inter, dh) != 0)
+    if (linear(g, ex, up, expert, token_index, dx, n, hidden, &w->up, w->up_b, w->inter, dh) != 0)
         return -1;
     size_t count = (size_t)n * w->inter;
     nqk_act<<<blocks_for(count, 256), 256>>>(dh, count, (int)act);
     CK_LAUNCH(ex->err);
-    return linear(g, ex, down, expert, token_index, dh, n, w->inter, w->down, w->down_b, hidden, dy);
+    return linear(g, ex, down, expert, token_index, dh, n, w->inter, &w->down, w->down_b, hidden,
+                  dy);
 }
 
 /* ---- mixers ---------------------------------------------------------------- */
@@ -617,7 +731,7 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
     if (!proj || !xbc || !dt || !scan || (keep_state && !state))
         return -1;
     mark(g, P_M_IN);
-    if (linear(g, ex, "in_proj.weight", -1, NULL, dxn, n, H, d->in_proj, d->in_proj_b, P, proj))
+    if (linear(g, ex, "in_proj.weight", -1, NULL, dxn, n, H, &d->in_proj, d->in_proj_b, P, proj))
         return -1;
     mark(g, P_M_CONV);
     size_t cnt = (size_t)n * conv_dim;
@@ -652,7 +766,7 @@ static int mamba(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const 
         scan, proj, P, d->norm_w, inter, inter / c->n_groups, c->layer_norm_epsilon);
     CK_LAUNCH(err);
     mark(g, P_M_OUT);
-    return linear(g, ex, "out_proj.weight", -1, NULL, scan, n, inter, d->out_proj, d->out_proj_b,
+    return linear(g, ex, "out_proj.weight", -1, NULL, scan, n, inter, &d->out_proj, d->out_proj_b,
                   H, dy);
 }
 
@@ -675,9 +789,9 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     if (!q || !k || !v || !att)
         return -1;
     mark(g, P_A_QKV);
-    if (linear(g, ex, "q_proj.weight", -1, NULL, dxn, n, H, d->q, NULL, qdim, q) != 0 ||
-        linear(g, ex, "k_proj.weight", -1, NULL, dxn, n, H, d->k, NULL, kvdim, k) != 0 ||
-        linear(g, ex, "v_proj.weight", -1, NULL, dxn, n, H, d->v, NULL, kvdim, v) != 0)
+    if (linear(g, ex, "q_proj.weight", -1, NULL, dxn, n, H, &d->q, NULL, qdim, q) != 0 ||
+        linear(g, ex, "k_proj.weight", -1, NULL, dxn, n, H, &d->k, NULL, kvdim, k) != 0 ||
+        linear(g, ex, "v_proj.weight", -1, NULL, dxn, n, H, &d->v, NULL, kvdim, v) != 0)
         return -1;
     mark(g, P_A_KV_HOST);
     if (g->stats && nqs_kv(g, k, v, (size_t)n * kvdim, err) != 0)
@@ -713,7 +827,7 @@ static int attention(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
     nqk_attention(q, k, v, samples, len, nh, nkv, hd, scale, att);
     CK_LAUNCH(err);
     mark(g, P_A_O);
-    return linear(g, ex, "o_proj.weight", -1, NULL, att, n, qdim, d->o, NULL, H, dy);
+    return linear(g, ex, "o_proj.weight", -1, NULL, att, n, qdim, &d->o, NULL, H, dy);
 }
 
 /* Routing on the device (router.cu): selection, the stable sort of the
@@ -745,7 +859,7 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
         !drows || !drw)
         return -1;
     mark(g, P_E_GATE);
-    if (linear(g, ex, "gate.weight", -1, NULL, dxn, n, H, d->gate, NULL, E, dlogits) != 0)
+    if (linear(g, ex, "gate.weight", -1, NULL, dxn, n, H, &d->gate, NULL, E, dlogits) != 0)
         return -1;
     mark(g, P_E_ROUTE);
     nqk_moe_select<<<blocks_for((size_t)n, 128), 128>>>(
@@ -800,7 +914,7 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
     }
     mark(g, P_E_LOAD);
     for (int e = 0; e < E; e++) {
-        if (start[e + 1] == start[e] || d->experts[e].up)
+        if (start[e + 1] == start[e] || d->experts[e].up.p)
             continue;
         if (!b->moe->experts[e].up && b->load_expert(b->load_ctx, e, err) != 0)
             goto done;
@@ -837,7 +951,7 @@ static int moe(nq_cuda *g, const nq_exec *ex, const nq_model_config *c, const nq
             goto done;
     }
     mark(g, P_E_SHARED);
-    if (d->shared.up) {
+    if (d->shared.up.p) {
         if (!(sh = SCRATCH_F(g, S_SHARED, (size_t)n * H, err)) ||
             mlp(g, ex, "shared_experts.", -1, NULL, &d->shared, b->act, dxn, n, H, hbuf, sh) != 0)
             goto done;
@@ -916,8 +1030,29 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
     /* Whole sequences per chunk, about NQ_CUDA_CHUNK_ROWS rows: big enough
      * for full-speed GEMMs, small enough that the scratch of a Nano-size
      * layer stays a few GiB. */
-    int per = NQ_CUDA_CHUNK_ROWS / len > 0 ? NQ_CUDA_CHUNK_ROWS / len : 1;
+    int chunk = g->chunk_rows > 0 ? g->chunk_rows : NQ_CUDA_CHUNK_ROWS;
+    int per = chunk / len > 0 ? chunk / len : 1;
     size_t plane = (size_t)len * c->hidden_size, all = (size_t)samples * plane;
+    if ((flags & (NQ_CUDA_X_IN | NQ_CUDA_X_OUT)) == (NQ_CUDA_X_IN | NQ_CUDA_X_OUT)) {
+        /* host-resident stream: one chunk at a time through the device */
+        int rows = per < samples ? per : samples;
+        float *dc = SCRATCH_F(g, S_X, (size_t)rows * plane, err);
+        if (!dc)
+            return -1;
+        for (int s = 0; s < samples; s += per) {
+            int cnt = samples - s < per ? samples - s : per;
+            size_t bytes = (size_t)cnt * plane * sizeof *x;
+            mark(g, P_XCOPY);
+            CK(cudaMemcpy(dc, x + (size_t)s * plane, bytes, cudaMemcpyHostToDevice), err);
+            mark(g, P_NORM_ADD);
+            if (run_chunk(g, ex, c, b, dc, cnt, len) != 0)
+                return -1;
+            mark(g, P_XCOPY);
+            CK(cudaMemcpy(x + (size_t)s * plane, dc, bytes, cudaMemcpyDeviceToHost), err);
+        }
+        mark(g, P_HOST);
+        return 0;
+    }
     float *dx = (flags & NQ_CUDA_X_IN) ? SCRATCH_F(g, S_RESIDENT, all, err)
                                        : (float *)g->scratch[S_RESIDENT];
     if (!dx || g->scratch_bytes[S_RESIDENT] < all * sizeof(float))
@@ -938,6 +1073,91 @@ extern "C" int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_c
     return 0;
 }
 
+/* ---- the resident stream ------------------------------------------------ */
+
+extern "C" int nq_cuda_resident_embed(nq_cuda *g, const float *table, int64_t vocab, int hidden,
+                                      const int32_t *ids, size_t n, nq_error *err)
+{
+    if (n == 0 || n > (size_t)INT32_MAX)
+        return nq_fail(err, "embedding: %zu tokens", n);
+    CK(cudaSetDevice(g->device), err);
+    mark(g, P_XCOPY);
+    size_t tb = (size_t)vocab * hidden * sizeof(float);
+    float *dx = SCRATCH_F(g, S_RESIDENT, n * hidden, err);
+    int32_t *di = (int32_t *)scratch(g, S_IDX, n * sizeof(int32_t), err);
+    if (!dx || !di)
+        return -1;
+    void *dt;
+    if (dalloc(g, &dt, tb, err) != 0)
+        return -1;
+    cudaError_t e = cudaMemcpy(dt, table, tb, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(di, ids, n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) {
+        nqk_gather_rows<<<blocks_for(n * hidden, 256), 256>>>((const float *)dt, di, (int)n,
+                                                              hidden, dx);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess)
+        e = cudaDeviceSynchronize();
+    dfree(g, dt, tb);
+    mark(g, P_HOST);
+    if (e != cudaSuccess)
+        return cuda_fail(err, "embedding on the device", e);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_save(nq_cuda *g, nq_error *err)
+{
+    size_t bytes = g->scratch_bytes[S_RESIDENT];
+    if (!g->scratch[S_RESIDENT])
+        return nq_fail(err, "cuda: no resident activations to save");
+    CK(cudaSetDevice(g->device), err);
+    void *d = scratch(g, S_SAVED, bytes, err);
+    if (!d)
+        return -1;
+    CK(cudaMemcpy(d, g->scratch[S_RESIDENT], bytes, cudaMemcpyDeviceToDevice), err);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_restore(nq_cuda *g, nq_error *err)
+{
+    size_t bytes = g->scratch_bytes[S_RESIDENT];
+    if (!g->scratch[S_RESIDENT] || g->scratch_bytes[S_SAVED] < bytes)
+        return nq_fail(err, "cuda: no saved activations to restore");
+    CK(cudaSetDevice(g->device), err);
+    CK(cudaMemcpy(g->scratch[S_RESIDENT], g->scratch[S_SAVED], bytes, cudaMemcpyDeviceToDevice),
+       err);
+    return 0;
+}
+
+extern "C" int nq_cuda_resident_download(nq_cuda *g, float *x, size_t count, nq_error *err)
+{
+    if (g->scratch_bytes[S_RESIDENT] < count * sizeof *x)
+        return nq_fail(err, "cuda: %zu resident values asked, %zu held", count,
+                       g->scratch_bytes[S_RESIDENT] / sizeof *x);
+    CK(cudaSetDevice(g->device), err);
+    return download(x, g->scratch[S_RESIDENT], count * sizeof *x, err);
+}
+
+extern "C" void nq_cuda_resident_free(nq_cuda *g)
+{
+    int slots[2] = {S_RESIDENT, S_SAVED};
+    for (int i = 0; i < 2; i++) {
+        dfree(g, g->scratch[slots[i]], g->scratch_bytes[slots[i]]);
+        g->scratch[slots[i]] = NULL;
+        g->scratch_bytes[slots[i]] = 0;
+    }
+}
+
+extern "C" int nq_cuda_mem_info(nq_cuda *g, size_t *free_bytes, size_t *total_bytes,
+                                nq_error *err)
+{
+    CK(cudaSetDevice(g->device), err);
+    CK(cudaMemGetInfo(free_bytes, total_bytes), err);
+    return 0;
+}
+
 extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_config *c,
                                  uint64_t head_id, const float *norm_f, const float *lm_head,
                                  const float *x, int n, float *normed_out, float *logits)
@@ -953,7 +1173,7 @@ extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_c
         list_free(g, &g->head_allocs);
         g->have_head = false;
         if (upload(g, &g->head_allocs, norm_f, H, &g->norm_f, err) != 0 ||
-            (lm_head && upload(g, &g->head_allocs, lm_head, (size_t)V * H, &g->lm_head, err) != 0))
+            upload_weight(g, &g->head_allocs, lm_head, (size_t)V, H, &g->lm_head, err) != 0)
             return -1;
         g->have_head = true;
         g->head_id = head_id;
@@ -969,10 +1189,10 @@ extern "C" int nq_cuda_run_final(nq_cuda *g, const nq_exec *ex, const nq_model_c
         return -1;
     if (!logits)
         return 0;
-    if (!g->lm_head)
+    if (!g->lm_head.p)
         return nq_fail(err, "lm_head.weight: not given to the CUDA backend");
     float *dl = SCRATCH_F(g, S_LOGITS, (size_t)n * V, err);
-    if (!dl || linear(g, ex, "lm_head.weight", -1, NULL, dxn, n, H, g->lm_head, NULL, V, dl) != 0)
+    if (!dl || linear(g, ex, "lm_head.weight", -1, NULL, dxn, n, H, &g->lm_head, NULL, V, dl) != 0)
         return -1;
     int rc = download(logits, dl, (size_t)n * V * sizeof(float), err);
     mark(g, P_HOST);
@@ -1013,8 +1233,55 @@ extern "C" int nq_cuda_moe_select(nq_cuda *g, const nq_model_config *c, const fl
     return 0;
 }
 
+extern "C" void nq_cuda_set_chunk_rows(nq_cuda *g, int rows) { g->chunk_rows = rows > 0 ? rows : 0; }
+
 extern "C" void nq_cuda_set_tf32(nq_cuda *g, bool on)
 {
     g->tf32 = on;
     cublasSetMathMode(g->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
+}
+
+/* Drops every weight on the device (they go up again in the form the GEMM
+ * mode wants). */
+static void drop_weights(nq_cuda *g)
+{
+    while (g->ncache > 0)
+        evict(g, g->ncache - 1);
+    list_free(g, &g->head_allocs);
+    g->have_head = false;
+}
+
+extern "C" void nq_cuda_set_gemm_mode(nq_cuda *g, nq_cuda_gemm_mode m)
+{
+    if (m != g->gemm_mode)
+        drop_weights(g);
+    g->gemm_mode = m;
+}
+
+extern "C" nq_cuda_gemm_mode nq_cuda_gemm_mode_get(const nq_cuda *g) { return g->gemm_mode; }
+
+extern "C" int nq_cuda_gemm(nq_cuda *g, const float *x, int n, int in, const float *w, int out,
+                            float *y, bool *bf16, nq_error *err)
+{
+    alloc_list l = {};
+    nqg_weight dw;
+    void *dx = NULL, *dy = NULL;
+    size_t xb = (size_t)n * in * sizeof(float), yb = (size_t)n * out * sizeof(float);
+    int rc = -1;
+    if (cudaSetDevice(g->device) != cudaSuccess || n <= 0 || in <= 0 || out <= 0) {
+        nq_fail(err, "cuda gemm: bad device or shape %d x %d x %d", n, in, out);
+        return -1;
+    }
+    if (upload_weight(g, &l, w, (size_t)out, (size_t)in, &dw, err) == 0 &&
+        dalloc_listed(g, &l, xb, &dx, err) == 0 && dalloc_listed(g, &l, yb, &dy, err) == 0) {
+        cudaError_t e = cudaMemcpy(dx, x, xb, cudaMemcpyHostToDevice);
+        if (e != cudaSuccess)
+            cuda_fail(err, "cuda gemm: upload", e);
+        else if (gemm(g, &dw, (const float *)dx, n, in, out, (float *)dy, err) == 0 &&
+                 download(y, dy, yb, err) == 0)
+            rc = 0;
+    }
+    *bf16 = dw.kind != NQG_F32;
+    list_free(g, &l);
+    return rc;
 }

@@ -55,6 +55,15 @@ int nq_cuda_stats_item(nq_cuda *g, size_t i, nq_cuda_linear_stat *out, double *h
 }
 
 void nq_cuda_set_tf32(nq_cuda *g, bool on) { (void)g; (void)on; }
+void nq_cuda_set_gemm_mode(nq_cuda *g, nq_cuda_gemm_mode m) { (void)g; (void)m; }
+nq_cuda_gemm_mode nq_cuda_gemm_mode_get(const nq_cuda *g) { (void)g; return NQ_GEMM_F32; }
+const char *nq_cuda_gemm_mode_name(nq_cuda_gemm_mode m) { (void)m; return "none"; }
+
+int nq_cuda_gemm(nq_cuda *g, const float *x, int n, int in, const float *w, int out, float *y,
+                 bool *bf16, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
 
 void nq_cuda_timing_report(nq_cuda *g, const char *label) { (void)g; (void)label; }
 int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool *nonfinite,
@@ -66,6 +75,11 @@ int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *seen, bool 
 void nq_cuda_stats_end(nq_cuda *g) { (void)g; }
 
 int nq_cuda_gptq(nq_cuda *g, nq_cuda_gptq_job *j, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+int nq_cuda_gptq_batch(nq_cuda *g, nq_cuda_gptq_job *jobs, size_t count, nq_error *err)
 {
     return nq_fail(err, NO_CUDA);
 }
@@ -82,3 +96,30 @@ int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int64_t in, bo
 {
     return nq_fail(err, NO_CUDA);
 }
+
+int nq_cuda_resident_embed(nq_cuda *g, const float *table, int64_t vocab, int hidden,
+                           const int32_t *ids, size_t n, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+int nq_cuda_resident_save(nq_cuda *g, nq_error *err) { return nq_fail(err, NO_CUDA); }
+int nq_cuda_resident_restore(nq_cuda *g, nq_error *err) { return nq_fail(err, NO_CUDA); }
+
+int nq_cuda_resident_download(nq_cuda *g, float *x, size_t count, nq_error *err)
+{
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_resident_free(nq_cuda *g) { (void)g; }
+
+int nq_cuda_mem_info(nq_cuda *g, size_t *free_bytes, size_t *total_bytes, nq_error *err)
+{
+    *free_bytes = *total_bytes = 0;
+    return nq_fail(err, NO_CUDA);
+}
+
+void nq_cuda_trim(nq_cuda *g) { (void)g; }
+void *nq_cuda_host_alloc(size_t bytes) { (void)bytes; return NULL; }
+void nq_cuda_host_free(void *p) { (void)p; }
+void nq_cuda_set_chunk_rows(nq_cuda *g, int rows) { (void)g; (void)rows; }

@@ -103,11 +103,13 @@ extern "C" int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int
     unsigned *amax = NULL, ha[2];
     float a, gs;
     int rc = -1;
-    if (nqb_alloc(g, (void **)&dw, wn * 4, err) || nqb_alloc(g, (void **)&dq, wn * 4, err) ||
-        nqb_alloc(g, (void **)&dp, wn / 2, err) || nqb_alloc(g, (void **)&ds, nb, err) ||
-        nqb_alloc(g, (void **)&bst, nb * 3 * 8, err) ||
-        nqb_alloc(g, (void **)&rst, (size_t)out * 3 * 8, err) ||
-        nqb_alloc(g, (void **)&amax, 2 * sizeof(unsigned), err))
+    if (!(dw = (float *)nqb_keep(g, NQB_K_W, wn * 4, err)) ||
+        !(dq = (float *)nqb_keep(g, NQB_K_Q, wn * 4, err)) ||
+        !(dp = (uint8_t *)nqb_keep(g, NQB_K_PACKED, wn / 2, err)) ||
+        !(ds = (uint8_t *)nqb_keep(g, NQB_K_SCALES, nb, err)) ||
+        !(bst = (double *)nqb_keep(g, NQB_K_BSTATS, nb * 3 * 8, err)) ||
+        !(rst = (double *)nqb_keep(g, NQB_K_RSTATS, (size_t)out * 3 * 8, err)) ||
+        !(amax = (unsigned *)nqb_keep(g, NQB_K_AMAX, 2 * sizeof(unsigned), err)))
         goto done;
     if (!(hr = (double *)malloc((size_t)out * 3 * 8))) {
         nq_fail(err, "cuda: out of host memory");
@@ -145,12 +147,5 @@ extern "C" int nq_cuda_encode_nvfp4(nq_cuda *g, const float *w, int64_t out, int
     rc = 0;
 done:
     free(hr);
-    nqb_free(g, dw, wn * 4);
-    nqb_free(g, dq, wn * 4);
-    nqb_free(g, dp, wn / 2);
-    nqb_free(g, ds, nb);
-    nqb_free(g, bst, nb * 3 * 8);
-    nqb_free(g, rst, (size_t)out * 3 * 8);
-    nqb_free(g, amax, 2 * sizeof(unsigned));
     return rc;
 }

@@ -363,9 +363,31 @@ extern "C" int nq_cuda_stats_kv(nq_cuda *g, float *k_amax, float *v_amax, bool *
 
 /* ---- the output error of a quantized weight -------------------------- */
 
+/* Per sampled row t of the outputs (column-major [out, rows], the
+ * weight's in y, the dequantized weight's in y + yn): s[2t] = sum over j of
+ * (a - b)^2, s[2t + 1] = sum of a^2, j in order, one thread per row: a
+ * fixed order, so the same sums run after run. */
+__global__ void nqs_row_sq(const double *y, int64_t out, int rows, size_t yn, double *s)
+{
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= rows)
+        return;
+    const double *a = y + (size_t)t * out, *b = a + yn;
+    double es = 0.0, rs = 0.0;
+    for (int64_t j = 0; j < out; j++) {
+        double d = a[j] - b[j];
+        es += d * d;
+        rs += a[j] * a[j];
+    }
+    s[2 * t] = es;
+    s[2 * t + 1] = rs;
+}
+
 /* The output errors for a weight and its dequantized form already on the
- * device (f32 [out, in] each): uploads x, converts everything to double and
- * runs the two DGEMMs. */
+ * device (f32 [out, in] each): uploads x, converts everything to double,
+ * runs the two DGEMMs and sums the squares per row on the device (the
+ * rows' sums added on the host in order): only 2 x rows doubles come
+ * back, not the 2 x rows x out outputs. */
 int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32,
                          const float *dq32, int64_t out, int64_t in, double *err_sq,
                          double *ref_sq, nq_error *err)
@@ -376,7 +398,7 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
     size_t xn = (size_t)rows * in, wn = (size_t)(out * in), yn = (size_t)rows * out;
     float *dx32 = NULL;
     double *dx = NULL, *dw = NULL, *dy = NULL;
-    double *hy = (double *)malloc(2 * yn * sizeof(double));
+    double *hy = (double *)malloc(2 * (size_t)rows * sizeof(double));
     int rc = -1;
     const double one = 1.0, zero = 0.0;
     cudaError_t e;
@@ -384,8 +406,10 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
         nq_fail(err, "cuda: out of host memory");
         goto done;
     }
-    if (nqb_alloc(g, (void **)&dx32, xn * 4, err) || nqb_alloc(g, (void **)&dx, xn * 8, err) ||
-        nqb_alloc(g, (void **)&dw, wn * 8, err) || nqb_alloc(g, (void **)&dy, 2 * yn * 8, err))
+    if (!(dx32 = (float *)nqb_keep(g, NQB_K_X32, xn * 4, err)) ||
+        !(dx = (double *)nqb_keep(g, NQB_K_X64, xn * 8, err)) ||
+        !(dw = (double *)nqb_keep(g, NQB_K_W64, wn * 8, err)) ||
+        !(dy = (double *)nqb_keep(g, NQB_K_Y64, 2 * yn * 8 + 2 * (size_t)rows * 8, err)))
         goto done;
     if ((e = cudaMemcpy(dx32, x, xn * 4, cudaMemcpyHostToDevice)) != cudaSuccess) {
         cuda_err(err, "uploading calibration rows", e);
@@ -407,17 +431,19 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
             goto done;
         }
     }
-    if ((e = cudaMemcpy(hy, dy, 2 * yn * 8, cudaMemcpyDeviceToHost)) != cudaSuccess) {
-        cuda_err(err, "downloading outputs", e);
+    nqs_row_sq<<<(unsigned)((rows + 127) / 128), 128>>>(dy, out, rows, yn, dy + 2 * yn);
+    if ((e = cudaGetLastError()) != cudaSuccess ||
+        (e = cudaMemcpy(hy, dy + 2 * yn, 2 * (size_t)rows * 8, cudaMemcpyDeviceToHost)) !=
+            cudaSuccess) {
+        cuda_err(err, "summing the output errors", e);
         goto done;
     }
     {
-        /* export/calibrated.c's order: rows, then outputs */
+        /* export/calibrated.c's order over the rows */
         double es = 0.0, rs = 0.0;
-        for (size_t k = 0; k < yn; k++) {
-            double a = hy[k], b = hy[yn + k];
-            es += (a - b) * (a - b);
-            rs += a * a;
+        for (int t = 0; t < rows; t++) {
+            es += hy[2 * t];
+            rs += hy[2 * t + 1];
         }
         *err_sq = es;
         *ref_sq = rs;
@@ -425,10 +451,6 @@ int nqs_output_error_dev(nq_cuda *g, const float *x, int rows, const float *dw32
     rc = 0;
 done:
     free(hy);
-    nqb_free(g, dx32, xn * 4);
-    nqb_free(g, dx, xn * 8);
-    nqb_free(g, dw, wn * 8);
-    nqb_free(g, dy, 2 * yn * 8);
     return rc;
 }
 
@@ -440,16 +462,14 @@ extern "C" int nq_cuda_output_error(nq_cuda *g, const float *x, int rows, const 
     if (rows <= 0)
         return 0;
     size_t wn = (size_t)(out * in);
-    float *dw = NULL;
-    int rc = -1;
-    if (nqb_alloc(g, (void **)&dw, 2 * wn * 4, err) == 0) {
-        cudaError_t e = cudaMemcpy(dw, w, wn * 4, cudaMemcpyHostToDevice);
-        if (e == cudaSuccess)
-            e = cudaMemcpy(dw + wn, q, wn * 4, cudaMemcpyHostToDevice);
-        rc = e != cudaSuccess ? cuda_err(err, "uploading a weight", e)
-                              : nqs_output_error_dev(g, x, rows, dw, dw + wn, out, in, err_sq,
-                                                     ref_sq, err);
-    }
-    nqb_free(g, dw, 2 * wn * 4);
-    return rc;
+    float *dw = (float *)nqb_keep(g, NQB_K_W, wn * 4, err);
+    float *dq = dw ? (float *)nqb_keep(g, NQB_K_Q, wn * 4, err) : NULL;
+    if (!dq)
+        return -1;
+    cudaError_t e = cudaMemcpy(dw, w, wn * 4, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(dq, q, wn * 4, cudaMemcpyHostToDevice);
+    return e != cudaSuccess ? cuda_err(err, "uploading a weight", e)
+                            : nqs_output_error_dev(g, x, rows, dw, dq, out, in, err_sq, ref_sq,
+                                                   err);
 }

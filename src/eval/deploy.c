@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "export/dequant.h"
-#include "formats/floatconv.h"
 #include "formats/fp8.h"
 #include "formats/nvfp4.h"
 
@@ -199,18 +198,6 @@ int nq_deploy_weight_fetch(void *ctx, const nq_weight_request *req, float *out, 
     return nq_checkpoint_weight_fetch((void *)d->ck, req, out, err);
 }
 
-void nq_fake_quant_nvfp4(float *x, int64_t n, float gs)
-{
-    /* the same function calibration uses for --optimize's served inputs */
-    nq_nvfp4_fake_quant(x, n, gs);
-}
-
-void nq_fake_quant_fp8(float *x, int64_t n, float scale)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] = nq_e4m3_to_f32(nq_fp8_quantize_value(x[i], scale)) * scale;
-}
-
 static int rewrite_input(void *ctx, const nq_linear_input *in, float *x_out, nq_error *err)
 {
     (void)err;
@@ -229,9 +216,9 @@ static int rewrite_input(void *ctx, const nq_linear_input *in, float *x_out, nq_
     if (a->format == NQ_STORED_NVFP4)
         /* rows are whole multiples of 16 (in_features % 16 == 0 is a
          * precondition of the format), so blocks never straddle rows */
-        nq_fake_quant_nvfp4(x_out, n, a->scale);
+        nq_nvfp4_fake_quant(x_out, n, a->scale);
     else
-        nq_fake_quant_fp8(x_out, n, a->scale);
+        nq_fp8_fake_quant(x_out, n, a->scale);
     return 1;
 }
 
@@ -242,8 +229,8 @@ static int kv_output(void *ctx, const nq_kv_output *kv, nq_error *err)
     if (kv->layer < 0 || kv->layer >= d->n_layers || d->k_scale[kv->layer] <= 0)
         return 0;
     int64_t n = (int64_t)kv->n * kv->kv_dim;
-    nq_fake_quant_fp8(kv->k, n, d->k_scale[kv->layer]);
-    nq_fake_quant_fp8(kv->v, n, d->v_scale[kv->layer]);
+    nq_fp8_fake_quant(kv->k, n, d->k_scale[kv->layer]);
+    nq_fp8_fake_quant(kv->v, n, d->v_scale[kv->layer]);
     return 0;
 }
 

@@ -44,10 +44,4 @@ typedef struct nq_deploy_info {
 } nq_deploy_info;
 nq_deploy_info nq_deploy_describe(const nq_deploy *d);
 
-/* x[n] -> the values an NVFP4 activation quantizer with global scale gs
- * (the checkpoint's input_scale) passes on; n % 16 == 0.  In place. */
-void nq_fake_quant_nvfp4(float *x, int64_t n, float gs);
-/* x[n] -> e4m3(x / scale) * scale, saturating at +-448 * scale. In place. */
-void nq_fake_quant_fp8(float *x, int64_t n, float scale);
-
 #endif

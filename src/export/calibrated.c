@@ -10,8 +10,10 @@
  *
  * Peak memory: one layer's weights in f32 (the model's block) plus, during
  * quantization, one module's f32 weight and its encoding; the activations
- * of all calibration tokens twice (samples x len x hidden x 4 bytes, the
- * layer's input and its output); per quantized Linear of the current layer
+ * of all calibration tokens (samples x len x hidden x 4 bytes), twice when
+ * the layer's input must be kept (--equalize, --optimize passes, quantized
+ * propagation), on the host or, with a GPU they fit on, on the GPU only
+ * (see acts_open); per quantized Linear of the current layer
  * NQ_CALIB_SAMPLE_ROWS input rows, and with GPTQ its Hessian (in^2 x 8
  * bytes). */
 #include "export/calibrated.h"
@@ -96,6 +98,29 @@ static int encode_nvfp4_local_hessian(const float *x, int64_t o, int64_t i, cons
     return 0;
 }
 
+/* h[a][b] = h[b][a] for a > b (dsyrk filled the upper triangle), in
+ * 64 x 64 tiles: the column walk of the plain loop misses the cache on
+ * every read (tens of ms for a 2688-wide Nano expert, 256 per layer). */
+static void symmetrize(double *h, int64_t d)
+{
+    const int64_t T = 64;
+    for (int64_t a0 = 0; a0 < d; a0 += T)
+        for (int64_t b0 = 0; b0 <= a0; b0 += T)
+            for (int64_t a = a0; a < a0 + T && a < d; a++)
+                for (int64_t b = b0; b < b0 + T && b < a; b++)
+                    h[a * d + b] = h[b * d + a];
+}
+
+static const char *gptq_algo_name(const nq_quantize_options *opt, nq_format f)
+{
+    if (f == NQ_FORMAT_NVFP4)
+        return opt->optimize.enabled ? "gptq+optimize" : opt->mse_scales ? "gptq+mse" : "gptq";
+    bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
+    return act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
+           : opt->mse_scales ? "gptq+mse"
+                             : "gptq";
+}
+
 static int encode_module(const float *x, const nq_plan_module *m, const nq_quantize_options *opt,
                          const double *hessian, const double *local_h, encoded *e, nq_error *err)
 {
@@ -110,21 +135,16 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
             return nq_fail(err, "%s: out of memory", m->name);
         if (hessian) {
             nq_gptq_stats gst;
-            /* the scale searches run on the CPU; plain GPTQ where the
+            /* plain GPTQ and --optimize's scale searches alike where the
              * calibration runs (a GPU when there is one) */
-            bool searched = opt->optimize.hessian_scales || opt->optimize.four_over_six ||
-                            opt->optimize.global_sweep;
             nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
                                      .search = opt->optimize.hessian_scales,
                                      .lo = 0.5f, .hi = 1.5f,
                                      .four_over_six = opt->optimize.four_over_six,
                                      .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f,
                                      .shared_amax = m->shared_amax};
-            rc = searched ? nq_gptq_nvfp4_ex(x, o, i, hessian, &go, damp, opt->threads,
-                                             e->packed, e->scales8, &e->gs, &gst, err)
-                          : nq_gptq_nvfp4_on(opt->cuda, x, o, i, hessian, opt->mse_scales, damp,
-                                             opt->threads, m->shared_amax, e->packed,
-                                             e->scales8, &e->gs, &gst, err);
+            rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &go, damp, opt->threads,
+                                     e->packed, e->scales8, &e->gs, &gst, err);
             /* fused siblings share one weight_scale_2: no sweep for them */
             if (rc == 0 && opt->optimize.global_sweep && !(m->shared_amax > 0)) {
                 /* the global scale with the least GPTQ loss (the output
@@ -142,8 +162,8 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                     g2.scale_max = sweep[k];
                     nq_gptq_stats st2;
                     float gs2;
-                    rc = nq_gptq_nvfp4_ex(x, o, i, hessian, &g2, damp, opt->threads, p2, s2, &gs2,
-                                          &st2, err);
+                    rc = nq_gptq_nvfp4_ex_on(opt->cuda, x, o, i, hessian, &g2, damp, opt->threads,
+                                             p2, s2, &gs2, &st2, err);
                     if (rc == 0 && st2.proxy_loss < gst.proxy_loss) {
                         memcpy(e->packed, p2, (size_t)(o * i / 2));
                         memcpy(e->scales8, s2, (size_t)(o * i / 16));
@@ -153,9 +173,7 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
                 }
                 free(p2), free(s2);
             }
-            e->algo = opt->optimize.enabled ? "gptq+optimize"
-                      : opt->mse_scales     ? "gptq+mse"
-                                            : "gptq";
+            e->algo = gptq_algo_name(opt, NQ_FORMAT_NVFP4);
         } else if (local_h && opt->optimize.hessian_scales) {
             rc = encode_nvfp4_local_hessian(x, o, i, local_h, m->shared_amax, e->packed,
                                             e->scales8, &e->gs, err);
@@ -183,15 +201,14 @@ static int encode_module(const float *x, const nq_plan_module *m, const nq_quant
         if (hessian) {
             nq_gptq_stats gst;
             bool act_order = opt->gptq_act_order || opt->optimize.int4_act_order;
-            if (act_order) /* on the CPU: not ported to the GPU */
-                rc = nq_gptq_int4_actorder(x, o, i, hessian, g, opt->mse_scales, damp,
-                                           opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
+            if (act_order)
+                rc = nq_gptq_int4_actorder_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales,
+                                              damp, opt->threads, e->qw, e->qz, e->sc, e->gi,
+                                              &gst, err);
             else
                 rc = nq_gptq_int4_on(opt->cuda, x, o, i, hessian, g, opt->mse_scales, damp,
                                      opt->threads, e->qw, e->qz, e->sc, e->gi, &gst, err);
-            e->algo = act_order ? (opt->mse_scales ? "gptq+act-order+mse" : "gptq+act-order")
-                      : opt->mse_scales ? "gptq+mse"
-                                        : "gptq";
+            e->algo = gptq_algo_name(opt, NQ_FORMAT_INT4);
         } else {
             rc = nq_encode_int4(x, o, i, g, opt->mse_scales, opt->threads, e->qw, e->qz, e->sc,
                                 e->gi, &e->st, err);
@@ -565,6 +582,151 @@ static int write_kept(nq_writer *w, const nq_tensor *t, const float *v, nq_error
     return rc;
 }
 
+/* ---- GPTQ of several modules at once on the GPU -------------------------
+ *
+ * One Nano expert keeps a fraction of the GPU busy, so on a GPU the layer's
+ * GPTQ modules go in windows of up to GPTQ_WINDOW consecutive ones (in the
+ * write order, same format and INT4 group) through nq_gptq_*_batch_on,
+ * which runs them on several streams; the write loop then takes each
+ * module's weight and encoding from the window instead of loading and
+ * encoding it.  The bytes are those of the one-module calls (the batch
+ * calls guarantee it).  Not batched: equalized weights (their overrides
+ * and shared amax are worked out in the loop), modules falling back to
+ * round-to-nearest, and --optimize's global-sweep (several GPTQ runs per
+ * module, compared). */
+
+#define GPTQ_WINDOW 32
+
+typedef struct gptq_pre {
+    size_t k;                   /* position in the write order */
+    float *wf;                  /* the f32 weight, owned until taken */
+    encoded e;
+} gptq_pre;
+
+typedef struct gptq_window {
+    gptq_pre p[GPTQ_WINDOW];
+    int n, next;                /* entries, the next one to take */
+} gptq_window;
+
+static void window_clear(gptq_window *gw)
+{
+    for (int i = 0; i < gw->n; i++) {
+        encoded_free(&gw->p[i].e);
+        free(gw->p[i].wf);
+    }
+    memset(gw, 0, sizeof *gw);
+}
+
+/* The module's statistics when tensor t's module goes through a window. */
+static nq_linear_stats *batchable(const nq_quantize_options *opt, const nq_plan_module *m,
+                                  const override_ctx *eq, const char *tensor,
+                                  nq_calib_stats *stats, int min_rows)
+{
+    if (!opt->cuda || !opt->gptq || !m ||
+        !(m->format == NQ_FORMAT_INT4 ||
+          (m->format == NQ_FORMAT_NVFP4 && !opt->optimize.global_sweep)) ||
+        override_find(eq, tensor))
+        return NULL;
+    nq_linear_stats *st = nq_calib_find(stats, m->name);
+    return st && st->rows >= (uint64_t)min_rows && st->hessian ? st : NULL;
+}
+
+/* Fills the window with the batchable modules from position k on (k's
+ * own first) and runs their GPTQ. */
+static int window_fill(gptq_window *gw, size_t k, size_t n, const order_item *order,
+                       const nq_checkpoint *ck, const nq_plan *plan,
+                       const nq_quantize_options *opt, const override_ctx *eq,
+                       nq_calib_stats *stats, int min_rows, nq_error *err)
+{
+    window_clear(gw);
+    nq_gptq_item items[GPTQ_WINDOW];
+    memset(items, 0, sizeof items);
+    const nq_plan_module *m0 = NULL;
+    for (size_t k2 = k; k2 < n && order[k2].key == order[k].key && gw->n < GPTQ_WINDOW; k2++) {
+        const nq_tensor *t = nq_checkpoint_tensor(ck, order[k2].index);
+        const nq_plan_module *m = nq_module_of_weight(plan, t->name);
+        nq_linear_stats *st = batchable(opt, m, eq, t->name, stats, min_rows);
+        if (!st)
+            continue;
+        if (m0 && (m->format != m0->format ||
+                   (m->format == NQ_FORMAT_INT4 && m->group_size != m0->group_size)))
+            break; /* a window holds one format and group; the next one starts here */
+        m0 = m0 ? m0 : m;
+        gptq_pre *p = &gw->p[gw->n];
+        nq_gptq_item *it = &items[gw->n];
+        gw->n++;
+        p->k = k2;
+        int64_t o = m->out_features, i = m->in_features;
+        p->e.m = m;
+        p->e.algo = gptq_algo_name(opt, m->format);
+        if (!(p->wf = nq_tensor_load_f32(t, true, err))) {
+            window_clear(gw);
+            return -1;
+        }
+        nq_tensor_release(t);
+        symmetrize(st->hessian, i);
+        *it = (nq_gptq_item){.w = p->wf, .rows = o, .cols = i, .hessian = st->hessian,
+                             .shared_amax = m->shared_amax, .name = t->name};
+        if (m->format == NQ_FORMAT_NVFP4) {
+            it->packed = p->e.packed = malloc((size_t)(o * i / 2));
+            it->block_scales = p->e.scales8 = malloc((size_t)(o * i / 16));
+            if (!p->e.packed || !p->e.scales8) {
+                window_clear(gw);
+                return nq_fail(err, "%s: out of memory", m->name);
+            }
+        } else {
+            int g = m->group_size;
+            it->qweight = p->e.qw = malloc((size_t)(i / 8 * o) * sizeof *p->e.qw);
+            it->qzeros = p->e.qz = malloc((size_t)(i / g * o / 8) * sizeof *p->e.qz);
+            it->scales = p->e.sc = malloc((size_t)(i / g * o) * sizeof *p->e.sc);
+            it->g_idx = p->e.gi = malloc((size_t)i * sizeof *p->e.gi);
+            if (!p->e.qw || !p->e.qz || !p->e.sc || !p->e.gi) {
+                window_clear(gw);
+                return nq_fail(err, "%s: out of memory", m->name);
+            }
+        }
+    }
+    double damp = opt->gptq_damp > 0 ? opt->gptq_damp : 0.01;
+    int rc;
+    if (m0->format == NQ_FORMAT_NVFP4) {
+        /* as encode_module's options (shared_amax: each item's) */
+        nq_gptq_nvfp4_opts go = {.mse = opt->mse_scales,
+                                 .search = opt->optimize.hessian_scales,
+                                 .lo = 0.5f, .hi = 1.5f,
+                                 .four_over_six = opt->optimize.four_over_six,
+                                 .scale_max = opt->optimize.four_over_six ? 256.0f : 448.0f};
+        rc = nq_gptq_nvfp4_ex_batch_on(opt->cuda, items, (size_t)gw->n, &go, damp, opt->threads,
+                                       err);
+        for (int q = 0; q < gw->n; q++)
+            gw->p[q].e.gs = items[q].global_scale;
+    } else {
+        rc = nq_gptq_int4_batch_on(opt->cuda, items, (size_t)gw->n, m0->group_size,
+                                   opt->mse_scales,
+                                   opt->gptq_act_order || opt->optimize.int4_act_order, damp,
+                                   opt->threads, err);
+    }
+    if (rc != 0)
+        window_clear(gw);
+    return rc;
+}
+
+/* The window's entry for position k (filling a new window when k is not
+ * next), or NULL when k's module is not batched. */
+static gptq_pre *window_take(gptq_window *gw, size_t k, size_t n, const order_item *order,
+                             const nq_checkpoint *ck, const nq_plan *plan,
+                             const nq_quantize_options *opt, const override_ctx *eq,
+                             nq_calib_stats *stats, int min_rows, const nq_plan_module *m,
+                             const char *tensor, int *rc, nq_error *err)
+{
+    *rc = 0;
+    if (!batchable(opt, m, eq, tensor, stats, min_rows))
+        return NULL;
+    if (gw->next >= gw->n || gw->p[gw->next].k != k)
+        if ((*rc = window_fill(gw, k, n, order, ck, plan, opt, eq, stats, min_rows, err)) != 0)
+            return NULL;
+    return &gw->p[gw->next++];
+}
+
 /* ---- the pass ---------------------------------------------------------- */
 
 static double now_seconds(void)
@@ -657,11 +819,190 @@ static void choose_act_scales(nq_calib_stats *stats, nq_act_scale_rule rule)
     }
 }
 
-/* The --optimize passes over one layer (x_tmp: scratch of the layer's input
- * size): the act-scale search, then the served-input Hessians. */
+/* ---- the calibration activations --------------------------------------
+ *
+ * All samples x len tokens' residual stream, from the embeddings to the
+ * last layer.  With a GPU they fit on (after what one layer needs), they
+ * stay in its memory the whole time (cuda.h, "resident"): no host copy, no
+ * transfer per layer; the layer's input, when it must be kept, is a second
+ * device array.  Otherwise they are host arrays, and on a GPU each layer
+ * streams them through it a chunk of NQ_CUDA_CHUNK_ROWS rows at a time. */
+typedef struct acts {
+    nq_model *model;
+    struct nq_cuda *g;
+    bool resident, keep_input;
+    float *x, *x_in;   /* host, when not resident (x_in: keep_input) */
+    int S, T;
+    size_t plane;
+} acts;
+
+/* Bytes of GPU memory one layer of cfg needs beside the activations, for
+ * the largest layer: 4 x its parameters (f32; bf16 weights take half), 4 x
+ * the scratch of one chunk of `rows` rows, 6 x rows x the widest Linear
+ * input (its split into 3 bf16 terms), 8 x in^2 per quantized Linear with
+ * Hessians, the
+ * statistics' 272 MiB, 4 GiB for the backend's cache of earlier blocks'
+ * weights and 1 GiB for cuBLAS, the encoding of one module and
+ * fragmentation.  README ("Peak GPU memory") gives the same formula. */
+static uint64_t layer_device_bytes(const nq_model_config *c, int64_t rows, bool hessians)
+{
+    uint64_t H = (uint64_t)c->hidden_size, worst = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        uint64_t W = 0, w = 0, h2 = 0;
+        switch ((nq_block_kind)c->pattern[l]) {
+        case NQ_BLOCK_MAMBA: {
+            uint64_t P = (uint64_t)nq_mamba_in_proj_dim(c), in = (uint64_t)nq_mamba_intermediate(c);
+            uint64_t cd = (uint64_t)nq_mamba_conv_dim(c);
+            W = P * H + H * in + cd * (uint64_t)c->conv_kernel;
+            w = P + cd + (uint64_t)c->mamba_num_heads + in + 2 * H;
+            h2 = H * H + in * in;
+            break;
+        }
+        case NQ_BLOCK_ATTENTION: {
+            uint64_t q = (uint64_t)c->num_attention_heads * c->head_dim;
+            uint64_t kv = (uint64_t)c->num_key_value_heads * c->head_dim;
+            W = 2 * H * (q + kv);
+            w = 2 * q + 2 * kv + 2 * H;
+            h2 = 3 * H * H + q * q;
+            break;
+        }
+        case NQ_BLOCK_MLP: {
+            uint64_t I = (uint64_t)c->intermediate_size;
+            W = 2 * H * I;
+            w = I + 2 * H;
+            h2 = H * H + I * I;
+            break;
+        }
+        case NQ_BLOCK_MOE: {
+            uint64_t E = (uint64_t)c->n_routed_experts, K = (uint64_t)c->num_experts_per_tok;
+            uint64_t I = (uint64_t)c->moe_intermediate_size;
+            uint64_t Is = (uint64_t)c->moe_shared_expert_intermediate_size;
+            W = E * 2 * H * I + 2 * H * Is + E * H;
+            w = E + K * (2 * H + (I > Is ? I : Is)) + 3 * H;
+            h2 = E * (H * H + I * I) + (Is ? H * H + Is * Is : 0);
+            break;
+        }
+        }
+        /* the widest Linear input, split into up to 3 bf16 terms (gemm.cu) */
+        uint64_t I = 0;
+        switch ((nq_block_kind)c->pattern[l]) {
+        case NQ_BLOCK_MAMBA: I = (uint64_t)nq_mamba_intermediate(c); break;
+        case NQ_BLOCK_ATTENTION: I = (uint64_t)c->num_attention_heads * c->head_dim; break;
+        case NQ_BLOCK_MLP: I = (uint64_t)c->intermediate_size; break;
+        case NQ_BLOCK_MOE:
+            I = (uint64_t)(c->moe_intermediate_size > c->moe_shared_expert_intermediate_size
+                               ? c->moe_intermediate_size
+                               : c->moe_shared_expert_intermediate_size);
+            break;
+        }
+        I = I > H ? I : H;
+        uint64_t b = 4 * W + 4 * (uint64_t)rows * w + 6 * (uint64_t)rows * I +
+                     (hessians ? 8 * h2 : 0);
+        worst = b > worst ? b : worst;
+    }
+    return worst + (272ull << 20) + (5ull << 30);
+}
+
+/* Chooses where the activations live and allocates them (host arrays only
+ * here; the GPU's resident stream comes with the embedding).
+ * NEMOQ_CUDA_ACT_MIB sets the GPU memory they may take (e.g. 0: always
+ * streamed); else what is free minus layer_device_bytes. */
+static int acts_open(acts *a, nq_model *model, struct nq_cuda *g, const nq_model_config *cfg,
+                     int S, int T, bool keep_input, bool hessians, FILE *log, nq_error *err)
+{
+    memset(a, 0, sizeof *a);
+    a->model = model;
+    a->g = g;
+    a->keep_input = keep_input;
+    a->S = S;
+    a->T = T;
+    a->plane = (size_t)T * cfg->hidden_size;
+    uint64_t bytes = (uint64_t)S * a->plane * sizeof(float) * (keep_input ? 2 : 1);
+    if (g) {
+        int64_t per = NQ_CUDA_CHUNK_ROWS / T > 0 ? NQ_CUDA_CHUNK_ROWS / T : 1;
+        int64_t rows = (per < S ? per : S) * (int64_t)T;
+        uint64_t budget;
+        const char *env = getenv("NEMOQ_CUDA_ACT_MIB");
+        if (env && *env) {
+            budget = (uint64_t)strtoull(env, NULL, 10) << 20;
+        } else {
+            size_t free_b = 0, total_b = 0;
+            if (nq_cuda_mem_info(g, &free_b, &total_b, err) != 0)
+                return -1;
+            uint64_t need = layer_device_bytes(cfg, rows, hessians);
+            budget = free_b > need ? free_b - need : 0;
+        }
+        a->resident = bytes <= budget;
+        if (log)
+            fprintf(log, "calibration activations: %.2f GiB (%s) %s\n", bytes / 1073741824.0,
+                    keep_input ? "the layer's input and output" : "one copy",
+                    a->resident ? "resident on the GPU"
+                                : "on the host, streamed through the GPU a chunk at a time "
+                                  "(more than the GPU memory left for them)");
+        if (a->resident)
+            return 0;
+    }
+    a->x = malloc(S * a->plane * sizeof *a->x);
+    a->x_in = keep_input ? malloc(S * a->plane * sizeof *a->x_in) : NULL;
+    if (!a->x || (keep_input && !a->x_in))
+        return nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T,
+                       cfg->hidden_size);
+    return 0;
+}
+
+static void acts_close(acts *a)
+{
+    if (a->resident && a->g)
+        nq_cuda_resident_free(a->g);
+    free(a->x);
+    free(a->x_in);
+    a->x = a->x_in = NULL;
+}
+
+static int acts_embed(acts *a, const int32_t *ids, nq_error *err)
+{
+    if (a->resident)
+        return nq_model_embed_resident(a->model, ids, (size_t)a->S * a->T, err);
+    for (int s = 0; s < a->S; s++)
+        if (nq_model_embed(a->model, ids + (size_t)s * a->T, a->T, a->x + s * a->plane, err) != 0)
+            return -1;
+    return 0;
+}
+
+/* The layer's input, kept before it runs (keep_input only). */
+static int acts_save(acts *a, nq_error *err)
+{
+    if (!a->keep_input)
+        return 0;
+    if (a->resident)
+        return nq_cuda_resident_save(a->g, err);
+    memcpy(a->x_in, a->x, (size_t)a->S * a->plane * sizeof *a->x);
+    return 0;
+}
+
+static int acts_restore(acts *a, nq_error *err)
+{
+    if (!a->keep_input)
+        return nq_fail(err, "calibration: the layer's input was not kept");
+    if (a->resident)
+        return nq_cuda_resident_restore(a->g, err);
+    memcpy(a->x, a->x_in, (size_t)a->S * a->plane * sizeof *a->x);
+    return 0;
+}
+
+/* Block l on the activations, in place. */
+static int acts_run(acts *a, int l, nq_error *err)
+{
+    return nq_model_blocks_resident(a->model, l, a->x, a->S, a->T, !a->resident, !a->resident,
+                                    err);
+}
+
+/* The --optimize passes over one layer, each on the layer's input again
+ * (it leaves the activations as they were: the same float layer's output,
+ * bit for bit, since the hooks only read): the act-scale search, then the
+ * served-input Hessians. */
 static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
-                           nq_calib_stats *stats, int layer, const float *x_in, float *x_tmp,
-                           int S, int T, size_t plane, nq_error *err)
+                           nq_calib_stats *stats, int layer, acts *a, nq_error *err)
 {
     const nq_optimize *o = &opt->optimize;
     bool act = o->act_scale != NQ_ACT_SCALE_AMAX;
@@ -676,10 +1017,11 @@ static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
         return 0;
     nq_forward_hooks hooks = nq_calib_hooks(stats);
     if (act) {
-        memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+        if (acts_restore(a, err) != 0)
+            return -1;
         stats->mode = NQ_CALIB_ACT;
         nq_model_set_hooks(model, &hooks);
-        int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+        int r = acts_run(a, layer, err);
         nq_model_set_hooks(model, NULL);
         stats->mode = NQ_CALIB_FLOAT;
         if (r != 0)
@@ -699,13 +1041,89 @@ static int optimize_passes(nq_model *model, const nq_quantize_options *opt,
         size_t d = (size_t)st->module->in_features;
         memset(st->hessian, 0, d * d * sizeof *st->hessian);
     }
-    memcpy(x_tmp, x_in, (size_t)S * plane * sizeof *x_tmp);
+    if (acts_restore(a, err) != 0)
+        return -1;
     stats->mode = NQ_CALIB_SERVED;
     nq_model_set_hooks(model, &hooks);
-    int r = nq_model_blocks(model, layer, x_tmp, S, T, err);
+    int r = acts_run(a, layer, err);
     nq_model_set_hooks(model, NULL);
     stats->mode = NQ_CALIB_FLOAT;
     return r;
+}
+
+/* One module's f32 weight at a time, in a buffer reused from module to
+ * module (page-locked for the GPU's uploads: a fresh malloc of each Nano
+ * expert's 20 MB costs more in page faults than its encoding). */
+typedef struct weight_buf {
+    float *p;
+    size_t cap;    /* floats */
+    bool pinned;
+} weight_buf;
+
+/* t as f32 in wb (widened by the checkpoint reader's threads), not yet
+ * checked finite (check_finite; the GPU's encoder flags non-finite values
+ * itself). */
+static float *load_weight_pinned(const nq_checkpoint *ck, const nq_tensor *t, weight_buf *wb,
+                                 nq_error *err)
+{
+    if (wb->cap < t->numel) {
+        if (wb->pinned)
+            nq_cuda_host_free(wb->p);
+        else
+            free(wb->p);
+        wb->cap = 0;
+        wb->p = nq_cuda_host_alloc(t->numel * sizeof *wb->p);
+        wb->pinned = wb->p != NULL;
+        if (!wb->p && !(wb->p = malloc(t->numel * sizeof *wb->p))) {
+            nq_fail(err, "tensor '%s': out of memory for %llu floats", t->name,
+                    (unsigned long long)t->numel);
+            return NULL;
+        }
+        wb->cap = t->numel;
+    }
+    nq_weight_request req = {.name = t->name, .layer = -1, .ndim = t->ndim, .numel = t->numel};
+    for (int i = 0; i < t->ndim && i < 4; i++)
+        req.shape[i] = t->shape[i];
+    int rc = nq_checkpoint_weight_fetch((void *)ck, &req, wb->p, err);
+    if (rc != 0) {
+        if (rc == 1)
+            nq_fail(err, "%s: tensor not found", t->name);
+        return NULL;
+    }
+    return wb->p;
+}
+
+/* 0 when every value of w (t's) is finite, else -1 with
+ * nq_tensor_load_f32's error. */
+static int check_finite(const nq_tensor *t, const float *w, nq_error *err)
+{
+    uint64_t i = 0;
+    while (i < t->numel && isfinite(w[i]))
+        i++;
+    if (i == t->numel)
+        return 0;
+    float *again = nq_tensor_load_f32(t, true, err);
+    if (again) {
+        free(again);
+        return nq_fail(err, "tensor '%s': element %llu is not finite", t->name,
+                       (unsigned long long)i);
+    }
+    return -1;
+}
+
+static void weight_free(float *w, const weight_buf *wb)
+{
+    if (w != wb->p)
+        free(w);
+}
+
+static void weight_buf_free(weight_buf *wb)
+{
+    if (wb->pinned)
+        nq_cuda_host_free(wb->p);
+    else
+        free(wb->p);
+    memset(wb, 0, sizeof *wb);
 }
 
 static int write_scalar(nq_writer *w, float v, nq_error *err)
@@ -716,12 +1134,11 @@ static int write_scalar(nq_writer *w, float v, nq_error *err)
 /* Runs block l over x gathering its statistics into stats: on the GPU its
  * device statistics (cuda/stats.cu, fetched once for the layer), on the
  * CPU the host hooks. */
-static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_stats *stats,
+static int layer_stats(nq_model *model, int l, acts *a, nq_calib_stats *stats,
                        struct nq_cuda *g, nq_error *err)
 {
     if (g) {
-        if (nq_calib_device_begin(stats, g, err) != 0 ||
-            nq_model_blocks(model, l, x, S, T, err) != 0 ||
+        if (nq_calib_device_begin(stats, g, err) != 0 || acts_run(a, l, err) != 0 ||
             nq_calib_device_collect(stats, g, err) != 0) {
             nq_cuda_stats_end(g);
             return -1;
@@ -730,7 +1147,7 @@ static int layer_stats(nq_model *model, int l, float *x, int S, int T, nq_calib_
     }
     nq_forward_hooks hooks = nq_calib_hooks(stats);
     nq_model_set_hooks(model, &hooks);
-    int rc = nq_model_blocks(model, l, x, S, T, err);
+    int rc = acts_run(a, l, err);
     nq_model_set_hooks(model, NULL);
     return rc;
 }
@@ -751,12 +1168,14 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     nq_model *model = NULL;
     nq_writer *w = NULL;
     int32_t *ids = NULL;
-    float *x = NULL, *x_in = NULL, *x_tmp = NULL;
+    acts a = {0};
+    weight_buf wbuf = {0};
     order_item *order = NULL;
     bool equalize = opt->equalize || opt->optimize.equalize_nvfp4;
     nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || equalize};
     override_ctx eq = {.ck = ck};
     override_ctx ov = {.ck = ck, .next = &eq};
+    gptq_window gw = {0};
     int rc = -1;
     size_t n = nq_checkpoint_count(ck);
 
@@ -776,19 +1195,22 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         goto done;
     nq_model_set_threads(model, opt->threads);
     nq_model_set_cuda(model, opt->cuda);
+    /* the next layer's weights read while the GPU runs this one */
+    nq_model_set_prefetch(model, opt->cuda != NULL);
     size_t plane = (size_t)T * H;
-    x = malloc((size_t)S * plane * sizeof *x);
-    x_in = malloc((size_t)S * plane * sizeof *x_in);
-    order = malloc((n ? n : 1) * sizeof *order);
     bool opt_passes = opt->optimize.act_scale != NQ_ACT_SCALE_AMAX ||
                       (opt->gptq && opt->optimize.served_hessian);
-    if (opt_passes)
-        x_tmp = malloc((size_t)S * plane * sizeof *x_tmp);
-    if (!x || !x_in || !order || (opt_passes && !x_tmp)) {
-        nq_fail(err, "calibration: out of memory for %d x %d x %d activations", S, T, H);
+    bool keep_input = opt->equalize || opt_passes || quantized_propagation;
+    if (acts_open(&a, model, opt->cuda, cfg, S, T, keep_input, stats.hessians, opt->log, err) != 0)
+        goto done;
+    order = malloc((n ? n : 1) * sizeof *order);
+    if (!order) {
+        nq_fail(err, "calibration: out of memory");
         goto done;
     }
-    sum->peak_activation_bytes = 2 * (uint64_t)S * plane * sizeof *x;
+    /* host activations (none when resident on the GPU) */
+    uint64_t host_acts = a.resident ? 0 : (uint64_t)S * plane * sizeof(float) * (keep_input ? 2 : 1);
+    sum->peak_activation_bytes = host_acts;
 
     /* declare everything, in layer order */
     for (size_t i = 0; i < n; i++) {
@@ -839,9 +1261,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (; k < n && order[k].key < 0; k++)
         if (nq_copy_tensor(w, nq_checkpoint_tensor(ck, order[k].index), err) != 0)
             goto done;
-    for (int s = 0; s < S; s++)
-        if (nq_model_embed(model, ids + (size_t)s * T, T, x + s * plane, err) != 0)
-            goto done;
+    if (acts_embed(&a, ids, err) != 0)
+        goto done;
 
     for (int l = 0; l < L; l++) {
         if (nq_interrupt_check(err) != 0)
@@ -850,8 +1271,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         int kind = cfg->pattern[l] == NQ_BLOCK_MAMBA ? 0 : cfg->pattern[l] == NQ_BLOCK_MOE ? 1
                  : cfg->pattern[l] == NQ_BLOCK_ATTENTION ? 2 : 3;
         /* 1. statistics of the float layer on its input */
-        memcpy(x_in, x, (size_t)S * plane * sizeof *x);
-        if (layer_stats(model, l, x, S, T, &stats, opt->cuda, err) != 0)
+        if (acts_save(&a, err) != 0 || layer_stats(model, l, &a, &stats, opt->cuda, err) != 0)
             goto done;
         if (equalize) {
             /* the scales come from the float layer's statistics; the
@@ -861,10 +1281,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
             if (eq.n > 0) {
                 nq_calib_stats_reset(&stats);
-                memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+                if (acts_restore(&a, err) != 0)
+                    goto done;
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
-                int brc = layer_stats(model, l, x, S, T, &stats, opt->cuda, err);
+                int brc = layer_stats(model, l, &a, &stats, opt->cuda, err);
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                           .ctx = (void *)ck});
@@ -877,7 +1298,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             if (eq.n > 0)
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = override_fetch, .ctx = &eq});
-            int orc = optimize_passes(model, opt, &stats, l, x_in, x_tmp, S, T, plane, err);
+            int orc = optimize_passes(model, opt, &stats, l, &a, err);
             if (eq.n > 0)
                 nq_model_set_weights(model,
                                      (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
@@ -889,8 +1310,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         for (size_t i = 0; i < stats.count; i++)
             stat_bytes += (uint64_t)stats.items[i].module->in_features *
                           (NQ_CALIB_SAMPLE_ROWS * 4 + (stats.hessians ? stats.items[i].module->in_features * 8 : 0));
-        if (2 * (uint64_t)S * plane * 4 + stat_bytes > sum->peak_activation_bytes)
-            sum->peak_activation_bytes = 2 * (uint64_t)S * plane * 4 + stat_bytes;
+        if (host_acts + stat_bytes > sum->peak_activation_bytes)
+            sum->peak_activation_bytes = host_acts + stat_bytes;
 
         sum->layer_stats_seconds[kind] += now_seconds() - t_layer;
         /* 2. quantize and write the layer's tensors */
@@ -941,7 +1362,17 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                         break;
                     }
                 }
-            float *wf = qe ? malloc(t->numel * sizeof *wf) : nq_tensor_load_f32(t, true, err);
+            int wrc;
+            gptq_pre *pre = window_take(&gw, k, n, order, ck, plan, opt, &eq, &stats, min_rows,
+                                        m, t->name, &wrc, err);
+            if (wrc != 0)
+                goto done;
+            float *wf = pre        ? pre->wf
+                        : qe        ? malloc(t->numel * sizeof *wf)
+                        : opt->cuda ? load_weight_pinned(ck, t, &wbuf, err)
+                                    : nq_tensor_load_f32(t, true, err);
+            if (pre)
+                pre->wf = NULL;
             if (!wf) {
                 if (qe)
                     nq_fail(err, "%s: out of memory", t->name);
@@ -954,7 +1385,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 m_eq = *m;
                 if (equalized_qkv_amax(&eq, ck, t->name, opt->threads, &m_eq.shared_amax,
                                        err) != 0) {
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     goto done;
                 }
                 m = &m_eq;
@@ -964,10 +1395,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             bool fallback = false;
             if (opt->gptq && m->format != NQ_FORMAT_FP8) {
                 if (st && st->rows >= (uint64_t)min_rows && st->hessian) {
-                    int64_t d = m->in_features;
-                    for (int64_t a = 0; a < d; a++) /* dsyrk filled the upper triangle */
-                        for (int64_t b = 0; b < a; b++)
-                            st->hessian[a * d + b] = st->hessian[b * d + a];
+                    if (!pre) /* a window's modules are symmetrized already */
+                        symmetrize(st->hessian, m->in_features);
                     hess = st->hessian;
                 } else {
                     fallback = true;
@@ -985,7 +1414,9 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
             double gstats[5] = {0};
             float *deq = NULL;
             int r;
-            if (gpu_rtn) {
+            if (!gpu_rtn && wf == wbuf.p && check_finite(t, wf, err) != 0)
+                r = -1;
+            else if (gpu_rtn) {
                 int64_t mo = m->out_features, mi = m->in_features;
                 e.m = m;
                 e.algo = o2.mse_scales ? "rtn+mse" : "rtn";
@@ -1000,14 +1431,21 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 e.st.sq_err = gstats[0];
                 e.st.sq_err_max_scale = gstats[1];
                 e.st.sq_ref = gstats[2];
-                if (r != 0)
+                /* the CPU's message for a NaN or infinite weight (the GPU
+                 * only flags that there is one) */
+                if (r != 0 && !(wf == wbuf.p && check_finite(t, wf, err) != 0))
                     nq_error_name(err, "tensor", t->name);
             } else {
                 deq = malloc((size_t)(m->out_features * m->in_features) * sizeof *deq);
-                r = deq ? encode_module(wf, m, &o2, hess,
-                                        fallback && st && st->rows > 0 ? st->hessian : NULL, &e,
-                                        err)
-                        : nq_fail(err, "%s: out of memory", m->name);
+                if (pre) { /* encoded with its window */
+                    e = pre->e;
+                    memset(&pre->e, 0, sizeof pre->e);
+                }
+                r = !deq  ? nq_fail(err, "%s: out of memory", m->name)
+                    : pre ? 0
+                          : encode_module(wf, m, &o2, hess,
+                                          fallback && st && st->rows > 0 ? st->hessian : NULL,
+                                          &e, err);
                 if (r != 0)
                     nq_error_name(err, "tensor", t->name);
                 if (r == 0)
@@ -1018,7 +1456,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                     (m->format != NQ_FORMAT_INT4 && write_scalar(w, input_scale, err));
             if (r != 0) {
                 encoded_free(&e);
-                free(wf);
+                weight_free(wf, &wbuf);
                 free(deq);
                 goto done;
             }
@@ -1048,7 +1486,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                                          m->out_features, m->in_features, &osq, &oref,
                                          err) != 0) {
                     encoded_free(&e);
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     free(deq);
                     goto done;
                 }
@@ -1077,7 +1515,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 override_entry *ne = realloc(ov.e, (ov.n + 1) * sizeof *ne);
                 if (!ne) {
                     encoded_free(&e);
-                    free(wf);
+                    weight_free(wf, &wbuf);
                     free(deq);
                     nq_fail(err, "out of memory");
                     goto done;
@@ -1088,7 +1526,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 deq = NULL;
             }
             encoded_free(&e);
-            free(wf);
+            weight_free(wf, &wbuf);
             free(deq);
         }
         if (kv_fp8 && cfg->pattern[l] == NQ_BLOCK_ATTENTION) {
@@ -1103,13 +1541,16 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
                 goto done;
         }
         nq_calib_stats_reset(&stats);
+        if (opt->cuda)
+            nq_cuda_trim(opt->cuda);
 
         /* 3. the next layer's input */
         if (quantized_propagation && ov.n > 0) {
-            memcpy(x, x_in, (size_t)S * plane * sizeof *x);
+            if (acts_restore(&a, err) != 0)
+                goto done;
             nq_model_set_weights(model,
                                  (nq_weight_provider){.fetch = override_fetch, .ctx = &ov});
-            if (nq_model_blocks(model, l, x, S, T, err) != 0)
+            if (acts_run(&a, l, err) != 0)
                 goto done;
             nq_model_set_weights(model, (nq_weight_provider){.fetch = nq_checkpoint_weight_fetch,
                                                              .ctx = (void *)ck});
@@ -1122,6 +1563,11 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         if (opt->log)
             fprintf(opt->log, "\r[layer %d/%d] %c: %.1f s%-50s\n", l + 1, L, cfg->pattern[l],
                     dt_layer, "");
+        if (opt->cuda) {
+            char label[32];
+            snprintf(label, sizeof label, "layer %d (%c)", l, cfg->pattern[l]);
+            nq_cuda_timing_report(opt->cuda, label);
+        }
     }
     /* the head */
     for (; k < n; k++)
@@ -1139,6 +1585,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     sum->calib_seconds = now_seconds() - t_start;
     rc = 0;
 done:
+    window_clear(&gw);
     nq_calib_stats_reset(&stats);
     override_clear(&ov);
     free(ov.e);
@@ -1148,9 +1595,8 @@ done:
     nq_model_close(model);
     nq_tokenizer_free(tok);
     free(ids);
-    free(x);
-    free(x_in);
-    free(x_tmp);
+    acts_close(&a);
+    weight_buf_free(&wbuf);
     free(order);
     return rc;
 }

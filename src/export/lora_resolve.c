@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "export/lora_internal.h"
+#include "export/metadata.h"
 
 static bool ends_with(const char *s, const char *tail)
 {
@@ -731,52 +732,15 @@ char *nq_lora_config_record(const char *text, size_t len, const char *source_nam
         return out;
     }
     json_decref(root);
-    /* keep every original byte: insert the key before the closing brace */
-    size_t end = len;
-    while (end > 0 && text[end - 1] != '}')
-        end--;
-    if (end == 0) {
-        nq_fail(err, "%s: no closing brace", source_name);
-        return NULL;
-    }
-    end--;
-    size_t body = end;
-    while (body > 0 && strchr(" \t\r\n", text[body - 1]))
-        body--;
-    bool empty = text[body - 1] == '{';
-    char *val = json_dumps(adapters, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    if (!val) {
+    /* first merge: the key goes in before the closing brace, every original
+     * byte kept (the splice the quantization_config takes) */
+    json_t *keys = json_pack("{s:O}", key, (json_t *)adapters);
+    if (!keys) {
         nq_fail(err, "out of memory");
         return NULL;
     }
-    /* indent the value's continuation lines to sit inside the object */
-    size_t vl = strlen(val), lines = 0;
-    for (size_t i = 0; i < vl; i++)
-        lines += val[i] == '\n';
-    size_t cap = len + vl + 2 * lines + sizeof key + 16;
-    out = malloc(cap);
-    if (!out) {
-        free(val);
-        nq_fail(err, "out of memory");
-        return NULL;
-    }
-    size_t n = 0;
-    memcpy(out, text, body);
-    n = body;
-    n += (size_t)snprintf(out + n, cap - n, "%s\n  \"%s\": ", empty ? "" : ",", key);
-    for (size_t i = 0; i < vl; i++) {
-        out[n++] = val[i];
-        if (val[i] == '\n') {
-            out[n++] = ' ';
-            out[n++] = ' ';
-        }
-    }
-    out[n++] = '\n';
-    memcpy(out + n, text + end, len - end);
-    n += len - end;
-    out[n] = '\0';
-    free(val);
-    *out_len = n;
+    out = nq_config_splice(text, len, source_name, keys, out_len, err);
+    json_decref(keys);
     return out;
 }
 

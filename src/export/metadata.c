@@ -341,6 +341,7 @@ static char *splice_keys(const char *text, size_t len, const char *source_name, 
     out[n++] = '\n';
     memcpy(out + n, text + end, len - end);
     n += len - end;
+    out[n] = '\0';
     free(added);
     *out_len = n;
     return out;

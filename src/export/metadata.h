@@ -85,7 +85,7 @@ char *nq_config_with_quantization(const char *config_text, size_t len, const cha
 
 /* config.json text with the top-level keys of `keys` inserted before its
  * closing brace, every original byte kept (as above); refuses a key the
- * input already has.  Returns malloc'd text. */
+ * input already has.  Returns malloc'd text, NUL-terminated. */
 char *nq_config_splice(const char *config_text, size_t len, const char *source_name,
                        const json_t *keys, size_t *out_len, nq_error *err);
 /* config.json text with top-level `key` set to the string `value`: the

@@ -30,3 +30,9 @@ uint8_t nq_fp8_quantize_value(float x, float scale)
      * inputs are BF16 checkpoints, so it rounds the same way. */
     return nq_fp8_quantize_value_inline(x, scale);
 }
+
+void nq_fp8_fake_quant(float *x, int64_t n, float scale)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = nq_e4m3_to_f32(nq_fp8_quantize_value(x[i], scale)) * scale;
+}

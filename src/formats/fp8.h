@@ -55,6 +55,10 @@ float nq_fp8_kv_cache_scale(float amax);
 /* The stored byte of x under `scale`: e4m3(bf16(x / scale)), as ModelOpt
  * computes it for BF16 weights (see fp8.c). */
 uint8_t nq_fp8_quantize_value(float x, float scale);
+/* x[n] -> e4m3(x / scale) * scale through nq_fp8_quantize_value: what an
+ * FP8 quantizer with `scale` passes on (W8A8 activations, the FP8 KV cache),
+ * saturating at +-448 * scale.  In place. */
+void nq_fp8_fake_quant(float *x, int64_t n, float scale);
 
 static inline uint8_t nq_fp8_quantize_value_inline(float x, float scale)
 {

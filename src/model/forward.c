@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,14 @@ struct nq_model {
     uint64_t head_id;   /* unique per load of norm_f / lm_head */
     block_weights **blocks;
     nq_cuda *cuda;      /* borrowed; NULL: the CPU runs everything */
+    /* nq_model_set_prefetch: the next block loaded on a host thread */
+    bool prefetch;
+    bool pf_active;     /* a thread was started and not joined yet */
+    int pf_layer;
+    pthread_t pf_thread;
+    nq_weight_provider pf_provider;
+    block_weights *pf_block;  /* its result (NULL: failed) */
+    nq_error pf_err;
 };
 
 /* Process-wide, so that models sharing one GPU never share a cache key. */
@@ -153,11 +162,16 @@ int nq_checkpoint_weight_fetch(void *ctx, const nq_weight_request *req, float *o
     return nq_tensor_read_f32(t, 0, t->numel, out, err);
 }
 
+/* The provider of the prefetch thread (its snapshot of the model's), NULL
+ * on every other thread: the model's own. */
+static _Thread_local const nq_weight_provider *tl_provider;
+
 /* Fetches one tensor into a fresh array.  *out = NULL (and 0 returned) when
  * an optional tensor is absent. */
 static int fetch(nq_model *m, float **out, const char *name, int layer, bool optional,
                  int ndim, int64_t d0, int64_t d1, int64_t d2, nq_error *err)
 {
+    const nq_weight_provider *pv = tl_provider ? tl_provider : &m->provider;
     nq_weight_request req = {.name = name, .layer = layer, .ndim = ndim, .optional = optional};
     int64_t d[3] = {d0, d1, d2};
     req.numel = 1;
@@ -166,13 +180,13 @@ static int fetch(nq_model *m, float **out, const char *name, int layer, bool opt
         req.numel *= (uint64_t)d[i];
     }
     *out = NULL;
-    if (!m->provider.fetch)
+    if (!pv->fetch)
         return nq_fail(err, "%s: the model has no weight source", name);
     float *buf = malloc(req.numel * sizeof *buf);
     if (!buf)
         return nq_fail(err, "%s: out of memory for %llu floats", name,
                        (unsigned long long)req.numel);
-    int rc = m->provider.fetch(m->provider.ctx, &req, buf, err);
+    int rc = pv->fetch(pv->ctx, &req, buf, err);
     if (rc == 0) {
         /* A NaN or Inf weight would surface layers later as a NaN activation
          * somewhere else: name it here, before the block runs. */
@@ -365,10 +379,67 @@ static void drop_blocks(nq_model *m, int except)
         }
 }
 
+/* ---- prefetch: the next block read and widened on a host thread ------- */
+
+static void *prefetch_main(void *p)
+{
+    nq_model *m = p;
+    tl_provider = &m->pf_provider;
+    block_weights *b = load_block(m, m->pf_layer, &m->pf_err);
+    if (b && b->kind == NQ_BLOCK_MOE)
+        for (int e = 0; e < m->cfg.n_routed_experts; e++)
+            if (load_expert(m, m->pf_layer, b, e, &m->pf_err) != 0) {
+                free_block(&m->cfg, b);
+                b = NULL;
+                break;
+            }
+    m->pf_block = b;
+    return NULL;
+}
+
+/* Waits for the prefetch thread; its block when it is layer l's, loaded
+ * from the provider the model has now, else NULL (discarded; a failed
+ * prefetch is simply redone by get_block, which reports the error). */
+static block_weights *prefetch_join(nq_model *m, int l)
+{
+    if (!m->pf_active)
+        return NULL;
+    pthread_join(m->pf_thread, NULL);
+    m->pf_active = false;
+    block_weights *b = m->pf_block;
+    m->pf_block = NULL;
+    if (b && (m->pf_layer != l || m->pf_provider.fetch != m->provider.fetch ||
+              m->pf_provider.ctx != m->provider.ctx)) {
+        free_block(&m->cfg, b);
+        b = NULL;
+    }
+    return b;
+}
+
+/* Starts loading block l (a MoE block with all its experts) on a host
+ * thread, when the weights come from the checkpoint (its reader is
+ * thread-safe; other providers are called from one thread only) and l is
+ * not loaded or being loaded. */
+static void prefetch_start(nq_model *m, int l)
+{
+    if (!m->prefetch || l < 0 || l >= m->cfg.num_layers || m->blocks[l] ||
+        m->provider.fetch != nq_checkpoint_weight_fetch || (m->pf_active && m->pf_layer == l))
+        return;
+    if (m->pf_active)
+        free_block(&m->cfg, prefetch_join(m, m->pf_layer));
+    m->pf_layer = l;
+    m->pf_provider = m->provider;
+    m->pf_block = NULL;
+    memset(&m->pf_err, 0, sizeof m->pf_err);
+    m->pf_active = pthread_create(&m->pf_thread, NULL, prefetch_main, m) == 0;
+}
+
 static block_weights *get_block(nq_model *m, int l, nq_error *err)
 {
     if (!m->keep_weights)
         drop_blocks(m, l);
+    if (!m->blocks[l] && m->pf_active && m->pf_layer == l)
+        m->blocks[l] = prefetch_join(m, l);
     if (!m->blocks[l])
         m->blocks[l] = load_block(m, l, err);
     return m->blocks[l];
@@ -509,6 +580,7 @@ void nq_model_close(nq_model *m)
 {
     if (!m)
         return;
+    free_block(&m->cfg, prefetch_join(m, -1));
     drop_blocks(m, -1);
     drop_head(m);
     free(m->blocks);
@@ -534,6 +606,7 @@ void nq_model_set_dt_min(nq_model *m, float dt_min) { m->dt_min = dt_min; }
 const nq_model_config *nq_model_cfg(const nq_model *m) { return &m->cfg; }
 
 void nq_model_set_cuda(nq_model *m, nq_cuda *g) { m->cuda = g; }
+void nq_model_set_prefetch(nq_model *m, bool on) { m->prefetch = on; }
 
 void nq_model_set_hooks(nq_model *m, const nq_forward_hooks *hooks)
 {
@@ -784,6 +857,20 @@ int nq_model_embed(nq_model *m, const int32_t *ids, int n, float *x, nq_error *e
     return 0;
 }
 
+int nq_model_embed_resident(nq_model *m, const int32_t *ids, size_t n, nq_error *err)
+{
+    if (!m->cuda)
+        return nq_fail(err, "embedding: no GPU to keep the activations on");
+    if (ensure_head(m, true, false, err) != 0)
+        return -1;
+    for (size_t t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->cfg.vocab_size)
+            return nq_fail(err, "token %zu: id %d outside the vocabulary of %d", t, ids[t],
+                           m->cfg.vocab_size);
+    return nq_cuda_resident_embed(m->cuda, m->embed, m->cfg.vocab_size, m->cfg.hidden_size, ids,
+                                  n, err);
+}
+
 int nq_model_final(nq_model *m, const float *x, int n, float *normed_out, float *logits,
                    nq_error *err)
 {
@@ -912,6 +999,7 @@ int nq_model_blocks_resident(nq_model *m, int layer, float *x, int samples, int 
     block_weights *b = get_block(m, layer, err);
     if (!b)
         return -1;
+    prefetch_start(m, layer + 1);
     char prefix[96];
     nq_exec ex = make_exec(m, layer, prefix, sizeof prefix, err);
     expert_loader el = {.m = m, .layer = layer, .b = b};

@@ -177,11 +177,23 @@ int nq_model_step(nq_model *m, nq_state *st, const int32_t *ids, int n, float *l
 
 /* x[n, hidden] = embeddings of ids. */
 int nq_model_embed(nq_model *m, const int32_t *ids, int n, float *x, nq_error *err);
+/* The embeddings of n ids written straight into the GPU's resident residual
+ * stream (cuda/cuda.h, "resident"; needs nq_model_set_cuda), for
+ * nq_model_blocks_resident(..., first = false, last = false) to run on:
+ * the activations never exist on the host. */
+int nq_model_embed_resident(nq_model *m, const int32_t *ids, size_t n, nq_error *err);
 /* Runs block `layer` in place on the residual stream x[n, hidden].  st: the
  * sequence state to continue (each block keeps its own part of it, so the
  * blocks of one step may run in any interleaving as long as each block sees
  * the tokens in order), or NULL for a fresh sequence of n tokens. */
 int nq_model_block(nq_model *m, int layer, float *x, int n, nq_state *st, nq_error *err);
+/* With a GPU: nq_model_blocks_resident on layer l starts reading and
+ * widening layer l+1's weights (a MoE layer's: all its experts) on a host
+ * thread, so that they are ready when it is run, and the host's work on
+ * them overlaps the GPU's on layer l.  Only while the weights come from
+ * the checkpoint (nq_checkpoint_weight_fetch); costs one more block of f32
+ * weights in host memory.  Off by default. */
+void nq_model_set_prefetch(nq_model *m, bool on);
 /* Runs block `layer` in place on `samples` independent fresh sequences of
  * len tokens each (x: [samples, len, hidden]).  On the CPU: as
  * nq_model_block on each in turn would, with the same results bit for bit;

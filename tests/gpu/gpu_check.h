@@ -14,5 +14,8 @@ void check(bool ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void test_nano_width_gpu(nq_cuda *gpu, const char *src_dir);
 /* gpu_nano_width.c: the device router against nq_moe_select. */
 void test_router_gpu(nq_cuda *gpu);
+/* gpu_gemm.c: the GEMM modes against a float64 host GEMM; the mode of gpu
+ * is restored at the end. */
+void test_gemm_modes_gpu(nq_cuda *gpu);
 
 #endif

@@ -13,60 +13,18 @@
 #include <string.h>
 
 #include "calib/calib.h"
-#include "core/file.h"
-#include "core/parallel.h"
 #include "gpu_check.h"
 #include "model/config.h"
 #include "model/forward.h"
 #include "model/layers.h"
-#include "nanow/nano_width_gen.h"
+#include "nanow/nano_width_fixture.h"
 #include "recipe/plan.h"
 
 #define LOGIT_TOL 2e-3
 #define HIDDEN_TOL 1e-4
 #define AMAX_TOL 1e-4
 
-static double max_rel(const float *a, const float *ref, size_t n)
-{
-    double m = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double s = fabs((double)ref[i]) > 1.0 ? fabs((double)ref[i]) : 1.0;
-        double d = fabs((double)a[i] - ref[i]) / s;
-        if (!(d <= m))
-            m = isnan(d) ? INFINITY : d;
-    }
-    return m;
-}
-
-typedef struct {
-    nq_calib_stats stats;
-    nq_forward_hooks calib;
-    int32_t *experts; /* [tokens, top_k] as routed */
-    int routed, cap, K;
-} observer;
-
-static int obs_linear(void *ctx, const nq_linear_input *in, nq_error *err)
-{
-    observer *o = ctx;
-    return o->calib.linear_input(o->calib.ctx, in, err);
-}
-
-static int obs_kv(void *ctx, const nq_kv_output *kv, nq_error *err)
-{
-    observer *o = ctx;
-    return o->calib.kv_output(o->calib.ctx, kv, err);
-}
-
-static int obs_routing(void *ctx, const nq_routing *r, nq_error *err)
-{
-    observer *o = ctx;
-    if (o->routed + r->tokens > o->cap)
-        return nq_fail(err, "routing: more tokens than the sequence");
-    memcpy(o->experts + (size_t)o->routed * r->top_k, r->experts,
-           (size_t)r->tokens * r->top_k * sizeof *o->experts);
-    o->routed += r->tokens;
-    return 0;
-}
+typedef nq_nanow_observer observer;
 
 static int cmp_i32(const void *a, const void *b)
 {
@@ -102,9 +60,9 @@ static double compare_stats(json_t *st, observer *o, int upto, int tokens, bool 
             }
             for (int t = 0; t < tokens; t++) {
                 int32_t mine[32];
-                memcpy(mine, o->experts + (size_t)t * o->K, (size_t)o->K * sizeof *mine);
-                qsort(mine, (size_t)o->K, sizeof *mine, cmp_i32);
-                for (int k = 0; k < o->K; k++)
+                memcpy(mine, o->experts + (size_t)t * o->top_k, (size_t)o->top_k * sizeof *mine);
+                qsort(mine, (size_t)o->top_k, sizeof *mine, cmp_i32);
+                for (int k = 0; k < o->top_k; k++)
                     if (mine[k] != json_integer_value(json_array_get(json_array_get(rows, t), k)))
                         *routing_ok = false;
             }
@@ -144,95 +102,55 @@ static double compare_stats(json_t *st, observer *o, int upto, int tokens, bool 
     return worst;
 }
 
-static int32_t *seq_ids(json_t *ref, int s, int *n)
+static float *read_f32(const nq_nanow_fixture *f, const char *name, size_t count)
 {
-    json_t *a = json_array_get(json_object_get(ref, "seqs"), (size_t)s);
-    *n = (int)json_array_size(a);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids);
-    for (int t = 0; t < *n; t++)
-        ids[t] = (int32_t)json_integer_value(json_array_get(a, (size_t)t));
-    return ids;
-}
-
-static float *read_f32(const char *src_dir, const char *rel, size_t count)
-{
-    char p[4096];
-    snprintf(p, sizeof p, "%s/tests/fixtures/nano_width/%s", src_dir, rel);
-    size_t len = 0;
     nq_error err = {0};
-    float *b = (float *)nq_read_file(p, &len, &err);
-    if (b && len != count * sizeof(float)) {
-        free(b);
-        b = NULL;
-    }
+    float *b = nq_nanow_fixture_f32(f, name, count, &err);
     if (!b)
-        printf("FAIL %s: missing or of the wrong size\n", p);
+        printf("FAIL %s\n", err.msg);
     return b;
 }
 
 void test_nano_width_gpu(nq_cuda *gpu, const char *src_dir)
 {
-    char p[4096];
     nq_error err = {0};
-    nq_model_config cfg;
-    snprintf(p, sizeof p, "%s/tests/fixtures/nano_width/config.json", src_dir);
-    if (nq_model_config_load(p, &cfg, &err) != 0) {
+    nq_nanow_fixture f;
+    if (nq_nanow_fixture_open(&f, src_dir, false, &err) != 0) {
         check(false, "nano width: %s", err.msg);
+        nq_nanow_fixture_close(&f);
         return;
     }
-    snprintf(p, sizeof p, "%s/tests/fixtures/nano_width/ref.json", src_dir);
-    json_error_t jerr;
-    json_t *ref = json_load_file(p, 0, &jerr);
-    size_t nspecs = 0;
-    nq_nanow_spec *specs = ref ? nq_nanow_specs(&cfg, &nspecs, &err) : NULL;
-    if (!ref || !specs) {
-        check(false, "nano width: %s", ref ? err.msg : jerr.text);
-        json_decref(ref);
-        return;
-    }
-    nq_nanow_source src = {.specs = specs, .count = nspecs, .seed = NQ_NANOW_SEED,
-                           .threads = nq_default_threads()};
-    nq_model *m = nq_model_open(NULL, &cfg, &err);
-    nq_plan plan;
-    nq_recipe_options ro = {.preset = "int4"};
-    if (!m || nq_plan_build(&cfg, NULL, &ro, &plan, &err) != 0) {
-        check(false, "nano width: %s", err.msg);
-        return;
-    }
-    nq_model_set_weights(m, (nq_weight_provider){.fetch = nq_nanow_fetch, .ctx = &src});
+    nq_model_config cfg = f.cfg;
+    json_t *ref = f.ref;
+    nq_model *m = f.m;
     nq_model_set_keep_weights(m, true); /* generated once for every pass */
     nq_model_set_cuda(m, gpu);
-    int L = cfg.num_layers, H = cfg.hidden_size, V = cfg.vocab_size, K = cfg.num_experts_per_tok;
+    int L = cfg.num_layers, H = cfg.hidden_size, V = cfg.vocab_size;
     json_t *ls = json_object_get(ref, "logit_seqs");
     int short_seq = (int)json_integer_value(json_object_get(ref, "short_seq"));
     size_t total = 0;
     for (size_t i = 0; i < json_array_size(ls); i++) {
         int len;
-        free(seq_ids(ref, (int)json_integer_value(json_array_get(ls, i)), &len));
+        free(nq_nanow_fixture_seq(&f, (int)json_integer_value(json_array_get(ls, i)), &len));
         total += (size_t)len * V;
     }
-    float *lref = read_f32(src_dir, "logits.f32", total);
+    float *lref = read_f32(&f, "logits.f32", total);
     size_t off = 0;
     for (size_t i = 0; lref && i < json_array_size(ls); i++) {
         int s = (int)json_integer_value(json_array_get(ls, i)), n;
-        int32_t *ids = seq_ids(ref, s, &n);
+        int32_t *ids = nq_nanow_fixture_seq(&f, s, &n);
         float *logits = malloc((size_t)n * V * sizeof *logits);
         float *again = malloc((size_t)n * V * sizeof *again);
         float *hid = malloc((size_t)(L + 1) * n * H * sizeof *hid);
-        observer o = {.cap = n, .K = K};
-        o.stats.plan = &plan;
-        o.calib = nq_calib_hooks(&o.stats);
-        o.experts = malloc((size_t)n * K * sizeof *o.experts);
-        nq_forward_hooks h = {.linear_input = obs_linear, .kv_output = obs_kv,
-                              .routing = obs_routing, .ctx = &o};
-        nq_model_set_hooks(m, &h);
+        observer o;
+        nq_nanow_observe(&f, &o, n);
         int rc = nq_model_forward(m, ids, n, logits, hid, &err);
         nq_model_set_hooks(m, NULL);
         rc = rc ? rc : nq_model_forward(m, ids, n, again, NULL, &err);
         if (rc != 0) {
             check(false, "nano width seq %d: %s", s, err.msg);
         } else {
-            double d = max_rel(logits, lref + off, (size_t)n * V);
+            double d = nq_nanow_max_rel(logits, lref + off, (size_t)n * V);
             check(d <= LOGIT_TOL, "nano width seq %d (%d tokens, GPU): logits vs transformers max "
                   "rel err %.3g (tol %g)", s, n, d, LOGIT_TOL);
             check(!memcmp(logits, again, (size_t)n * V * sizeof *logits),
@@ -247,15 +165,14 @@ void test_nano_width_gpu(nq_cuda *gpu, const char *src_dir)
                   "and K/V within %.3g relative of transformers (tol %g; %d missing)", s, a,
                   AMAX_TOL, missing);
             if (s == short_seq) {
-                float *href = read_f32(src_dir, "hidden_short.f32", (size_t)(L + 1) * n * H);
-                double w = href ? max_rel(hid, href, (size_t)(L + 1) * n * H) : INFINITY;
+                float *href = read_f32(&f, "hidden_short.f32", (size_t)(L + 1) * n * H);
+                double w = href ? nq_nanow_max_rel(hid, href, (size_t)(L + 1) * n * H) : INFINITY;
                 check(w <= HIDDEN_TOL, "nano width seq %d: all %d hidden states max rel err %.3g "
                       "(tol %g)", s, L + 1, w, HIDDEN_TOL);
                 free(href);
             }
         }
-        nq_calib_stats_reset(&o.stats);
-        free(o.experts);
+        nq_nanow_unobserve(&f, &o);
         free(ids);
         free(logits);
         free(again);
@@ -266,26 +183,23 @@ void test_nano_width_gpu(nq_cuda *gpu, const char *src_dir)
      * query tiles */
     int s = (int)json_integer_value(json_object_get(ref, "long_seq"));
     int entry = (int)json_integer_value(json_object_get(ref, "long_hidden_entry")), n;
-    int32_t *ids = seq_ids(ref, s, &n);
-    float *href = read_f32(src_dir, "hidden_long_l2.f32", (size_t)n * H);
+    int32_t *ids = nq_nanow_fixture_seq(&f, s, &n);
+    float *href = read_f32(&f, "hidden_long_l2.f32", (size_t)n * H);
     float *x = malloc((size_t)n * H * sizeof *x);
     int rc = href && nq_model_embed(m, ids, n, x, &err) == 0 ? 0 : -1;
     for (int l = 0; rc == 0 && l < entry; l++)
         rc = nq_model_block(m, l, x, n, NULL, &err);
-    double d = rc == 0 ? max_rel(x, href, (size_t)n * H) : INFINITY;
+    double d = rc == 0 ? nq_nanow_max_rel(x, href, (size_t)n * H) : INFINITY;
     check(rc == 0 && d <= HIDDEN_TOL, "nano width seq %d (%d tokens, GPU): residual stream after "
           "blocks M and * max rel err %.3g (tol %g)%s%s", s, n, d, HIDDEN_TOL, rc ? ": " : "",
           rc ? err.msg : "");
     printf("  nano width: %.2f G weight values generated; peak GPU memory %.2f GiB\n",
-           src.generated / 1e9, nq_cuda_peak_bytes(gpu) / 1073741824.0);
+           f.src.generated / 1e9, nq_cuda_peak_bytes(gpu) / 1073741824.0);
     free(x);
     free(href);
     free(ids);
     free(lref);
-    nq_plan_free(&plan);
-    nq_model_close(m);
-    free(specs);
-    json_decref(ref);
+    nq_nanow_fixture_close(&f);
 }
 
 /* xorshift64*: reproducible test logits */

@@ -262,9 +262,12 @@ static void test_perplexity(const char *dir, const char *label, const int32_t *i
 static nq_quantize_summary last_sum;
 static bool quantize_mse;
 
+static nq_act_scale_rule quantize_act_scale;
+
 static int quantize(const char *out, nq_cuda *dev, const char *calib, bool gptq)
 {
     nq_quantize_options o = {0};
+    o.optimize.act_scale = quantize_act_scale;
     o.in_dir = path("models/tiny-nemotron-h");
     o.out_dir = out;
     o.recipe.preset = gptq ? "int4" : "nvfp4-conservative";
@@ -533,6 +536,28 @@ static void gptq_pair(const char *label, const float *w, int64_t R, int64_t C, c
               "bytes differ (tol 1%%), proxy loss %.6g vs %.6g (rel %.2g, tol 1e-3); GPU run to run "
               "identical: %s", mse ? "+mse" : "", label, (long long)R, (long long)C, dp, pb, db,
               bb, sg.proxy_loss, sc.proxy_loss, lrel, same_run ? "yes" : "no");
+    /* --optimize's NVFP4 scale searches: hessian-scales (lo 1/2, hi 3/2), and
+     * four-over-six (global scale at M = 256) */
+    for (int fos = 0; fos < 2; fos++) {
+        nq_gptq_nvfp4_opts o = {.mse = mse, .search = !fos, .lo = 0.5f, .hi = 1.5f,
+                                .four_over_six = fos, .scale_max = fos ? 256.0f : 448.0f};
+        if (nq_gptq_nvfp4_ex_on(NULL, w, R, C, h, &o, 0.01, 0, p1, b1, &g1, &sc, &err) != 0 ||
+            nq_gptq_nvfp4_ex_on(gpu, w, R, C, h, &o, 0.01, 0, p2, b2, &g2, &sg, &err) != 0)
+            die(label, &err);
+        dp = count_diff(p1, p2, pb), db = count_diff(b1, b2, bb);
+        lrel = fabs(sg.proxy_loss / sc.proxy_loss - 1.0);
+        const char *what = fos ? "four-over-six" : "hessian-scales";
+        if (expect_identical)
+            check(dp == 0 && db == 0 && g1 == g2 && lrel <= 1e-12,
+                  "gptq nvfp4 %s%s %s: GPU bytes identical to the CPU's (%zu code bytes, %zu scale "
+                  "bytes differ; proxy loss rel diff %.2g)", what, mse ? "+mse" : "", label, dp, db,
+                  lrel);
+        else
+            check(dp <= pb / 100 && db <= bb / 100 && g1 == g2 && lrel <= 1e-3,
+                  "gptq nvfp4 %s%s %s: GPU vs CPU %zu of %zu code bytes and %zu of %zu scale bytes "
+                  "differ (tol 1%%), proxy loss rel diff %.2g (tol 1e-3)", what, mse ? "+mse" : "",
+                  label, dp, pb, db, bb, lrel);
+    }
     /* INT4, group 64 */
     int G = 64;
     size_t qn = (size_t)(C / 8 * R), zn = (size_t)(C / G * R / 8), sn = (size_t)(C / G * R);
@@ -553,8 +578,101 @@ static void gptq_pair(const char *label, const float *w, int64_t R, int64_t C, c
               "gptq int4%s %s: GPU vs CPU %zu of %zu qweight bytes and %zu of %zu scale bytes "
               "differ (tol 1%%), proxy loss rel diff %.2g (tol 1e-3)", mse ? "+mse" : "", label,
               dq, qn * 4, ds, sn * 2, lrel);
+    /* INT4 act-order with static groups, group 64 */
+    if (nq_gptq_int4_actorder_on(NULL, w, R, C, h, G, mse, 0.01, 0, q1, z1, s1, i1, &sc, &err) !=
+            0 ||
+        nq_gptq_int4_actorder_on(gpu, w, R, C, h, G, mse, 0.01, 0, q2, z2, s2, i2, &sg, &err) != 0)
+        die(label, &err);
+    dq = count_diff((uint8_t *)q1, (uint8_t *)q2, qn * 4);
+    ds = count_diff((uint8_t *)s1, (uint8_t *)s2, sn * 2);
+    size_t dz = count_diff((uint8_t *)z1, (uint8_t *)z2, zn * 4) +
+                count_diff((uint8_t *)i1, (uint8_t *)i2, (size_t)C * 4);
+    lrel = fabs(sg.proxy_loss / sc.proxy_loss - 1.0);
+    if (expect_identical)
+        check(dq == 0 && ds == 0 && dz == 0 && lrel <= 1e-12,
+              "gptq int4 act-order%s %s: GPU bytes identical to the CPU's (%zu qweight, %zu "
+              "scale, %zu qzeros/g_idx bytes differ; proxy loss rel diff %.2g)",
+              mse ? "+mse" : "", label, dq, ds, dz, lrel);
+    else
+        check(dq <= qn * 4 / 100 && ds == 0 && dz == 0 && lrel <= 1e-3,
+              "gptq int4 act-order%s %s: GPU vs CPU %zu of %zu qweight bytes differ (tol 1%%), "
+              "%zu scale bytes (static: tol 0), proxy loss rel diff %.2g (tol 1e-3)",
+              mse ? "+mse" : "", label, dq, qn * 4, ds, lrel);
     free(p1), free(p2), free(p3), free(b1), free(b2), free(b3);
     free(q1), free(q2), free(z1), free(z2), free(s1), free(s2), free(i1), free(i2);
+}
+
+/* Several weights at once (nq_gptq_*_batch_on: up to 8 on their own
+ * streams): each item's bytes equal its one-weight GPU call's, for items of
+ * different shapes and Hessians in one batch. */
+static void test_gptq_batch(const float *w, int64_t R, int64_t C, const double *hd,
+                            const double *h)
+{
+    nq_error err = {0};
+    enum { N = 11 };
+    nq_gptq_item it[N];
+    memset(it, 0, sizeof it);
+    size_t pb = (size_t)(R * C / 2), bb = (size_t)(R * C / 16);
+    for (int k = 0; k < N; k++) {
+        /* alternate Hessians; every third item a weight of half the rows */
+        it[k] = (nq_gptq_item){.w = w + (k % 4) * C, .rows = k % 3 == 2 ? R / 2 : R - 8,
+                               .cols = C, .hessian = k % 2 ? h : hd};
+        it[k].packed = malloc(pb);
+        it[k].block_scales = malloc(bb);
+    }
+    if (nq_gptq_nvfp4_batch_on(gpu, it, N, true, 0.01, 0, &err) != 0)
+        die("gptq batch", &err);
+    size_t diff = 0, bytes = 0;
+    bool loss_same = true;
+    uint8_t *p = malloc(pb), *b = malloc(bb);
+    for (int k = 0; k < N; k++) {
+        float gs;
+        nq_gptq_stats st;
+        if (nq_gptq_nvfp4_on(gpu, it[k].w, it[k].rows, C, it[k].hessian, true, 0.01, 0, 0.0f, p,
+                             b, &gs, &st, &err) != 0)
+            die("gptq batch", &err);
+        size_t np = (size_t)(it[k].rows * C / 2), nb = (size_t)(it[k].rows * C / 16);
+        diff += count_diff(p, it[k].packed, np) + count_diff(b, it[k].block_scales, nb) +
+                (gs != it[k].global_scale);
+        bytes += np + nb;
+        loss_same = loss_same && st.proxy_loss == it[k].st.proxy_loss;
+        free(it[k].packed);
+        free(it[k].block_scales);
+    }
+    check(diff == 0 && loss_same,
+          "gptq nvfp4+mse batch of %d weights (2 Hessians, 2 shapes) on the GPU: each item's "
+          "bytes = its one-weight call's (%zu of %zu bytes differ; proxy losses equal: %s)",
+          N, diff, bytes, loss_same ? "yes" : "no");
+    /* INT4 act-order in a batch */
+    nq_gptq_item iq[4];
+    memset(iq, 0, sizeof iq);
+    int G = 64;
+    size_t qn = (size_t)(C / 8 * R), zn = (size_t)(C / G * R / 8), sn = (size_t)(C / G * R);
+    for (int k = 0; k < 4; k++) {
+        iq[k] = (nq_gptq_item){.w = w + k * C, .rows = R - 8 * k, .cols = C,
+                               .hessian = k % 2 ? hd : h};
+        iq[k].qweight = malloc(qn * 4), iq[k].qzeros = malloc(zn * 4);
+        iq[k].scales = malloc(sn * 2), iq[k].g_idx = malloc((size_t)C * 4);
+    }
+    if (nq_gptq_int4_batch_on(gpu, iq, 4, G, false, true, 0.01, 0, &err) != 0)
+        die("gptq batch", &err);
+    int32_t *q = malloc(qn * 4), *z = malloc(zn * 4), *gi = malloc((size_t)C * 4);
+    uint16_t *sc = malloc(sn * 2);
+    diff = 0, bytes = 0;
+    for (int k = 0; k < 4; k++) {
+        nq_gptq_stats st;
+        int64_t r = iq[k].rows;
+        if (nq_gptq_int4_actorder_on(gpu, iq[k].w, r, C, iq[k].hessian, G, false, 0.01, 0, q, z, sc,
+                                     gi, &st, &err) != 0)
+            die("gptq batch", &err);
+        diff += count_diff((uint8_t *)q, (uint8_t *)iq[k].qweight, (size_t)(C / 8 * r) * 4) +
+                count_diff((uint8_t *)sc, (uint8_t *)iq[k].scales, (size_t)(C / G * r) * 2);
+        bytes += (size_t)(C / 8 * r) * 4 + (size_t)(C / G * r) * 2;
+        free(iq[k].qweight), free(iq[k].qzeros), free(iq[k].scales), free(iq[k].g_idx);
+    }
+    check(diff == 0, "gptq int4 act-order batch of 4 weights on the GPU: each item's bytes = its "
+          "one-weight call's (%zu of %zu bytes differ)", diff, bytes);
+    free(p), free(b), free(q), free(z), free(gi), free(sc);
 }
 
 static void test_gptq_kernels(void)
@@ -570,6 +688,7 @@ static void test_gptq_kernels(void)
     double *h = random_hessian((int)C, 2048, 5);
     gptq_pair("dense random Hessian", w, R, C, h, false, false);
     gptq_pair("dense random Hessian", w, R, C, h, true, false);
+    test_gptq_batch(w, R, C, hd, h);
     free(w);
     free(hd);
     free(h);
@@ -605,11 +724,18 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
     size_t plane = (size_t)ctx * c->hidden_size, lplane = (size_t)ctx * c->vocab_size;
     float *x = malloc((size_t)windows * plane * sizeof *x);
     float *logits = malloc(lplane * sizeof *logits), *ref = malloc(lplane * sizeof *ref);
-    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32"};
-    for (int dev = 0; dev < 3; dev++) {
+    /* GPU: FP32 SGEMM, TF32, then the bf16 split modes (gemm.cu) */
+    static const char *const who[] = {"nemoq-cpu", "nemoq-gpu-f32", "nemoq-gpu-tf32",
+                                      "nemoq-gpu-bf16x3", "nemoq-gpu-bf16x3k", "nemoq-gpu-bf16x2"};
+    static const nq_cuda_gemm_mode modes[] = {NQ_GEMM_F32, NQ_GEMM_F32, NQ_GEMM_F32,
+                                              NQ_GEMM_BF16X3, NQ_GEMM_BF16X3K, NQ_GEMM_BF16X2};
+    const nq_cuda_gemm_mode restore = nq_cuda_gemm_mode_get(gpu);
+    for (int dev = 0; dev < 6; dev++) {
         nq_model_set_cuda(lm.model, dev ? gpu : NULL);
-        if (dev)
+        if (dev) {
             nq_cuda_set_tf32(gpu, dev == 2);
+            nq_cuda_set_gemm_mode(gpu, modes[dev]);
+        }
         double best_bb = 1e30, best = 1e30;
         for (int rep = 0; rep < (dev ? 3 : 1); rep++) {
             double t0 = now();
@@ -623,11 +749,11 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
             best_bb = t1 - t0 < best_bb ? t1 - t0 : best_bb;
             best = t2 - t0 < best ? t2 - t0 : best;
         }
-        /* the last window's logits: FP32 GPU is the reference of TF32 */
+        /* the last window's logits: FP32 GPU is the reference of the others */
         char extra[160] = "";
         if (dev == 1)
             memcpy(ref, logits, lplane * sizeof *ref);
-        if (dev == 2)
+        if (dev >= 2)
             snprintf(extra, sizeof extra, "; logits max rel diff vs FP32 %.3g",
                      max_rel_diff(logits, ref, lplane));
         printf("BENCH[bundled-%d-backbone %s] nemoq %s blocks (%d windows x %d tokens, no "
@@ -638,6 +764,7 @@ static void bench_forward(const int32_t *ids, size_t n, int windows, int ctx)
                ctx, best, windows * (double)ctx / best, dev ? " (best of 3)" : "", extra);
     }
     nq_cuda_set_tf32(gpu, false);
+    nq_cuda_set_gemm_mode(gpu, restore);
     free(x);
     free(logits);
     free(ref);
@@ -667,6 +794,62 @@ static size_t checkpoint_diff(const char *a_dir, const char *b_dir, size_t *tota
     nq_checkpoint_close(a);
     nq_checkpoint_close(b);
     return d;
+}
+
+/* Where the calibration activations live (export/calibrated.c, acts_open):
+ * resident on the GPU from the embedding to the last layer, or on the host
+ * and streamed through the GPU a chunk at a time when they do not fit
+ * (forced here with NEMOQ_CUDA_ACT_MIB=0).  Chunks of 512 rows (2 of the 8
+ * calibration sequences) so that both paths run several chunks per layer.
+ * The same arithmetic either way: byte-identical checkpoints, for plain
+ * NVFP4 (one copy of the activations), GPTQ INT4 (the layer's input kept
+ * for the quantized propagation: device save/restore vs host memcpy) and
+ * NVFP4 with the act-mse search (the --optimize pass with host hooks
+ * rerunning the layer on the resident input).  The summary's host
+ * activation bytes say which placement ran. */
+static void test_act_placement(char *calib)
+{
+    nq_error err = {0};
+    nq_model_config cfg;
+    if (nq_model_config_load(path("models/tiny-nemotron-h/config.json"), &cfg, &err) != 0)
+        die("config", &err);
+    nq_cuda_set_chunk_rows(gpu, 512);
+    static const char *const names[3] = {"nvfp4", "gptq int4", "nvfp4 act-mse"};
+    for (int c = 0; c < 3; c++) {
+        char res_dir[4200], str_dir[4200];
+        snprintf(res_dir, sizeof res_dir, "%s/place-res-%d", tmp_dir, c);
+        snprintf(str_dir, sizeof str_dir, "%s/place-str-%d", tmp_dir, c);
+        quantize_act_scale = c == 2 ? NQ_ACT_SCALE_MSE : NQ_ACT_SCALE_AMAX;
+        unsetenv("NEMOQ_CUDA_ACT_MIB");
+        double t0 = now();
+        quantize(res_dir, gpu, calib, c == 1);
+        nq_quantize_summary sr = last_sum;
+        double t1 = now();
+        setenv("NEMOQ_CUDA_ACT_MIB", "0", 1);
+        quantize(str_dir, gpu, calib, c == 1);
+        nq_quantize_summary ss = last_sum;
+        double t2 = now();
+        unsetenv("NEMOQ_CUDA_ACT_MIB");
+        quantize_act_scale = NQ_ACT_SCALE_AMAX;
+        uint64_t one = (uint64_t)sr.calib_samples * sr.calib_len * cfg.hidden_size * 4;
+        uint64_t want = one * (c == 0 ? 1 : 2);
+        size_t total = 0;
+        bool same = false;
+        size_t d = checkpoint_diff(res_dir, str_dir, &total, &same);
+        check(same && d == 0 && total > 0, "calibration activations resident on the GPU vs "
+              "streamed through it in chunks of 512 rows (%s): byte-identical checkpoints (%zu of "
+              "%zu bytes differ); %.2f s vs %.2f s", names[c], d, total, t1 - t0, t2 - t1);
+        /* the summary's host bytes: the statistics plus, streamed, the
+         * activations (twice when the layer's input is kept) */
+        check(ss.peak_activation_bytes == sr.peak_activation_bytes + want,
+              "%s: host memory for activations and statistics %llu bytes streamed, %llu "
+              "resident: %llu more = %llu x %s (the activations stay on the GPU)", names[c],
+              (unsigned long long)ss.peak_activation_bytes,
+              (unsigned long long)sr.peak_activation_bytes,
+              (unsigned long long)(ss.peak_activation_bytes - sr.peak_activation_bytes),
+              (unsigned long long)one, c == 0 ? "1" : "2");
+    }
+    nq_cuda_set_chunk_rows(gpu, 0);
 }
 
 /* GPTQ INT4 with the calibration forward, the Hessians and GPTQ itself on
@@ -759,13 +942,14 @@ static int bench_backbone(char **argv)
         char label[32];
         snprintf(label, sizeof label, "pass %d", rep + 1);
         nq_cuda_timing_report(gpu, label);
-        printf("BENCH[%s-%d-backbone nemoq-gpu-f32%s] nemoq GPU backbone %s (%d layers %s, hidden "
+        printf("BENCH[%s-%d-backbone nemoq-gpu-%s%s] nemoq GPU backbone %s (%d layers %s, hidden "
                "%d): %d windows x %d tokens: %.3f s, %.0f tokens/s, %.3f s per layer (pass %d, "
-               "%s)\n", tag, ctx, resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
+               "%s)\n", tag, ctx, nq_cuda_gemm_mode_name(nq_cuda_gemm_mode_get(gpu)),
+               resident && rep ? "-resident" : "", desc, lm.cfg.num_layers,
                lm.cfg.pattern, lm.cfg.hidden_size, windows, ctx, t, windows * (double)ctx / t,
                t / lm.cfg.num_layers, rep + 1,
                resident && rep ? "weights resident on the GPU"
-                               : "weights streamed from the checkpoint as f32 included");
+                               : "weights streamed from the checkpoint included");
         fflush(stdout);
     }
     printf("peak GPU memory allocated by nemoq: %.2f GiB (resident activations %.2f GiB)\n",
@@ -781,8 +965,10 @@ static int bench_backbone(char **argv)
 /* --bench-gptq-moe CPU_EXPERTS: GPTQ (NVFP4, max scales) of the 128
  * routed experts of one Nano-width MoE layer (up_proj [1856, 2688],
  * down_proj [2688, 1856], random weights, one random dense Hessian per
- * shape): all 128 on the GPU, CPU_EXPERTS of them on the CPU with every
- * core (the CPU total is that time x 128 / CPU_EXPERTS).  Not a test. */
+ * shape): all 128 on the GPU one module per call (as quantize calls it)
+ * and as one batch (nq_gptq_nvfp4_batch_on: up to 8 modules on their own
+ * streams), CPU_EXPERTS of them on the CPU with every core (the CPU total
+ * is that time x 128 / CPU_EXPERTS).  Not a test. */
 static int bench_gptq_moe(char **argv)
 {
     int cpu_experts = atoi(argv[2]);
@@ -797,45 +983,86 @@ static int bench_gptq_moe(char **argv)
     double *h_up = random_hessian(hidden, 2 * hidden, 0), *h_down = random_hessian(inter, 2 * inter, 0);
     float *w_up = random_weight(inter, hidden), *w_down = random_weight(hidden, inter);
     printf("bench gptq: Hessians and weights generated in %.1f s\n", now() - t0);
+    fflush(stdout);
     size_t pb = (size_t)inter * hidden / 2, bb = (size_t)inter * hidden / 16;
-    uint8_t *p = malloc(pb), *b = malloc(bb), *pc = malloc(pb), *bc = malloc(bb);
+    uint8_t *pc = malloc(pb), *bc = malloc(bb);
+    nq_gptq_item *it = calloc(2 * E, sizeof *it);
+    for (int k = 0; k < 2 * E; k++) {
+        int m = k % 2;
+        it[k] = (nq_gptq_item){.w = m ? w_down : w_up, .rows = m ? hidden : inter,
+                               .cols = m ? inter : hidden, .hessian = m ? h_down : h_up};
+        it[k].packed = malloc(pb);
+        it[k].block_scales = malloc(bb);
+    }
     float gs;
     nq_gptq_stats st;
-    size_t diff = 0, bytes = 0;
-    double tg = 0, tc = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        int experts = pass == 0 ? E : cpu_experts;
-        nq_cuda *dev = pass == 0 ? gpu : NULL;
-        double t = now();
-        for (int e = 0; e < experts; e++)
-            for (int m = 0; m < 2; m++) {
-                const float *w = m ? w_down : w_up;
-                int64_t R = m ? hidden : inter, C = m ? inter : hidden;
-                uint8_t *pp = pass ? pc : p, *bp = pass ? bc : b;
-                if (nq_gptq_nvfp4_on(dev, w, R, C, m ? h_down : h_up, false, 0.01, 0, 0.0f, pp, bp,
-                                     &gs, &st, &err) != 0) {
-                    fprintf(stderr, "%s\n", err.msg);
-                    return 1;
-                }
-                if (pass == 1 && e == 0 && m == 1) {
-                    /* p, b hold the GPU's down_proj of the last expert */
-                    diff += count_diff(p, pc, pb) + count_diff(b, bc, bb);
-                    bytes += pb + bb;
-                }
-            }
-        *(pass == 0 ? &tg : &tc) = now() - t;
+    size_t diff = 0, bytes = 0, bdiff = 0;
+    /* warm-up: cuSOLVER's loading, the streams' handles and pinned staging
+     * (created once per process) are not timed */
+    double tw = now();
+    if (nq_gptq_nvfp4_batch_on(gpu, it, 16, false, 0.01, 0, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
     }
+    printf("bench gptq: warm-up (16 modules, first use) %.2f s\n", now() - tw);
+    fflush(stdout);
+    double t = now();
+    for (int k = 0; k < 2 * E; k++)
+        if (nq_gptq_nvfp4_on(gpu, it[k].w, it[k].rows, it[k].cols, it[k].hessian, false, 0.01, 0,
+                             0.0f, it[k].packed, it[k].block_scales, &gs, &st, &err) != 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+    double tg = now() - t;
+    size_t peak1 = nq_cuda_peak_bytes(gpu);
+    uint8_t *p1 = malloc(pb), *b1 = malloc(bb); /* the last down_proj, one per call */
+    memcpy(p1, it[2 * E - 1].packed, pb);
+    memcpy(b1, it[2 * E - 1].block_scales, bb);
+    uint8_t *p0 = malloc(pb), *b0 = malloc(bb); /* the first up_proj */
+    memcpy(p0, it[0].packed, pb);
+    memcpy(b0, it[0].block_scales, bb);
+    t = now();
+    if (nq_gptq_nvfp4_batch_on(gpu, it, 2 * E, false, 0.01, 0, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    double tb = now() - t;
+    bdiff = count_diff(p1, it[2 * E - 1].packed, pb) + count_diff(b1, it[2 * E - 1].block_scales, bb) +
+            count_diff(p0, it[0].packed, pb) + count_diff(b0, it[0].block_scales, bb);
+    for (int k = 2; k < 2 * E; k++) /* same weight and Hessian: same bytes */
+        bdiff += count_diff(it[k].packed, it[k % 2].packed, pb) +
+                 count_diff(it[k].block_scales, it[k % 2].block_scales, bb);
+    t = now();
+    for (int e = 0; e < cpu_experts; e++)
+        for (int m = 0; m < 2; m++) {
+            const float *w = m ? w_down : w_up;
+            int64_t R = m ? hidden : inter, C = m ? inter : hidden;
+            if (nq_gptq_nvfp4_on(NULL, w, R, C, m ? h_down : h_up, false, 0.01, 0, 0.0f, pc, bc,
+                                 &gs, &st, &err) != 0) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+        }
+    double tc = now() - t;
+    /* pc, bc hold the CPU's down_proj */
+    diff += count_diff(pc, it[1].packed, pb) + count_diff(bc, it[1].block_scales, bb);
+    bytes += pb + bb;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("BENCH gptq nvfp4, one Nano-width MoE layer (128 experts x up [1856 x 2688] + down "
-           "[2688 x 1856]): GPU %s %.2f s (%.1f ms per module), peak GPU memory allocated by nemoq "
-           "%.2f GiB; CPU (%d threads) %.2f s for %d experts = %.1f s per expert, %.0f s for 128 "
-           "extrapolated; GPU %.0fx faster; peak host RSS %.2f GiB; down_proj GPU vs CPU: %zu of "
-           "%zu bytes differ\n",
-           desc, tg, 1000.0 * tg / (2 * E), nq_cuda_peak_bytes(gpu) / 1073741824.0,
-           nq_default_threads(), tc, cpu_experts, tc / cpu_experts, tc / cpu_experts * E,
-           tc / cpu_experts * E / tg, ru.ru_maxrss / 1048576.0, diff, bytes);
+           "[2688 x 1856]) on %s: GPU one module per call %.2f s (%.1f ms per module, peak GPU "
+           "memory allocated by nemoq %.2f GiB); GPU batched %.2f s (%.1f ms per module, peak "
+           "%.2f GiB), %zu bytes differ from the per-call results; CPU (%d threads) %.2f s for %d "
+           "experts = %.1f s per expert, %.0f s for 128 extrapolated; GPU batched %.0fx faster "
+           "than the CPU; peak host RSS %.2f GiB; down_proj GPU vs CPU: %zu of %zu bytes differ\n",
+           desc, tg, 1000.0 * tg / (2 * E), peak1 / 1073741824.0, tb, 1000.0 * tb / (2 * E),
+           nq_cuda_peak_bytes(gpu) / 1073741824.0, bdiff, nq_default_threads(), tc, cpu_experts,
+           tc / cpu_experts, tc / cpu_experts * E, tc / cpu_experts * E / tb,
+           ru.ru_maxrss / 1048576.0, diff, bytes);
     fflush(stdout);
+    for (int k = 0; k < 2 * E; k++)
+        free(it[k].packed), free(it[k].block_scales);
+    free(it), free(pc), free(bc), free(p0), free(b0), free(p1), free(b1);
     nq_cuda_close(gpu);
     return 0;
 }
@@ -858,15 +1085,18 @@ int main(int argc, char **argv)
     char desc[384];
     if (nq_device_open("cuda", &gpu, desc, sizeof desc, &err) != 0)
         die("device", &err);
-    printf("device: %s\n", desc);
+    printf("device: %s, Linear GEMMs %s\n", desc, nq_cuda_gemm_mode_name(nq_cuda_gemm_mode_get(gpu)));
 
     test_router_gpu(gpu);
+    test_gemm_modes_gpu(gpu);
     test_fixture_logits("models/tiny-nemotron-h", "tests/fixtures/tiny_ref.json",
                         "tests/fixtures/tiny_logits_4x64.f32");
     test_fixture_logits("tests/fixtures/dense", "tests/fixtures/dense/dense_ref.json",
                         "tests/fixtures/dense/dense_logits.f32");
 
-    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only */
+    if (getenv("NEMOQ_GPU_QUICK")) { /* the logit checks only (=nano: and the Nano-width model) */
+        if (strcmp(getenv("NEMOQ_GPU_QUICK"), "nano") == 0)
+            test_nano_width_gpu(gpu, src_dir);
         nq_cuda_close(gpu);
         printf("%d passed, %d failed\n", passed, failed);
         return failed ? 1 : 0;
@@ -885,6 +1115,7 @@ int main(int argc, char **argv)
     test_device_stats(ids);
     test_gptq_kernels();
     test_gptq(calib, ids, n);
+    test_act_placement(calib);
     if (!getenv("NEMOQ_GPU_SKIP_NANO"))
         test_nano_width_gpu(gpu, src_dir);
     bench_forward(ids, n, 64, 256);

@@ -1,7 +1,9 @@
 /* `nemoq inspect`: a description of a checkpoint directory as one JSON
- * document (the --json output), and its human-readable rendering. */
-#ifndef NQ_MODEL_INSPECT_H
-#define NQ_MODEL_INSPECT_H
+ * document (the --json output), and its human-readable rendering.  It sits
+ * with verify, beside the exporters whose metadata it reads back (in model/
+ * it made model/ and export/ depend on each other). */
+#ifndef NQ_EVAL_INSPECT_H
+#define NQ_EVAL_INSPECT_H
 
 #include <jansson.h>
 #include <stdio.h>

@@ -1,11 +1,10 @@
-#include "model/inspect.h"
-
-#include "export/metadata.h"
+#include "eval/inspect.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "export/metadata.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/roles.h"
