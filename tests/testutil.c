@@ -81,13 +81,34 @@ void *nq_test_load_fixture(const char *dir, const char *name, size_t want)
     return p;
 }
 
-int nq_test_int4_codes_differing(const int32_t *qweight, const uint8_t *codes, int rows, int cols)
+void nq_test_gptq_case_load(nq_test_gptq_case *c, const char *dir, int rows, int cols, int group)
+{
+    size_t r = (size_t)rows, k = (size_t)cols;
+    *c = (nq_test_gptq_case){.rows = rows, .cols = cols, .group = group};
+    c->w = nq_test_load_fixture(dir, "w.f32", sizeof(float) * r * k);
+    c->h = nq_test_load_fixture(dir, "h.f64", sizeof(double) * k * k);
+    c->codes = nq_test_load_fixture(dir, "codes.u8", r * k);
+    c->scales = nq_test_load_fixture(dir, "scales.f16", sizeof(uint16_t) * (k / (size_t)group) * r);
+}
+
+void nq_test_gptq_case_free(nq_test_gptq_case *c)
+{
+    free(c->w);
+    free(c->h);
+    free(c->codes);
+    free(c->scales);
+}
+
+void nq_test_gptq_codes_match(const int32_t *qweight, const nq_test_gptq_case *c)
 {
     int diff = 0;
-    for (int r = 0; r < rows; r++)
-        for (int k = 0; k < cols; k++) {
-            int code = (int)(((uint32_t)qweight[(k / 8) * rows + r] >> (4 * (k % 8))) & 15);
-            diff += code != codes[r * cols + k];
+    for (int r = 0; r < c->rows; r++)
+        for (int k = 0; k < c->cols; k++) {
+            int code = (int)(((uint32_t)qweight[(k / 8) * c->rows + r] >> (4 * (k % 8))) & 15);
+            diff += code != c->codes[r * c->cols + k];
         }
-    return diff;
+    /* float64 on both sides; only a rounding tie decided differently by the
+     * last bit of a BLAS sum may flip a code */
+    if (diff > 2)
+        fail_msg("%d of %d codes differ from the reference", diff, c->rows * c->cols);
 }
