@@ -72,6 +72,34 @@ PY
 prc=$?
 check "nvfp4 equalized q/k/v share one weight_scale_2 ($(tail -1 "$tmp/py"))" '[ $prc -eq 0 ]'
 
+# the served (W4A4) objective: every kind, thread-independent, verifies,
+# q/k/v keep one shared weight_scale_2 (checked by the script above)
+for t in 1 2; do
+  "$bin" quantize "$model" "$tmp/nvs-$t" --recipe nvfp4-conservative --equalize-pairs norm,gated,relu2 --equalize-objective served $cal --threads $t >"$tmp/out" 2>"$tmp/err"; rc=$?
+  check "nvfp4 --equalize-objective served quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && grep -q "^equalize: [1-9]" "$tmp/out"'
+done
+check "nvfp4 served objective: byte-identical for 1 and 2 threads" 'cmp -s "$tmp/nvs-1/model.safetensors" "$tmp/nvs-2/model.safetensors"'
+out=$("$bin" verify "$tmp/nvs-1" 2>&1); rc=$?
+check "nvfp4 served objective verifies ($(printf '%s' "$out" | tail -1))" '[ $rc -eq 0 ] && [[ "$out" != *warning* ]]'
+"$bin" quantize "$model" "$tmp/qkv2" --recipe nvfp4-aggressive --include '*_proj=nvfp4' --equalize-pairs norm --equalize-objective served $cal >"$tmp/out" 2>"$tmp/err"; rc=$?
+python3 - "$tmp/qkv2/model.safetensors" > "$tmp/py" 2>&1 <<'PY'
+import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
+g = {}
+for k in sorted(h):
+    if k.endswith("proj.weight_scale_2") and k.split(".")[-2] in ("q_proj", "k_proj", "v_proj"):
+        s, e = h[k]["data_offsets"]; f.seek(8 + n + s)
+        g.setdefault(k.rsplit(".", 2)[0], []).append(struct.unpack("<f", f.read(4))[0])
+print(g)
+assert len(g) == 2 and all(len(v) == 3 and len(set(v)) == 1 for v in g.values()), g
+PY
+prc=$?
+check "nvfp4 served objective: q/k/v share one weight_scale_2 ($rc, $(tail -1 "$tmp/py"))" '[ $rc -eq 0 ] && [ $prc -eq 0 ]'
+out=$("$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --equalize-objective served $cal 2>&1); rc=$?
+check "--equalize-objective without --equalize fails ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"needs --equalize"* ]] && [ ! -e "$tmp/x" ]'
+out=$("$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --equalize --equalize-objective w8 $cal 2>&1); rc=$?
+check "--equalize-objective rejects an unknown value ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"expected hessian or served"* ]] && [ ! -e "$tmp/x" ]'
+
 out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --equalize 2>&1); rc=$?
 check "--equalize without --calib fails ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"--equalize needs --calib"* ]] && [ ! -e "$tmp/x" ]'
 out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --gptq-act-order $cal 2>&1); rc=$?

@@ -60,6 +60,15 @@ done
 # INT4 under --optimize runs GPTQ in act-order (int4-act-order), layout unchanged
 check "int4 --optimize: GPTQ in act-order, desc_act stays false" 'grep -q "\"gptq+act-order+mse\"" "$tmp/int4.json" && grep -q "\"desc_act\": false" "$tmp/int4/quantize_config.json"'
 
+# equalize-nvfp4 (off in plain --optimize): the gated pairs with NVFP4
+# readers, none with INT4 ones; plain layout, verifies structurally (against
+# the source, out_proj's rescaled columns are rightly reported)
+"$bin" quantize "$model" "$tmp/eq" --recipe nvfp4-conservative $calx --optimize-techniques default,equalize-nvfp4 --algo gptq >"$tmp/out" 2>"$tmp/err"; rc=$?
+check "nvfp4 equalize-nvfp4 equalizes the gated pairs ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && grep -q "^equalize: [1-9]" "$tmp/out" && grep -q "^optimize: hessian-scales,equalize-nvfp4" "$tmp/out"'
+check "nvfp4 equalize-nvfp4: plain layout, verifies" '[ "$(layout "$tmp/eq")" = "$(layout "$tmp/plain")" ] && "$bin" verify "$tmp/eq" >/dev/null 2>&1'
+"$bin" quantize "$model" "$tmp/eq4" --recipe int4 $cal --optimize-techniques equalize-nvfp4 --algo gptq >"$tmp/out" 2>"$tmp/err"; rc=$?
+check "int4 equalize-nvfp4: no pair equalized ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ] && grep -q "^equalize: 0 of 0 " "$tmp/out"'
+
 # misuse
 out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --optimize 2>&1); rc=$?
 check "--optimize without --calib ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"--optimize needs --calib"* ]] && [ ! -e "$tmp/x" ]'

@@ -1,5 +1,8 @@
 /* --equalize: the scale search against an independent numpy implementation
  * (tests/gen/gen_equalize_reference.py, fixture tests/fixtures/equalize),
+ * the served (W4A4) objective's search against another
+ * (tests/gen/gen_equalize_served_reference.py, numpy + torch's E4M3 cast,
+ * fixture tests/fixtures/equalize_served),
  * and the pairs folded into the bundled model with arbitrary scales leaving
  * its float logits unchanged (to float32 rounding), also after the kept
  * tensors (norms, router) are rounded to BF16 as the checkpoint stores
@@ -17,6 +20,7 @@
 #include "formats/encode.h"
 #include "formats/floatconv.h"
 #include "formats/int4.h"
+#include "formats/nvfp4.h"
 #include "model/config.h"
 #include "model/forward.h"
 
@@ -241,10 +245,97 @@ static void test_pairs_leave_float_model_unchanged(void **state)
     nq_checkpoint_close(ck);
 }
 
+
+/* ---- the served (W4A4) objective ----------------------------------------- */
+
+static void *load_served(const char *name, size_t want)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/fixtures/equalize_served/%s", name);
+    size_t len;
+    void *p = nq_test_read_file(nq_test_path(rel), &len);
+    assert_non_null(p);
+    assert_int_equal(len, want);
+    return p;
+}
+
+/* NVFP4 round-to-nearest with max scales, dequantized */
+static int qdq_nvfp4(void *ctx, const float *w, int64_t rows, int64_t cols, float *out,
+                     nq_error *err)
+{
+    (void)ctx;
+    uint8_t *packed = malloc((size_t)(rows * cols / 2)), *sc = malloc((size_t)(rows * cols / 16));
+    float gs;
+    nq_encode_stats st;
+    int rc = nq_encode_nvfp4(w, rows, cols, false, 1, packed, sc, &gs, &st, err);
+    for (int64_t r = 0; rc == 0 && r < rows; r++)
+        nq_nvfp4_decode_row(packed + r * cols / 2, sc + r * cols / 16, gs, cols, out + r * cols);
+    free(packed), free(sc);
+    return rc;
+}
+
+static void test_served_search_matches_reference(void **state)
+{
+    (void)state;
+    json_t *cs = json_load_file(nq_test_path("tests/fixtures/equalize_served/case.json"), 0, NULL);
+    assert_non_null(cs);
+    int64_t C = json_integer_value(json_object_get(cs, "cols"));
+    nq_eq_sample_consumer cons[3];
+    float *w[3], *x[3];
+    for (int j = 0; j < 3; j++) {
+        char wn[32], xn[32];
+        int64_t r = json_integer_value(json_array_get(json_object_get(cs, "rows"), j));
+        int64_t xr = json_integer_value(json_array_get(json_object_get(cs, "xrows"), j));
+        snprintf(wn, sizeof wn, "w%d.f32", j + 1);
+        snprintf(xn, sizeof xn, "x%d.f32", j + 1);
+        w[j] = load_served(wn, sizeof(float) * (size_t)(r * C));
+        x[j] = load_served(xn, sizeof(float) * (size_t)(xr * C));
+        cons[j] = (nq_eq_sample_consumer){
+            .w = w[j], .rows = r, .x = x[j], .xrows = (int)xr,
+            .act_nvfp4 = json_is_true(json_array_get(json_object_get(cs, "act_nvfp4"), j)),
+            .qdq = qdq_nvfp4};
+    }
+    float *ref = load_served("c.f32", sizeof(float) * (size_t)C);
+    double *rms = load_served("rms.f64", sizeof(double) * (size_t)C);
+    float *c = malloc(sizeof(float) * (size_t)C);
+    nq_eq_result res;
+    nq_error err = {0};
+    int grid = (int)json_integer_value(json_object_get(cs, "grid"));
+    assert_int_equal(nq_equalize_search_served(cons, 3, C, rms, grid, c, &res, &err), 0);
+    assert_false(res.identity);
+    assert_float_equal(res.alpha, json_real_value(json_object_get(cs, "alpha")), 1e-12);
+    /* float32 products against float64: the errors agree to 1e-4 */
+    double eb = json_real_value(json_object_get(cs, "err_best"));
+    double ei = json_real_value(json_object_get(cs, "err_identity"));
+    assert_float_equal(res.err_best, eb, 1e-4 * eb);
+    assert_float_equal(res.err_identity, ei, 1e-4 * ei);
+    for (int64_t k = 0; k < C; k++)
+        assert_float_equal(c[k], ref[k], 1e-6 * ref[k]);
+    /* channels alike: every candidate is the identity, the first is kept */
+    double *flat = malloc(sizeof(double) * (size_t)C);
+    for (int64_t k = 0; k < C; k++)
+        flat[k] = 2.0;
+    assert_int_equal(nq_equalize_search_served(cons, 3, C, flat, grid, c, &res, &err), 0);
+    assert_true(res.identity);
+    assert_float_equal(res.err_best, ei, 1e-4 * ei);
+    for (int64_t k = 0; k < C; k++)
+        assert_float_equal(c[k], 1.0f, 0.0f);
+    /* NVFP4 activations need whole blocks */
+    nq_eq_sample_consumer one = cons[0];
+    one.xrows = 1;
+    assert_int_equal(nq_equalize_search_served(&one, 1, 40, flat, grid, c, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "NVFP4 blocks"));
+    free(flat), free(c), free(ref), free(rms);
+    for (int j = 0; j < 3; j++)
+        free(w[j]), free(x[j]);
+    json_decref(cs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_search_matches_reference),
+        cmocka_unit_test(test_served_search_matches_reference),
         cmocka_unit_test(test_pairs_leave_float_model_unchanged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,5 +1,7 @@
 #include "algo/equalize.h"
 
+#include "formats/nvfp4.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -81,6 +83,7 @@ int nq_equalize_search(const nq_eq_consumer *cons, int n, int64_t cols, const do
             memcpy(c, cand, (size_t)cols * sizeof *c);
         }
     }
+    res->identity = res->alpha == 0.0;
     rc = 0;
 done:
     free(cand);
@@ -88,5 +91,108 @@ done:
     free(q);
     free(d);
     free(hd);
+    return rc;
+}
+
+/* ---- the served objective ---------------------------------------------- */
+
+/* sum of squares of ref - xq q^T: xq [xr, cols], q [rows, cols], ref and
+ * y [xr, rows] */
+static double served_error(const float *ref, const float *xq, int xr, const float *q,
+                           int64_t rows, int64_t cols, float *y)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, xr, (int)rows, (int)cols, 1.0f, xq,
+                (int)cols, q, (int)cols, 0.0f, y, (int)rows);
+    double e = 0.0;
+    for (int64_t k = 0; k < (int64_t)xr * rows; k++) {
+        double d = (double)ref[k] - (double)y[k];
+        e += d * d;
+    }
+    return e;
+}
+
+int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols,
+                              const double *rms, int grid, float *c, nq_eq_result *res,
+                              nq_error *err)
+{
+    int64_t maxw = 0, maxx = 0, maxy = 0;
+    bool act = false;
+    for (int j = 0; j < n; j++) {
+        const nq_eq_sample_consumer *x = &cons[j];
+        maxw = x->rows * cols > maxw ? x->rows * cols : maxw;
+        maxx = (int64_t)x->xrows * cols > maxx ? (int64_t)x->xrows * cols : maxx;
+        maxy = (int64_t)x->xrows * x->rows > maxy ? (int64_t)x->xrows * x->rows : maxy;
+        act |= x->act_nvfp4;
+    }
+    if (act && cols % NQ_NVFP4_BLOCK != 0)
+        return nq_fail(err, "equalize: %lld input channels are not whole NVFP4 blocks",
+                       (long long)cols);
+    float *cand = malloc((size_t)cols * sizeof *cand);
+    float *ws = malloc((size_t)(maxw ? maxw : 1) * sizeof *ws);
+    float *q = malloc((size_t)(maxw ? maxw : 1) * sizeof *q);
+    float *xs = malloc((size_t)(maxx ? maxx : 1) * sizeof *xs);
+    float *y = malloc((size_t)(maxy ? maxy : 1) * sizeof *y);
+    float **ref = calloc((size_t)(n ? n : 1), sizeof *ref);
+    int rc = -1;
+    if (!cand || !ws || !q || !xs || !y || !ref) {
+        nq_fail(err, "equalize: out of memory");
+        goto done;
+    }
+    for (int j = 0; j < n; j++) {
+        const nq_eq_sample_consumer *x = &cons[j];
+        /* the float layer's output (the equalized float layer computes the
+         * same) */
+        ref[j] = malloc((size_t)((int64_t)x->xrows * x->rows) * sizeof **ref);
+        if (!ref[j]) {
+            nq_fail(err, "equalize: out of memory");
+            goto done;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, x->xrows, (int)x->rows, (int)cols,
+                    1.0f, x->x, (int)cols, x->w, (int)cols, 0.0f, ref[j], (int)x->rows);
+    }
+    double best = INFINITY;
+    for (int g = 0; g < grid; g++) {
+        double alpha = (double)g / grid;
+        nq_equalize_scales(rms, cols, alpha, cand);
+        /* the input scale the pipeline will compute from the equalized
+         * activations */
+        float amax = 0.0f;
+        for (int j = 0; j < n; j++)
+            for (int64_t k = 0; k < (int64_t)cons[j].xrows * cols; k++) {
+                float a = fabsf(cons[j].x[k] / cand[k % cols]);
+                amax = a > amax ? a : amax;
+            }
+        float gs = nq_nvfp4_global_scale(amax);
+        double e = 0.0;
+        for (int j = 0; j < n; j++) {
+            const nq_eq_sample_consumer *x = &cons[j];
+            for (int64_t r = 0; r < x->rows; r++)
+                for (int64_t k = 0; k < cols; k++)
+                    ws[r * cols + k] = x->w[r * cols + k] * cand[k];
+            if (x->qdq(x->qdq_ctx, ws, x->rows, cols, q, err) != 0)
+                goto done;
+            int64_t nx = (int64_t)x->xrows * cols;
+            for (int64_t k = 0; k < nx; k++)
+                xs[k] = x->x[k] / cand[k % cols];
+            if (x->act_nvfp4)
+                nq_nvfp4_fake_quant(xs, nx, gs);
+            e += served_error(ref[j], xs, x->xrows, q, x->rows, cols, y);
+        }
+        if (g == 0)
+            res->err_identity = e;
+        if (e < best) {
+            best = e;
+            res->alpha = alpha;
+            res->err_best = e;
+            res->identity = g == 0;
+            memcpy(c, cand, (size_t)cols * sizeof *c);
+        }
+    }
+    rc = 0;
+done:
+    for (int j = 0; ref && j < n; j++)
+        free(ref[j]);
+    free(ref);
+    free(cand), free(ws), free(q), free(xs), free(y);
     return rc;
 }

@@ -22,6 +22,7 @@
 #ifndef NQ_ALGO_EQUALIZE_H
 #define NQ_ALGO_EQUALIZE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -42,7 +43,8 @@ typedef struct nq_eq_consumer {
 
 typedef struct nq_eq_result {
     double alpha;
-    double err_best, err_identity;   /* E at the chosen alpha and at alpha = 0 */
+    double err_best, err_identity;   /* E at the chosen scales and with none */
+    bool identity;                   /* the chosen scales are all 1 (nothing to fold) */
 } nq_eq_result;
 
 /* rms[cols]: the channels' input RMS.  c[cols] receives the scales. */
@@ -51,5 +53,39 @@ int nq_equalize_search(const nq_eq_consumer *cons, int n, int64_t cols, const do
 
 /* The scales for one alpha (as the search computes them). */
 void nq_equalize_scales(const double *rms, int64_t cols, double alpha, float *c);
+
+/* ---- the served (W4A4) objective --------------------------------------
+ *
+ * nq_equalize_search_served has the same candidates (c from rms, alpha on
+ * 0, 1/grid, ..., (grid-1)/grid, alpha = 0 the identity, the first minimum
+ * kept) but minimises what the server computes: for every consumer j with
+ * calibration input rows X_j [n_j, cols],
+ *
+ *   E(c) = sum_j || X_j W_j^T - A(X_j diag(1/c)) Q_j(W_j diag c)^T ||^2
+ *
+ * (the float layer's output against the quantized layer's on the inputs
+ * the equalized model feeds it), A the NVFP4 activation quantizer of a W4A4
+ * server (per-16 blocks, max block scale, global scale gs = amax / 2688
+ * with amax the largest |X_j / c| over all the consumers' rows: the
+ * input_scale the pipeline recomputes from the equalized activations),
+ * or the identity for consumers whose activations stay in float (INT4,
+ * W4A16).  Float32 products, double sums.  (SmoothQuant's candidates,
+ * max|x|^alpha / max|w|^(1-alpha) from the sampled rows, were measured and
+ * dropped: README, "NVFP4 W4A4: equalization and damping".) */
+typedef struct nq_eq_sample_consumer {
+    const float *w;           /* [rows, cols] float weight */
+    int64_t rows;
+    const float *x;           /* [xrows, cols] calibration inputs */
+    int xrows;
+    bool act_nvfp4;           /* the served layer NVFP4-quantizes its inputs */
+    nq_qdq_fn qdq;
+    void *qdq_ctx;
+} nq_eq_sample_consumer;
+
+/* cols % 16 == 0 when any consumer has act_nvfp4.  rms[cols] as for
+ * nq_equalize_search; c[cols] receives the scales. */
+int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t cols,
+                              const double *rms, int grid, float *c, nq_eq_result *res,
+                              nq_error *err);
 
 #endif

@@ -29,6 +29,11 @@ static const technique table[] = {
     {"global-sweep", false, FIELD(global_sweep),
      "NVFP4 weight_scale_2 = amax / (6 M), M in 448, 384, 320, 256, the least GPTQ loss",
      "GPTQ of every NVFP4 module 4 times"},
+    {"equalize-nvfp4", false, FIELD(equalize_nvfp4),
+     "exact equalization (norm, gated and relu2 pairs) searched on the NVFP4 readers' W4A4 "
+     "output error (--equalize-pairs norm,gated,relu2 --equalize-objective served); the float "
+     "model unchanged, verify --against sees rescaled weights",
+     "one more forward pass per layer, 10 trial quantizations of every NVFP4 reader"},
     {"int4-act-order", true, FIELD(int4_act_order),
      "INT4 GPTQ in act-order with static groups (--gptq-act-order: the plain layout, "
      "g_idx = i / group)",

@@ -28,6 +28,9 @@ typedef struct nq_optimize {
     bool hessian_scales;     /* per block: the E4M3 scale with the least output (GPTQ) loss */
     bool four_over_six;      /* per block: scaled to 6 or to 4; global scale amax / (6 x 256) */
     bool global_sweep;       /* weight_scale_2 = amax / (6 x M), M in 448, 384, 320, 256: least GPTQ loss */
+    /* NVFP4 equalization: every --equalize pair kind, the served (W4A4)
+     * objective, searched on NVFP4 readers; --equalize* flags override */
+    bool equalize_nvfp4;
     /* INT4 */
     bool int4_act_order;     /* GPTQ in act-order with static groups (as --gptq-act-order) */
     /* activations */

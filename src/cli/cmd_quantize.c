@@ -62,6 +62,10 @@ static const char *usage =
     "                         gated norm -> out_proj (needs --calib)\n"
     "  --equalize-pairs LIST  equalize these pair kinds: norm (block RMSNorm -> its Linears,\n"
     "                         the router absorbing), gated, relu2 (expert up rows -> down)\n"
+    "  --equalize-objective hessian|served  what the equalization search minimises: the\n"
+    "                         W4A16 output error through the Hessian (default), or the served\n"
+    "                         layer's on sampled calibration rows (NVFP4: W4A4, activations\n"
+    "                         quantized with the recomputed input scale)\n"
     "  --propagate float|quantized  what feeds the next layer during calibration (default:\n"
     "                         quantized with gptq, float otherwise)\n"
     "  --optimize             the best measured quality at the same format and size: GPTQ +\n"
@@ -271,6 +275,15 @@ int nq_cmd_quantize(int argc, char **argv)
             if (!bad && !opt.equalize_kinds) {
                 nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
                              v);
+                bad = true;
+            }
+        } else if (nq_arg_value(argc, argv, &i, "--equalize-objective", &v, &bad)) {
+            if (!bad && strcmp(v, "served") == 0)
+                opt.equalize_served = true;
+            else if (!bad && strcmp(v, "hessian") == 0)
+                opt.equalize_served = false;
+            else if (!bad) {
+                nq_cli_error("--equalize-objective '%s': expected hessian or served", v);
                 bad = true;
             }
         } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
@@ -553,7 +566,7 @@ int nq_cmd_quantize(int argc, char **argv)
             printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
                    sum.gptq_modules, sum.gptq_fallbacks,
                    opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
-        if (opt.equalize)
+        if (opt.equalize || opt.optimize.equalize_nvfp4)
             printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
                    "error on calibration inputs %.1f%% lower than unscaled\n",
                    sum.eq_pairs, sum.eq_searched,
@@ -619,8 +632,9 @@ int nq_cmd_quantize(int argc, char **argv)
             json_object_set_new(summary, "fp8_kv_layers", json_integer((json_int_t)sum.kv_layers));
             json_object_set_new(summary, "experts_without_tokens",
                                 json_integer((json_int_t)sum.experts_without_tokens));
-            json_object_set_new(summary, "equalize", json_boolean(opt.equalize));
-            if (opt.equalize)
+            json_object_set_new(summary, "equalize",
+                                json_boolean(opt.equalize || opt.optimize.equalize_nvfp4));
+            if (opt.equalize || opt.optimize.equalize_nvfp4)
                 json_object_set_new(summary, "equalized_pairs",
                                     json_integer((json_int_t)sum.eq_pairs));
         }

@@ -461,11 +461,18 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     nq_eq_pair *pairs;
     int np;
     int min_rows = opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128;
-    int kinds = opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    /* --optimize's equalize-nvfp4 alone: every pair kind, the served
+     * objective, NVFP4 readers only (INT4 with act-order measured no gain
+     * from equalization) */
+    bool nvfp4_only = !opt->equalize;
+    int kinds = nvfp4_only ? NQ_EQ_NORM | NQ_EQ_GATED | NQ_EQ_RELU2
+              : opt->equalize_kinds ? opt->equalize_kinds : NQ_EQ_DEFAULT;
+    bool served = nvfp4_only || opt->equalize_served;
     if (nq_eq_layer_pairs(cfg, ck, l, &pairs, &np, err) != 0)
         return -1;
     int rc = -1;
     nq_eq_consumer *cons = NULL;
+    nq_eq_sample_consumer *scons = NULL;
     qdq_ctx *qc = NULL;
     float **ent = NULL;   /* weights, not entries: the table may move */
     float *c = NULL;
@@ -474,13 +481,14 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
         const nq_eq_pair *p = &pairs[pi];
         if (!(kinds & p->kind))
             continue;
-        free(cons), free(qc), free(ent), free(c), free(rms);
+        free(cons), free(scons), free(qc), free(ent), free(c), free(rms);
         cons = calloc((size_t)p->n, sizeof *cons);
+        scons = calloc((size_t)p->n, sizeof *scons);
         qc = calloc((size_t)p->n, sizeof *qc);
         ent = calloc((size_t)p->n, sizeof *ent);
         c = malloc((size_t)p->cols * sizeof *c);
         rms = malloc((size_t)p->cols * sizeof *rms);
-        if (!cons || !qc || !ent || !c || !rms) {
+        if (!cons || !scons || !qc || !ent || !c || !rms) {
             nq_fail(err, "out of memory");
             goto done;
         }
@@ -493,7 +501,8 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
                                                                     : NULL;
             /* few rows: a Hessian of low rank, whose unseen directions
              * the search would sacrifice */
-            if (!st || !st->hessian || st->rows < (uint64_t)min_rows)
+            if (!st || !st->hessian || st->rows < (uint64_t)min_rows || st->sample_rows <= 0 ||
+                (nvfp4_only && m->format != NQ_FORMAT_NVFP4))
                 continue;
             override_entry *re = eq_entry(eq, ck, p->readers[r], err);
             if (!re)
@@ -507,21 +516,29 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
             cons[nc] = (nq_eq_consumer){.w = ent[r], .rows = m->out_features,
                                         .hessian = st->hessian, .qdq = qdq_module,
                                         .qdq_ctx = &qc[nc]};
+            scons[nc] = (nq_eq_sample_consumer){.w = ent[r], .rows = m->out_features,
+                                                .x = st->sample, .xrows = st->sample_rows,
+                                                .act_nvfp4 = m->format == NQ_FORMAT_NVFP4,
+                                                .qdq = qdq_module, .qdq_ctx = &qc[nc]};
             nc++;
             if (st->rows > rrows)
                 rrows = st->rows, rh = st->hessian;
         }
         if (nc == 0)
             continue;   /* no quantized reader saw data: leave the pair alone */
+        /* the channels' RMS over every calibration row (the sampled rows
+         * alone are one window for most readers) */
         for (int64_t k = 0; k < p->cols; k++)
             rms[k] = sqrt(rh[k * p->cols + k] / (double)rrows);
         nq_eq_result res;
-        if (nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err) != 0)
+        if (served
+                ? nq_equalize_search_served(scons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err)
+                : nq_equalize_search(cons, nc, p->cols, rms, NQ_EQ_GRID, c, &res, err))
             goto done;
         sum->eq_searched++;
         sum->eq_err_identity += res.err_identity;
         sum->eq_err_best += res.err_best;
-        if (res.alpha == 0.0)
+        if (res.identity)
             continue;
         sum->eq_pairs++;
         override_entry *se = eq_entry(eq, ck, p->src, err);
@@ -545,7 +562,7 @@ static int equalize_layer(int l, const nq_model_config *cfg, const nq_checkpoint
     }
     rc = 0;
 done:
-    free(cons), free(qc), free(ent), free(c), free(rms);
+    free(cons), free(scons), free(qc), free(ent), free(c), free(rms);
     nq_eq_pairs_free(pairs, np);
     return rc;
 }
@@ -1154,7 +1171,8 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     acts a = {0};
     weight_buf wbuf = {0};
     order_item *order = NULL;
-    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || opt->equalize};
+    bool equalize = opt->equalize || opt->optimize.equalize_nvfp4;
+    nq_calib_stats stats = {.plan = plan, .hessians = opt->gptq || equalize};
     override_ctx eq = {.ck = ck};
     override_ctx ov = {.ck = ck, .next = &eq};
     gptq_window gw = {0};
@@ -1255,7 +1273,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
         /* 1. statistics of the float layer on its input */
         if (acts_save(&a, err) != 0 || layer_stats(model, l, &a, &stats, opt->cuda, err) != 0)
             goto done;
-        if (opt->equalize) {
+        if (equalize) {
             /* the scales come from the float layer's statistics; the
              * statistics GPTQ and the input scales use are those of the
              * equalized layer (its inputs are divided by the scales) */

@@ -257,6 +257,10 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
         nq_fail(err, "--equalize needs --calib FILE (its scales come from calibration data)");
         goto done;
     }
+    if (opt->equalize_served && !opt->equalize) {
+        nq_fail(err, "--equalize-objective needs --equalize or --equalize-pairs");
+        goto done;
+    }
     if (opt->gptq_act_order && !opt->gptq) {
         nq_fail(err, "--gptq-act-order needs --algo gptq");
         goto done;

@@ -34,6 +34,10 @@ typedef struct nq_quantize_options {
      * between relu^2 up_proj rows and down_proj columns (needs calib_path). */
     bool equalize;
     int equalize_kinds;             /* NQ_EQ_* bits; 0 with equalize: NQ_EQ_DEFAULT */
+    /* the search's objective: false = the W4A16 Hessian form
+     * (nq_equalize_search), true = the served output error on the sampled
+     * calibration rows, NVFP4 activations quantized (nq_equalize_search_served) */
+    bool equalize_served;
     bool gptq_act_order;            /* INT4: act-order with static groups (nq_gptq_int4_actorder) */
     /* Which activations feed the next layer during calibration:
      * NQ_PROPAGATE_AUTO = quantized with GPTQ (the standard sequential
