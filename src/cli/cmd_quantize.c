@@ -142,6 +142,148 @@ static int run_eval(const char *out, const char *in, const nq_lora_spec *loras, 
     return rc;
 }
 
+/* --exclude GLOB (keep) or --include GLOB=FORMAT: one more rule in *rules
+ * (grown with realloc; the last matching rule wins).  -1 after printing why,
+ * or silently when out of memory. */
+static int add_rule(bool keep, const char *v, nq_recipe_rule **rules, size_t *n)
+{
+    nq_recipe_rule r = {.keep = keep};
+    const char *eq = keep ? NULL : strrchr(v, '=');
+    if (!keep && (!eq || nq_format_from_name(eq + 1, &r.format) != 0)) {
+        nq_cli_error("--include '%s': expected GLOB=FORMAT with FORMAT nvfp4, fp8, int4 or bf16", v);
+        return -1;
+    }
+    size_t glen = keep ? strlen(v) : (size_t)(eq - v);
+    if (glen == 0 || glen >= sizeof r.glob) {
+        nq_cli_error("%s: empty or too long pattern", keep ? "--exclude" : "--include");
+        return -1;
+    }
+    memcpy(r.glob, v, glen);
+    r.glob[glen] = '\0';
+    if (!keep && r.format == NQ_FORMAT_KEEP)
+        r.keep = true;
+    nq_recipe_rule *g = realloc(*rules, (*n + 1) * sizeof *g);
+    if (!g)
+        return -1;
+    *rules = g;
+    (*rules)[(*n)++] = r;
+    return 0;
+}
+
+/* --equalize-pairs LIST: its NQ_EQ_* bits, 0 after printing the refusal. */
+static int equalize_pairs(const char *v)
+{
+    int kinds = 0;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int kind = strcmp(tok, "norm") == 0    ? NQ_EQ_NORM
+                   : strcmp(tok, "gated") == 0 ? NQ_EQ_GATED
+                   : strcmp(tok, "relu2") == 0 ? NQ_EQ_RELU2
+                                               : 0;
+        if (!kind) {
+            kinds = 0; /* one unknown name refuses the list */
+            break;
+        }
+        kinds |= kind;
+    }
+    if (!kinds)
+        nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2", v);
+    return kinds;
+}
+
+/* --auto-formats LIST: formats[f] set for each candidate named (the others
+ * cleared).  -1 after printing the refusal. */
+static int auto_formats(const char *v, bool formats[3])
+{
+    memset(formats, 0, 3 * sizeof *formats);
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        nq_format f;
+        if (nq_format_from_name(tok, &f) != 0 || f == NQ_FORMAT_INT4) {
+            nq_cli_error("--auto-formats '%s': '%s' is not one of nvfp4, fp8, bf16", v, tok);
+            return -1;
+        }
+        formats[f] = true;
+    }
+    return 0;
+}
+
+/* What quantize prints on stdout once OUT is written. */
+static void print_summary(const char *out, const nq_quantize_options *opt,
+                          const nq_quantize_summary *sum, double bits, const json_t *lora_report)
+{
+    printf("wrote %s: %zu tensors in %d shard(s), %.1f MB (from %.1f MB), %.2f bits/parameter\n",
+           out, sum->tensors_out, sum->shards, sum->bytes_out / 1e6, sum->bytes_in / 1e6, bits);
+    nq_lora_print_summary(stdout, lora_report);
+    printf("modules: %zu nvfp4, %zu fp8, %zu int4, %zu kept\n", sum->modules[NQ_FORMAT_NVFP4],
+           sum->modules[NQ_FORMAT_FP8], sum->modules[NQ_FORMAT_INT4], sum->modules[NQ_FORMAT_KEEP]);
+    if (sum->sq_ref > 0) {
+        printf("weight error: relative RMS %.5f over the quantized modules",
+               sqrt(sum->sq_err / sum->sq_ref));
+        if (opt->mse_scales && !opt->gptq && sum->sq_err_max_scale > 0)
+            printf(" (mse scales: %.1f%% less squared error than max scales)",
+                   100.0 * (1.0 - sum->sq_err / sum->sq_err_max_scale));
+        printf("\n");
+    }
+    if (opt->optimize.enabled) {
+        char techs[256];
+        nq_optimize_describe(&opt->optimize, techs, sizeof techs);
+        printf("optimize: %s\n", techs);
+    }
+    if (opt->calib_path) {
+        printf("calibration: %d x %d tokens in %.1f s; output error on calibration inputs: "
+               "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
+               sum->calib_samples, sum->calib_len, sum->calib_seconds,
+               sum->out_sq_ref > 0 ? sqrt(sum->out_sq_err / sum->out_sq_ref) : 0.0, sum->kv_layers);
+        static const char *const kinds[4] = {"Mamba", "MoE", "attention", "MLP"};
+        bool any = false;
+        for (int k = 0; k < 4; k++)
+            if (sum->layers_of_kind[k] > 0) {
+                printf("%s %s layers: %.2f s each (forward with statistics %.2f s) x %d",
+                       any ? ";" : "time per layer:", kinds[k],
+                       sum->layer_seconds[k] / sum->layers_of_kind[k],
+                       sum->layer_stats_seconds[k] / sum->layers_of_kind[k], sum->layers_of_kind[k]);
+                any = true;
+            }
+        if (any)
+            printf("\n");
+        if (opt->cuda) {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            printf("memory: GPU peak %.2f GiB allocated by nemoq; host peak RSS %.2f GiB\n",
+                   nq_cuda_peak_bytes(opt->cuda) / 1073741824.0, ru.ru_maxrss / 1048576.0);
+        }
+        if (opt->gptq)
+            printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
+                   sum->gptq_modules, sum->gptq_fallbacks,
+                   opt->gptq_min_rows > 0 ? opt->gptq_min_rows : 128);
+        if (opt->equalize || opt->optimize.equalize_nvfp4)
+            printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
+                   "error on calibration inputs %.1f%% lower than unscaled\n",
+                   sum->eq_pairs, sum->eq_searched,
+                   sum->eq_err_identity > 0
+                       ? 100.0 * (1.0 - sum->eq_err_best / sum->eq_err_identity)
+                       : 0.0);
+        if (sum->experts_without_tokens)
+            printf("note: %zu routed experts received no calibration token; they use their "
+                   "layer's input scale (the max over its experts)\n",
+                   sum->experts_without_tokens);
+    }
+    if (opt->weights_only && sum->modules[NQ_FORMAT_NVFP4] + sum->modules[NQ_FORMAT_FP8] > 0) {
+        /* say only what is true of the formats this checkpoint holds */
+        bool nv = sum->modules[NQ_FORMAT_NVFP4] > 0, f8 = sum->modules[NQ_FORMAT_FP8] > 0;
+        printf("note: --weights-only: no activation scales were written, so this checkpoint "
+               "is NOT servable as %s%s\n",
+               nv && f8 ? "W4A4/W8A8" : nv ? "W4A4" : "W8A8",
+               nv && !f8 ? " (it is declared W4A16_NVFP4, vLLM's weight-only NVFP4)"
+                         : f8 ? " (FP8 weights need an input_scale per module: calibrate with "
+                                "--calib)"
+                              : "");
+    }
+}
+
 int nq_cmd_quantize(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -167,7 +309,8 @@ int nq_cmd_quantize(int argc, char **argv)
                              *const ssm_cache_dtypes[] = {"float32", "float16", "bfloat16"},
                              *const kv_caches[] = {"fp8", "none"},
                              *const auto_costs[] = {"weight", "active-moe"},
-                             *const auto_scores[] = {"kl", "proxy"};
+                             *const auto_scores[] = {"kl", "proxy"},
+                             *const equalize_objectives[] = {"hessian", "served"};
     int choice = 0;
     for (int i = 1; i < argc && !bad; i++) {
         const char *v = NULL;
@@ -184,33 +327,8 @@ int nq_cmd_quantize(int argc, char **argv)
             recipe_file = v;
         } else if (nq_arg_value(argc, argv, &i, "--exclude", &v, &bad) ||
                    nq_arg_value(argc, argv, &i, "--include", &v, &bad)) {
-            if (bad)
-                break;
-            bool keep = strncmp(a, "--exclude", 9) == 0;
-            nq_recipe_rule r = {.keep = keep};
-            const char *eq = keep ? NULL : strrchr(v, '=');
-            if (!keep && (!eq || nq_format_from_name(eq + 1, &r.format) != 0)) {
-                nq_cli_error("--include '%s': expected GLOB=FORMAT with FORMAT nvfp4, fp8, int4 or bf16", v);
+            if (!bad && add_rule(strncmp(a, "--exclude", 9) == 0, v, &rules, &nrules) != 0)
                 bad = true;
-                break;
-            }
-            size_t glen = keep ? strlen(v) : (size_t)(eq - v);
-            if (glen == 0 || glen >= sizeof r.glob) {
-                nq_cli_error("%s: empty or too long pattern", keep ? "--exclude" : "--include");
-                bad = true;
-                break;
-            }
-            memcpy(r.glob, v, glen);
-            r.glob[glen] = '\0';
-            if (!keep && r.format == NQ_FORMAT_KEEP)
-                r.keep = true;
-            nq_recipe_rule *g = realloc(rules, (nrules + 1) * sizeof *g);
-            if (!g) {
-                bad = true;
-                break;
-            }
-            rules = g;
-            rules[nrules++] = r;
         } else if (nq_arg_choice(argc, argv, &i, "--weight-scale", weight_scales, 2, &choice, &bad)) {
             if (!bad)
                 opt.mse_scales = choice == 1;
@@ -256,36 +374,12 @@ int nq_cmd_quantize(int argc, char **argv)
             opt.equalize = true;
         } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
             opt.equalize = true;
-            opt.equalize_kinds = 0;
-            char buf[64];
-            snprintf(buf, sizeof buf, "%s", bad ? "" : v);
-            for (char *tok = strtok(buf, ","); !bad && tok; tok = strtok(NULL, ",")) {
-                if (strcmp(tok, "norm") == 0)
-                    opt.equalize_kinds |= NQ_EQ_NORM;
-                else if (strcmp(tok, "gated") == 0)
-                    opt.equalize_kinds |= NQ_EQ_GATED;
-                else if (strcmp(tok, "relu2") == 0)
-                    opt.equalize_kinds |= NQ_EQ_RELU2;
-                else {
-                    nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, "
-                                 "relu2", v);
-                    bad = true;
-                }
-            }
-            if (!bad && !opt.equalize_kinds) {
-                nq_cli_error("--equalize-pairs '%s': expected a comma list of norm, gated, relu2",
-                             v);
-                bad = true;
-            }
-        } else if (nq_arg_value(argc, argv, &i, "--equalize-objective", &v, &bad)) {
-            if (!bad && strcmp(v, "served") == 0)
-                opt.equalize_served = true;
-            else if (!bad && strcmp(v, "hessian") == 0)
-                opt.equalize_served = false;
-            else if (!bad) {
-                nq_cli_error("--equalize-objective '%s': expected hessian or served", v);
-                bad = true;
-            }
+            opt.equalize_kinds = bad ? 0 : equalize_pairs(v);
+            bad = bad || opt.equalize_kinds == 0;
+        } else if (nq_arg_choice(argc, argv, &i, "--equalize-objective", equalize_objectives, 2,
+                                 &choice, &bad)) {
+            if (!bad)
+                opt.equalize_served = choice == 1;
         } else if (strcmp(argv[i], "--int4-wide-groups") == 0) {
             wide_groups = true;
         } else if (strcmp(argv[i], "--gptq-act-order") == 0) {
@@ -316,19 +410,7 @@ int nq_cmd_quantize(int argc, char **argv)
             if (bad)
                 break;
             auto_formats_given = true;
-            memset(opt.auto_formats, 0, sizeof opt.auto_formats);
-            char buf[128];
-            snprintf(buf, sizeof buf, "%s", v);
-            for (char *tokp = strtok(buf, ","); tokp && !bad; tokp = strtok(NULL, ",")) {
-                nq_format f;
-                if (nq_format_from_name(tokp, &f) != 0 || f == NQ_FORMAT_INT4) {
-                    nq_cli_error("--auto-formats '%s': '%s' is not one of nvfp4, fp8, bf16", v,
-                                 tokp);
-                    bad = true;
-                } else {
-                    opt.auto_formats[f] = true;
-                }
-            }
+            bad = auto_formats(v, opt.auto_formats) != 0;
         } else if (nq_arg_choice(argc, argv, &i, "--auto-cost", auto_costs, 2, &choice, &bad)) {
             /* a later weight does not undo an earlier active-moe */
             if (!bad && choice == 1)
@@ -521,74 +603,7 @@ int nq_cmd_quantize(int argc, char **argv)
     }
     rc = 0;
     double bits = sum.params_in ? 8.0 * (double)sum.bytes_out / (double)sum.params_in : 0.0;
-    printf("wrote %s: %zu tensors in %d shard(s), %.1f MB (from %.1f MB), %.2f bits/parameter\n",
-           out, sum.tensors_out, sum.shards, sum.bytes_out / 1e6, sum.bytes_in / 1e6, bits);
-    nq_lora_print_summary(stdout, lora_report);
-    printf("modules: %zu nvfp4, %zu fp8, %zu int4, %zu kept\n", sum.modules[NQ_FORMAT_NVFP4],
-           sum.modules[NQ_FORMAT_FP8], sum.modules[NQ_FORMAT_INT4], sum.modules[NQ_FORMAT_KEEP]);
-    if (sum.sq_ref > 0) {
-        printf("weight error: relative RMS %.5f over the quantized modules",
-               sqrt(sum.sq_err / sum.sq_ref));
-        if (opt.mse_scales && !opt.gptq && sum.sq_err_max_scale > 0)
-            printf(" (mse scales: %.1f%% less squared error than max scales)",
-                   100.0 * (1.0 - sum.sq_err / sum.sq_err_max_scale));
-        printf("\n");
-    }
-    if (opt.optimize.enabled) {
-        char techs[256];
-        nq_optimize_describe(&opt.optimize, techs, sizeof techs);
-        printf("optimize: %s\n", techs);
-    }
-    if (opt.calib_path) {
-        printf("calibration: %d x %d tokens in %.1f s; output error on calibration inputs: "
-               "relative RMS %.5f; FP8 KV scales in %zu attention layers\n",
-               sum.calib_samples, sum.calib_len, sum.calib_seconds,
-               sum.out_sq_ref > 0 ? sqrt(sum.out_sq_err / sum.out_sq_ref) : 0.0, sum.kv_layers);
-        static const char *const kinds[4] = {"Mamba", "MoE", "attention", "MLP"};
-        bool any = false;
-        for (int k = 0; k < 4; k++)
-            if (sum.layers_of_kind[k] > 0) {
-                printf("%s %s layers: %.2f s each (forward with statistics %.2f s) x %d",
-                       any ? ";" : "time per layer:", kinds[k],
-                       sum.layer_seconds[k] / sum.layers_of_kind[k],
-                       sum.layer_stats_seconds[k] / sum.layers_of_kind[k], sum.layers_of_kind[k]);
-                any = true;
-            }
-        if (any)
-            printf("\n");
-        if (opt.cuda) {
-            struct rusage ru;
-            getrusage(RUSAGE_SELF, &ru);
-            printf("memory: GPU peak %.2f GiB allocated by nemoq; host peak RSS %.2f GiB\n",
-                   nq_cuda_peak_bytes(opt.cuda) / 1073741824.0, ru.ru_maxrss / 1048576.0);
-        }
-        if (opt.gptq)
-            printf("gptq: %zu modules; %zu fell back to rtn+mse (fewer than %d calibration rows)\n",
-                   sum.gptq_modules, sum.gptq_fallbacks,
-                   opt.gptq_min_rows > 0 ? opt.gptq_min_rows : 128);
-        if (opt.equalize || opt.optimize.equalize_nvfp4)
-            printf("equalize: %zu of %zu searched pairs rescaled; their round-to-nearest output "
-                   "error on calibration inputs %.1f%% lower than unscaled\n",
-                   sum.eq_pairs, sum.eq_searched,
-                   sum.eq_err_identity > 0
-                       ? 100.0 * (1.0 - sum.eq_err_best / sum.eq_err_identity)
-                       : 0.0);
-        if (sum.experts_without_tokens)
-            printf("note: %zu routed experts received no calibration token; they use their "
-                   "layer's input scale (the max over its experts)\n",
-                   sum.experts_without_tokens);
-    }
-    if (opt.weights_only && sum.modules[NQ_FORMAT_NVFP4] + sum.modules[NQ_FORMAT_FP8] > 0) {
-        /* say only what is true of the formats this checkpoint holds */
-        bool nv = sum.modules[NQ_FORMAT_NVFP4] > 0, f8 = sum.modules[NQ_FORMAT_FP8] > 0;
-        printf("note: --weights-only: no activation scales were written, so this checkpoint "
-               "is NOT servable as %s%s\n",
-               nv && f8 ? "W4A4/W8A8" : nv ? "W4A4" : "W8A8",
-               nv && !f8 ? " (it is declared W4A16_NVFP4, vLLM's weight-only NVFP4)"
-                         : f8 ? " (FP8 weights need an input_scale per module: calibrate with "
-                                "--calib)"
-                              : "");
-    }
+    print_summary(out, &opt, &sum, bits, lora_report);
     json_t *eval_doc = NULL;
     if (eval_path) {
         nq_eval_result r;
