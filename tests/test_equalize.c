@@ -26,13 +26,7 @@
 
 static void *load(const char *name, size_t want)
 {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/fixtures/equalize/%s", name);
-    size_t len;
-    void *p = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(p);
-    assert_int_equal(len, want);
-    return p;
+    return nq_test_load_fixture("equalize", name, want);
 }
 
 static int qdq_int4(void *ctx, const float *w, int64_t rows, int64_t cols, float *out,
@@ -250,13 +244,7 @@ static void test_pairs_leave_float_model_unchanged(void **state)
 
 static void *load_served(const char *name, size_t want)
 {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/fixtures/equalize_served/%s", name);
-    size_t len;
-    void *p = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(p);
-    assert_int_equal(len, want);
-    return p;
+    return nq_test_load_fixture("equalize_served", name, want);
 }
 
 /* NVFP4 round-to-nearest with max scales, dequantized */

@@ -24,13 +24,7 @@
 
 static void *load(const char *name, size_t want)
 {
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/fixtures/optimize/%s", name);
-    size_t len;
-    void *p = nq_test_read_file(nq_test_path(rel), &len);
-    assert_non_null(p);
-    assert_int_equal(len, want);
-    return p;
+    return nq_test_load_fixture("optimize", name, want);
 }
 
 static json_t *case_json(void)
