@@ -1573,14 +1573,7 @@ int nq_quantize_calibrated(const nq_quantize_options *opt, const nq_checkpoint *
     for (; k < n; k++)
         if (nq_copy_tensor(w, nq_checkpoint_tensor(ck, order[k].index), err) != 0)
             goto done;
-    if (opt->log)
-        fprintf(opt->log, "\r%-90s\r", "");
-    if (nq_write_metadata_files(w, opt, cfg, plan, kv_fp8 && sum->kv_layers > 0, err) != 0)
-        goto done;
-    sum->shards = nq_writer_shard_count(w);
-    sum->tensors_out = nq_writer_tensor_count(w);
-    sum->bytes_out = nq_writer_total_bytes(w);
-    if (nq_writer_commit(w, err) != 0)
+    if (nq_output_commit(w, opt, cfg, plan, kv_fp8 && sum->kv_layers > 0, sum, err) != 0)
         goto done;
     sum->calib_seconds = now_seconds() - t_start;
     rc = 0;

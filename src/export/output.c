@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -217,4 +218,17 @@ int nq_push_tensor(nq_write_queue *q, const nq_tensor *t, nq_error *err)
     }
     nq_write_piece whole = {data, (size_t)t->nbytes, owned != NULL};
     return nq_write_queue_push(q, &whole, 1, owned ? NULL : t, err);
+}
+
+int nq_output_commit(nq_writer *w, const nq_quantize_options *opt, const nq_model_config *cfg,
+                     const nq_plan *plan, bool kv_fp8, nq_quantize_summary *sum, nq_error *err)
+{
+    if (opt->log)
+        fprintf(opt->log, "\r%-90s\r", "");
+    if (nq_write_metadata_files(w, opt, cfg, plan, kv_fp8, err) != 0)
+        return -1;
+    sum->shards = nq_writer_shard_count(w);
+    sum->tensors_out = nq_writer_tensor_count(w);
+    sum->bytes_out = nq_writer_total_bytes(w);
+    return nq_writer_commit(w, err);
 }

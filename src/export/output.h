@@ -31,5 +31,10 @@ int nq_push_tensor(struct nq_write_queue *q, const nq_tensor *t, nq_error *err);
 int nq_write_metadata_files(nq_writer *w, const nq_quantize_options *opt,
                             const nq_model_config *cfg, const nq_plan *plan, bool kv_fp8,
                             nq_error *err);
+/* The end of a successful export, once every tensor is written: clears the
+ * progress line, writes the metadata files (as above), records shards,
+ * tensors and bytes in *sum, and commits the output directory. */
+int nq_output_commit(nq_writer *w, const nq_quantize_options *opt, const nq_model_config *cfg,
+                     const nq_plan *plan, bool kv_fp8, nq_quantize_summary *sum, nq_error *err);
 
 #endif

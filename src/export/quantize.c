@@ -358,14 +358,7 @@ int nq_quantize(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_
     q = NULL;
     if (qrc != 0)
         goto done;
-    if (opt->log)
-        fprintf(opt->log, "\r%-90s\r", "");
-    if (nq_write_metadata_files(w, opt, &cfg, &plan, false, err) != 0)
-        goto done;
-    sum->shards = nq_writer_shard_count(w);
-    sum->tensors_out = nq_writer_tensor_count(w);
-    sum->bytes_out = nq_writer_total_bytes(w);
-    if (nq_writer_commit(w, err) != 0)
+    if (nq_output_commit(w, opt, &cfg, &plan, false, sum, err) != 0)
         goto done;
     rc = 0;
 done:
@@ -428,15 +421,8 @@ int nq_merge(const nq_quantize_options *opt_in, nq_quantize_summary *sum, nq_err
     q = NULL;
     if (qrc != 0)
         goto done;
-    if (o.log)
-        fprintf(o.log, "\r%-90s\r", "");
     /* an empty plan: config.json gets only the adapters' record */
-    if (nq_write_metadata_files(w, &o, &cfg, &plan, false, err) != 0)
-        goto done;
-    sum->shards = nq_writer_shard_count(w);
-    sum->tensors_out = nq_writer_tensor_count(w);
-    sum->bytes_out = nq_writer_total_bytes(w);
-    if (nq_writer_commit(w, err) != 0)
+    if (nq_output_commit(w, &o, &cfg, &plan, false, sum, err) != 0)
         goto done;
     rc = 0;
 done:
