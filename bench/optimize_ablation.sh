@@ -35,4 +35,5 @@ row act-mse gptq mse act-mse
 row four-over-six gptq mse four-over-six
 row hessian-scales gptq mse hessian-scales
 row hessian-scales-global-sweep gptq mse hessian-scales,global-sweep
+row hessian-scales-equalize gptq mse hessian-scales,equalize-nvfp4
 row all gptq mse served-hessian,hessian-scales,four-over-six,act-mse
