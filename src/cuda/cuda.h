@@ -115,7 +115,7 @@ int nq_cuda_run_block(nq_cuda *g, const nq_exec *ex, const nq_model_config *cfg,
  * stream left on the device; with both flags set it streams the host x
  * through the device a chunk at a time instead (nothing stays resident).
  * Calibration keeps its activations resident from the embedding to the
- * last layer when they fit (calibrated.c decides; S x T x hidden x 4 bytes,
+ * last layer when they fit (calibrated_acts.c decides; S x T x hidden x 4 bytes,
  * twice when the layer's input must be kept): no host copy of them at all.
  *
  * nq_cuda_resident_embed: stream[i] = table[ids[i]] for n tokens (table:

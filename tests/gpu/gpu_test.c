@@ -796,7 +796,7 @@ static size_t checkpoint_diff(const char *a_dir, const char *b_dir, size_t *tota
     return d;
 }
 
-/* Where the calibration activations live (export/calibrated.c, acts_open):
+/* Where the calibration activations live (export/calibrated_acts.c, acts_open):
  * resident on the GPU from the embedding to the last layer, or on the host
  * and streamed through the GPU a chunk at a time when they do not fit
  * (forced here with NEMOQ_CUDA_ACT_MIB=0).  Chunks of 512 rows (2 of the 8
