@@ -175,6 +175,11 @@ static int equalize_pairs(const char *v)
 {
     int kinds = 0;
     char buf[64];
+    /* a list cut to fit could silently lose its last kinds */
+    if (strlen(v) >= sizeof buf) {
+        nq_cli_error("--equalize-pairs: list longer than %zu characters", sizeof buf - 1);
+        return 0;
+    }
     snprintf(buf, sizeof buf, "%s", v);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int kind = strcmp(tok, "norm") == 0    ? NQ_EQ_NORM
@@ -198,6 +203,10 @@ static int auto_formats(const char *v, bool formats[3])
 {
     memset(formats, 0, 3 * sizeof *formats);
     char buf[128];
+    if (strlen(v) >= sizeof buf) {
+        nq_cli_error("--auto-formats: list longer than %zu characters", sizeof buf - 1);
+        return -1;
+    }
     snprintf(buf, sizeof buf, "%s", v);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         nq_format f;
