@@ -75,6 +75,11 @@ check "--auto-quantize without --calib refused" '[ $rc -ne 0 ] && grep -q "needs
 check "bad --auto-cost refused" '[ $rc -ne 0 ] && grep -q "expected weight or active-moe" "$tmp/o"'
 "$bin" quantize "$model" "$tmp/x" --auto-quantize 6 --auto-formats nvfp4,int4 $cal >"$tmp/o" 2>&1; rc=$?
 check "bad --auto-formats refused" '[ $rc -ne 0 ] && grep -q "not one of nvfp4, fp8, bf16" "$tmp/o"'
+# 127 characters of valid names then ",bf16": cut to a 128-byte buffer the
+# list would end at a comma and silently lose bf16
+long=$(printf 'nvfp4,%.0s' $(seq 20); printf 'fp8,fp8'),bf16
+"$bin" quantize "$model" "$tmp/x" --auto-quantize 6 --auto-formats "$long" $cal >"$tmp/o" 2>&1; rc=$?
+check "--auto-formats refuses a list it would have to cut" '[ ${#long} -eq 132 ] && [ $rc -ne 0 ] && grep -q "longer than 127 characters" "$tmp/o" && [ ! -e "$tmp/x" ]'
 "$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --auto-cost weight $cal >"$tmp/o" 2>&1; rc=$?
 check "--auto-* without --auto-quantize refused" '[ $rc -ne 0 ] && grep -q "need --auto-quantize" "$tmp/o"'
 "$bin" quantize "$model" --auto-quantize 6 $cal --auto-scores "$tmp/calib.txt" --dry-run >"$tmp/o" 2>&1; rc=$?

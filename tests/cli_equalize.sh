@@ -106,6 +106,11 @@ out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --gptq-act-order $cal 2>&1
 check "--gptq-act-order without gptq fails ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"needs --algo gptq"* ]] && [ ! -e "$tmp/x" ]'
 out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --equalize-pairs norm,bogus $cal 2>&1); rc=$?
 check "--equalize-pairs rejects an unknown kind ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"expected a comma list"* ]]'
+# 63 characters of valid kinds then ",relu2": a list cut to a 64-byte buffer
+# would end exactly at a comma and silently drop relu2
+long=$(printf 'norm,%.0s' 1 2 3 4 5 6 7 8; printf 'gated,gated,gated,gated'),relu2
+out=$("$bin" quantize "$model" "$tmp/x" --recipe int4 --equalize-pairs "$long" $cal 2>&1); rc=$?
+check "--equalize-pairs refuses a list it would have to cut ($out)" '[ ${#long} -eq 69 ] && [ $rc -ne 0 ] && [[ "$out" == *"longer than 63 characters"* ]] && [ ! -e "$tmp/x" ]'
 
 echo "cli_equalize: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -111,5 +111,12 @@ out=$("$bin" quantize "$src/tests/fixtures/nemotron-3-nano-30b-a3b.config.json" 
 kept=$(printf '%s\n' "$out" | awk '$4 == "bf16" && ($2 == "attention_proj" || $2 == "mamba_proj") {split($1, a, "."); print a[3]}' | sort -n | uniq | tr '\n' ' ')
 check "dry-run keeps exactly NVIDIA's layers ($kept)" '[ "$kept" = "4 5 11 12 18 19 25 26 32 33 41 42 " ]'
 check "dry-run summary" '[[ "$out" == *"summary: 5968 nvfp4, 0 fp8, 0 int4, 84 kept; kv cache fp8"* ]]'
+# the last --algo given wins (an earlier gptq used to stick,
+# so this needed --calib and failed)
+out=$("$bin" quantize "$model" "$tmp/last-wins" --recipe int4 --algo gptq --algo rtn 2>&1); rc=$?
+"$bin" quantize "$model" "$tmp/plain-rtn" --recipe int4 >/dev/null 2>&1
+check "a later --algo rtn replaces an earlier gptq ($out)" '[ $rc -eq 0 ] && cmp -s "$tmp/last-wins/model.safetensors" "$tmp/plain-rtn/model.safetensors"'
+out=$("$bin" quantize "$model" "$tmp/last-wins2" --recipe int4 --algo rtn --algo gptq 2>&1); rc=$?
+check "a later --algo gptq replaces an earlier rtn ($out)" '[ $rc -ne 0 ] && [[ "$out" == *"--algo gptq needs --calib"* ]] && [ ! -e "$tmp/last-wins2" ]'
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -175,6 +175,11 @@ static int equalize_pairs(const char *v)
 {
     int kinds = 0;
     char buf[64];
+    /* a list cut to fit could silently lose its last kinds */
+    if (strlen(v) >= sizeof buf) {
+        nq_cli_error("--equalize-pairs: list longer than %zu characters", sizeof buf - 1);
+        return 0;
+    }
     snprintf(buf, sizeof buf, "%s", v);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int kind = strcmp(tok, "norm") == 0    ? NQ_EQ_NORM
@@ -198,6 +203,10 @@ static int auto_formats(const char *v, bool formats[3])
 {
     memset(formats, 0, 3 * sizeof *formats);
     char buf[128];
+    if (strlen(v) >= sizeof buf) {
+        nq_cli_error("--auto-formats: list longer than %zu characters", sizeof buf - 1);
+        return -1;
+    }
     snprintf(buf, sizeof buf, "%s", v);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         nq_format f;
@@ -367,9 +376,9 @@ int nq_cmd_quantize(int argc, char **argv)
         } else if (nq_arg_value(argc, argv, &i, "--calib", &v, &bad)) {
             opt.calib_path = v;
         } else if (nq_arg_choice(argc, argv, &i, "--algo", algos, 2, &choice, &bad)) {
-            /* a later --algo rtn does not undo an earlier gptq */
-            if (!bad && choice == 1)
-                opt.gptq = true;
+            /* the last --algo given wins, as for every other flag */
+            if (!bad)
+                opt.gptq = choice == 1;
         } else if (strcmp(argv[i], "--equalize") == 0) {
             opt.equalize = true;
         } else if (nq_arg_value(argc, argv, &i, "--equalize-pairs", &v, &bad)) {
@@ -392,9 +401,8 @@ int nq_cmd_quantize(int argc, char **argv)
             if (!bad)
                 opt.ssm_cache_dtype = ssm_cache_dtypes[choice];
         } else if (nq_arg_choice(argc, argv, &i, "--kv-cache", kv_caches, 2, &choice, &bad)) {
-            /* a later fp8 does not undo an earlier none */
-            if (!bad && choice == 1)
-                opt.kv_cache_fp8 = false;
+            if (!bad)
+                opt.kv_cache_fp8 = choice == 0;
         } else if (nq_arg_value(argc, argv, &i, "--lora", &v, &bad)) {
             if (bad)
                 break;
@@ -412,13 +420,11 @@ int nq_cmd_quantize(int argc, char **argv)
             auto_formats_given = true;
             bad = auto_formats(v, opt.auto_formats) != 0;
         } else if (nq_arg_choice(argc, argv, &i, "--auto-cost", auto_costs, 2, &choice, &bad)) {
-            /* a later weight does not undo an earlier active-moe */
-            if (!bad && choice == 1)
-                opt.auto_active_moe = true;
+            if (!bad)
+                opt.auto_active_moe = choice == 1;
         } else if (nq_arg_choice(argc, argv, &i, "--auto-score", auto_scores, 2, &choice, &bad)) {
-            /* a later kl does not undo an earlier proxy */
-            if (!bad && choice == 1)
-                opt.auto_score_proxy = true;
+            if (!bad)
+                opt.auto_score_proxy = choice == 1;
             auto_score_given = true;
         } else if (nq_arg_value(argc, argv, &i, "--auto-scores", &v, &bad)) {
             opt.auto_scores_path = v;
