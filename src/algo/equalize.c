@@ -44,6 +44,34 @@ static double output_error(const nq_eq_consumer *e, int64_t cols, const float *q
     return tot;
 }
 
+/* q = qdq(w diag(s)): the reader's weight with its columns scaled by the
+ * candidate, quantized and dequantized; ws [rows, cols] is scratch */
+static int qdq_scaled(nq_qdq_fn qdq, void *ctx, const float *w, int64_t rows, int64_t cols,
+                      const float *s, float *ws, float *q, nq_error *err)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < cols; k++)
+            ws[r * cols + k] = w[r * cols + k] * s[k];
+    return qdq(ctx, ws, rows, cols, q, err);
+}
+
+/* Keeps candidate g of the grid (error e, scales cand) in res and c when it
+ * errs strictly less than the best so far: ties keep the smaller alpha, so
+ * the identity (g = 0) wins unless something is strictly better. */
+static void keep_if_best(int g, int grid, double e, const float *cand, int64_t cols,
+                         double *best, float *c, nq_eq_result *res)
+{
+    if (g == 0)
+        res->err_identity = e;
+    if (e < *best) {
+        *best = e;
+        res->alpha = (double)g / grid;
+        res->err_best = e;
+        res->identity = g == 0;
+        memcpy(c, cand, (size_t)cols * sizeof *c);
+    }
+}
+
 int nq_equalize_search(const nq_eq_consumer *cons, int n, int64_t cols, const double *rms,
                        int grid, float *c, nq_eq_result *res, nq_error *err)
 {
@@ -67,23 +95,12 @@ int nq_equalize_search(const nq_eq_consumer *cons, int n, int64_t cols, const do
         double e = 0.0;
         for (int j = 0; j < n; j++) {
             const nq_eq_consumer *x = &cons[j];
-            for (int64_t r = 0; r < x->rows; r++)
-                for (int64_t k = 0; k < cols; k++)
-                    ws[r * cols + k] = x->w[r * cols + k] * cand[k];
-            if (x->qdq(x->qdq_ctx, ws, x->rows, cols, q, err) != 0)
+            if (qdq_scaled(x->qdq, x->qdq_ctx, x->w, x->rows, cols, cand, ws, q, err) != 0)
                 goto done;
             e += output_error(x, cols, q, cand, d, hd);
         }
-        if (g == 0)
-            res->err_identity = e;
-        if (e < best) {
-            best = e;
-            res->alpha = alpha;
-            res->err_best = e;
-            memcpy(c, cand, (size_t)cols * sizeof *c);
-        }
+        keep_if_best(g, grid, e, cand, cols, &best, c, res);
     }
-    res->identity = res->alpha == 0.0;
     rc = 0;
 done:
     free(cand);
@@ -166,10 +183,7 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
         double e = 0.0;
         for (int j = 0; j < n; j++) {
             const nq_eq_sample_consumer *x = &cons[j];
-            for (int64_t r = 0; r < x->rows; r++)
-                for (int64_t k = 0; k < cols; k++)
-                    ws[r * cols + k] = x->w[r * cols + k] * cand[k];
-            if (x->qdq(x->qdq_ctx, ws, x->rows, cols, q, err) != 0)
+            if (qdq_scaled(x->qdq, x->qdq_ctx, x->w, x->rows, cols, cand, ws, q, err) != 0)
                 goto done;
             int64_t nx = (int64_t)x->xrows * cols;
             for (int64_t k = 0; k < nx; k++)
@@ -178,15 +192,7 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
                 nq_nvfp4_fake_quant(xs, nx, gs);
             e += served_error(ref[j], xs, x->xrows, q, x->rows, cols, y);
         }
-        if (g == 0)
-            res->err_identity = e;
-        if (e < best) {
-            best = e;
-            res->alpha = alpha;
-            res->err_best = e;
-            res->identity = g == 0;
-            memcpy(c, cand, (size_t)cols * sizeof *c);
-        }
+        keep_if_best(g, grid, e, cand, cols, &best, c, res);
     }
     rc = 0;
 done:
