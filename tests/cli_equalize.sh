@@ -54,11 +54,10 @@ check "nvfp4 --equalize quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
 out=$("$bin" verify "$tmp/nv" 2>&1); rc=$?
 check "nvfp4 --equalize verifies ($(printf '%s' "$out" | tail -1))" '[ $rc -eq 0 ] && [[ "$out" != *warning* ]]'
 
-# NVFP4 q/k/v rescaled by the norm pair still share one weight_scale_2 (vLLM's
-# fused qkv_proj keeps one, the max of the three, without re-encoding)
-"$bin" quantize "$model" "$tmp/qkv" --recipe nvfp4-aggressive --include '*_proj=nvfp4' --equalize-pairs norm $cal >"$tmp/out" 2>"$tmp/err"; rc=$?
-check "nvfp4 q/k/v --equalize-pairs norm quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
-python3 - "$tmp/qkv/model.safetensors" > "$tmp/py" 2>&1 <<'PY'
+# qkv_shared_scale FILE: exits 0 when each attention layer's q/k/v in the
+# checkpoint FILE carry one and the same weight_scale_2 (prints them)
+qkv_shared_scale() {
+python3 - "$1" > "$tmp/py" 2>&1 <<'PY'
 import json, struct, sys
 f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
 g = {}
@@ -69,6 +68,13 @@ for k in sorted(h):
 print(g)
 assert len(g) == 2 and all(len(v) == 3 and len(set(v)) == 1 for v in g.values()), g
 PY
+}
+
+# NVFP4 q/k/v rescaled by the norm pair still share one weight_scale_2 (vLLM's
+# fused qkv_proj keeps one, the max of the three, without re-encoding)
+"$bin" quantize "$model" "$tmp/qkv" --recipe nvfp4-aggressive --include '*_proj=nvfp4' --equalize-pairs norm $cal >"$tmp/out" 2>"$tmp/err"; rc=$?
+check "nvfp4 q/k/v --equalize-pairs norm quantizes ($(tail -1 "$tmp/err"))" '[ $rc -eq 0 ]'
+qkv_shared_scale "$tmp/qkv/model.safetensors"
 prc=$?
 check "nvfp4 equalized q/k/v share one weight_scale_2 ($(tail -1 "$tmp/py"))" '[ $prc -eq 0 ]'
 
@@ -82,17 +88,7 @@ check "nvfp4 served objective: byte-identical for 1 and 2 threads" 'cmp -s "$tmp
 out=$("$bin" verify "$tmp/nvs-1" 2>&1); rc=$?
 check "nvfp4 served objective verifies ($(printf '%s' "$out" | tail -1))" '[ $rc -eq 0 ] && [[ "$out" != *warning* ]]'
 "$bin" quantize "$model" "$tmp/qkv2" --recipe nvfp4-aggressive --include '*_proj=nvfp4' --equalize-pairs norm --equalize-objective served $cal >"$tmp/out" 2>"$tmp/err"; rc=$?
-python3 - "$tmp/qkv2/model.safetensors" > "$tmp/py" 2>&1 <<'PY'
-import json, struct, sys
-f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n))
-g = {}
-for k in sorted(h):
-    if k.endswith("proj.weight_scale_2") and k.split(".")[-2] in ("q_proj", "k_proj", "v_proj"):
-        s, e = h[k]["data_offsets"]; f.seek(8 + n + s)
-        g.setdefault(k.rsplit(".", 2)[0], []).append(struct.unpack("<f", f.read(4))[0])
-print(g)
-assert len(g) == 2 and all(len(v) == 3 and len(set(v)) == 1 for v in g.values()), g
-PY
+qkv_shared_scale "$tmp/qkv2/model.safetensors"
 prc=$?
 check "nvfp4 served objective: q/k/v share one weight_scale_2 ($rc, $(tail -1 "$tmp/py"))" '[ $rc -eq 0 ] && [ $prc -eq 0 ]'
 out=$("$bin" quantize "$model" "$tmp/x" --recipe nvfp4-conservative --equalize-objective served $cal 2>&1); rc=$?
