@@ -88,6 +88,9 @@ int nq_equalize_search(const nq_eq_consumer *cons, int n, int64_t cols, const do
         nq_fail(err, "equalize: out of memory");
         goto done;
     }
+    /* nothing folded unless a candidate's error is finite and lowest (a NaN
+     * error never compares less, which left res unset) */
+    *res = (nq_eq_result){.identity = true};
     double best = INFINITY;
     for (int g = 0; g < grid; g++) {
         double alpha = (double)g / grid;
@@ -167,6 +170,9 @@ int nq_equalize_search_served(const nq_eq_sample_consumer *cons, int n, int64_t 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, x->xrows, (int)x->rows, (int)cols,
                     1.0f, x->x, (int)cols, x->w, (int)cols, 0.0f, ref[j], (int)x->rows);
     }
+    /* nothing folded unless a candidate's error is finite and lowest (a NaN
+     * error never compares less, which left res unset) */
+    *res = (nq_eq_result){.identity = true};
     double best = INFINITY;
     for (int g = 0; g < grid; g++) {
         double alpha = (double)g / grid;
